@@ -1,0 +1,301 @@
+"""Stage 6: evaluation. Compare models on held-out instructions (world.split("test")) with the gold judge.
+
+    python evaluate.py --models=pretrain:out/pretrain,sft:out/sft,ppo:out/ppo
+    python evaluate.py --models=out/sft,out/ppo --ref=out/sft --rm=out/rm --best_of=4 --greedy
+
+Every model answers the same prompts, sampled at one temperature with the same seed. Per model:
+gold score (mean and 95% interval, per task kind), exact-match rate, how often the answer ends with
+end-of-text, its length, the loss on held-out pretraining text (the "alignment tax"), the KL to a
+reference model (--ref), the reward model's score (--rm), and the gold score on probe instructions whose
+facts appear only in the pretraining text. Then pairwise win rates: on how many prompts the gold judge
+prefers A's answer over B's (ties left out, reported beside). --best_of=N adds best-of-N sampling from
+one model, reranked by the reward model: RLHF's simplest competitor.
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
+from minigpt.cli import UserError, check, run
+from minigpt.evaluation import mean_ci95, win_rate
+from minigpt.losses import token_logprobs
+from minigpt.respond import respond
+from minigpt.training import pick_device
+from minigpt.world import World
+
+STAGES = ("pretrain", "sft", "ppo", "ppo_ptx")   # looked for under out/ when --models is empty
+
+
+@dataclass
+class Config:
+    models: str = field(default="", metadata={"help": "NAME:FOLDER,... (or bare folders, named by their basename); "
+                                                      "empty = every finished stage among out/" + ",out/".join(STAGES)})
+    baseline: str = field(default="", metadata={"help": "the model the table's win rates are against (default: the first)"})
+    ref: str = field(default="", metadata={"help": "reference model folder for the KL column (e.g. out/sft)"})
+    rm: str = field(default="", metadata={"help": "reward model folder for the RM-score column (e.g. out/rm)"})
+    best_of: int = field(default=0, metadata={"help": "N > 1 adds best-of-N by reward model (needs --rm)"})
+    best_of_model: str = field(default="sft", metadata={"help": "the model (by name) that best-of-N samples from"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (RLHF samples at 1.0)"})
+    greedy: bool = field(default=False, metadata={"help": "also evaluate greedy decoding of every model"})
+    n_prompts: int = field(default=0, metadata={"help": "test prompts to use (0 = all)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "longest answer"})
+    val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for the val loss"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (the same for every model)"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
+    json: str = field(default="out/eval.json", metadata={"help": "where to write the results (empty = nowhere)"})
+    show: int = field(default=3, metadata={"help": "side-by-side samples to print"})
+    batch_size: int = field(default=64, metadata={"help": "prompts per generation batch"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+
+    def validate(self):
+        check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
+        for key in ("max_new_tokens", "val_tokens", "batch_size"):
+            check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
+        check(self.n_prompts >= 0 and self.show >= 0, "--n_prompts and --show must be >= 0")
+        check(self.best_of == 0 or self.best_of >= 2, f"--best_of must be 0 (off) or >= 2, got {self.best_of}")
+        check(self.best_of == 0 or self.rm, "--best_of needs a reward model: pass --rm=out/rm")
+
+
+def parse_models(spec):
+    """"a:out/x,out/y" -> [("a", "out/x"), ("y", "out/y")]; empty -> the finished stages under out/."""
+    if not spec:
+        found = [(s, f"out/{s}") for s in STAGES if os.path.isfile(f"out/{s}/summary.json")]
+        if not found:
+            raise UserError("no finished stage folders under out/; pass --models=NAME:FOLDER,...")
+        return found
+    models = []
+    for item in spec.split(","):
+        name, sep, folder = item.partition(":")
+        if not sep:
+            name, folder = os.path.basename(os.path.normpath(item)), item
+        if not name or not folder:
+            raise UserError(f"--models: expected NAME:FOLDER, got {item!r}")
+        if name in dict(models):
+            raise UserError(f"--models: the name {name!r} is used twice")
+        models.append((name, folder))
+    return models
+
+
+# ---- scoring prompt + response with a model ------------------------------------------------------------
+
+def join_rows(prompts, tokens, pad_id):
+    """Prompt ids + response ids (pad removed) per row, right-padded -> idx, mask (1 = real), response mask.
+
+    All (B, T). Right padding needs no attention mask in a causal model; the pad id is never looked at."""
+    rows = [p + [t for t in r if t != pad_id] for p, r in zip(prompts, tokens.tolist())]
+    T = max(len(r) for r in rows)
+    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    response = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, rows)):
+        idx[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        response[i, len(p): len(r)] = 1
+    return idx, mask, response
+
+
+@torch.no_grad()
+def sequence_logprob(model, prompts, tokens, pad_id, temperature, batch_size):
+    """Σ_t log π(y_t | x, y_<t) over each response's tokens, at `temperature` -> (B,)."""
+    out = []
+    device = next(model.parameters()).device
+    for i in range(0, len(prompts), batch_size):
+        idx, _, response = join_rows(prompts[i: i + batch_size], tokens[i: i + batch_size], pad_id)
+        idx, response = idx.to(device), response.to(device)
+        logits = model(idx[:, :-1])                                          # (B, T-1, V): predicts idx[:, 1:]
+        lp = token_logprobs(logits, idx[:, 1:], temperature)                 # (B, T-1)
+        out.append((lp * response[:, 1:]).sum(1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reward_scores(rm, prompts, tokens, pad_id, batch_size):
+    """r(x, y): the reward model's value at the last real token of prompt + response -> (B,)."""
+    out = []
+    device = next(rm.parameters()).device
+    for i in range(0, len(prompts), batch_size):
+        idx, mask, _ = join_rows(prompts[i: i + batch_size], tokens[i: i + batch_size], pad_id)
+        out.append(rm.score(idx.to(device), mask.to(device)).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def text_loss(model, tokenizer, text, max_tokens):
+    """Mean next-token cross-entropy on `text` (consecutive block_size windows, at most max_tokens)."""
+    T = model.config.block_size
+    ids = torch.tensor(tokenizer.encode(text)[: max_tokens + 1], dtype=torch.long)
+    n = (len(ids) - 1) // T
+    if n == 0:
+        return None
+    x = ids[: n * T].view(n, T)
+    y = ids[1: n * T + 1].view(n, T)
+    device = next(model.parameters()).device
+    losses = [F.cross_entropy(model(x[i: i + 8].to(device)).flatten(0, 1), y[i: i + 8].flatten().to(device),
+                              reduction="sum").item() for i in range(0, n, 8)]
+    return sum(losses) / (n * T)
+
+
+# ---- one system's answers -------------------------------------------------------------------------------
+
+def answer(model, tokenizer, tasks, cfg, temperature, seed, n=1, rm=None):
+    """Answers to `tasks`; with n > 1, n samples per task and the one the reward model likes best.
+
+    Returns dict(texts, tokens (B, N), prompts, eos, rm (B,) or None)."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    instructions = [t.instruction for t in tasks] * n                        # sample k of task p at k*P + p
+    out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature, generator=g,
+                  batch_size=cfg.batch_size)
+    scores = reward_scores(rm, out.prompts, out.tokens, tokenizer.pad_id, cfg.batch_size) if rm else None
+    pick = list(range(len(tasks)))
+    if n > 1:
+        best = scores.view(n, len(tasks)).argmax(0)                          # (P,) best sample of each task
+        pick = (best * len(tasks) + torch.arange(len(tasks))).tolist()
+    return {"texts": [out.texts[i] for i in pick], "tokens": out.tokens[pick], "eos": [out.eos[i] for i in pick],
+            "prompts": [out.prompts[i] for i in pick], "rm": scores[pick] if scores is not None else None}
+
+
+def report(world, tasks, ans, probe_ans, pad_id, val_loss, kl):
+    """The numbers of one system, in the JSON's shape (plus the per-prompt gold scores, for win rates)."""
+    gold = [world.score(t, text) for t, text in zip(tasks, ans["texts"])]
+    per_task = {}
+    for t, s in zip(tasks, gold):
+        per_task.setdefault(t.kind, []).append(s)
+    mean, ci = mean_ci95(gold)
+    lengths = [sum(1 for tok in row if tok != pad_id) - int(e) for row, e in zip(ans["tokens"].tolist(), ans["eos"])]
+    probe = [world.score(t, text) for t, text in zip(world.split("probe"), probe_ans["texts"])] if probe_ans else []
+    return {
+        "gold_mean": mean, "gold_ci95": ci,
+        "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
+        "exact_match": sum(s == 1.0 for s in gold) / len(gold),
+        "eos_rate": sum(ans["eos"]) / len(gold),
+        "mean_len": sum(lengths) / len(lengths),
+        "pretrain_val_loss": val_loss,
+        "kl_to_ref": kl,
+        "rm_score": ans["rm"].mean().item() if ans["rm"] is not None else None,
+        "probe_gold_mean": sum(probe) / len(probe) if probe else None,
+    }, gold
+
+
+def finite(x):
+    """NaN/inf -> None, so the JSON stays valid."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def pairwise(gold):
+    """win_rates["A_vs_B"] = wins / (wins + losses) of A over B on the same prompts; tie_rates beside it."""
+    wins, ties = {}, {}
+    for a in gold:
+        for b in gold:
+            if a != b:
+                wins[f"{a}_vs_{b}"], ties[f"{a}_vs_{b}"] = win_rate(gold[a], gold[b])
+    return wins, ties
+
+
+def fmt(x, spec=".3f"):
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def print_table(results, wins, ties, baseline):
+    names = list(results)
+    w = max(10, *(len(n) for n in names))
+    print(f"\n{'model':<{w}} {'gold':>13} {'exact':>6} {'eos':>5} {'len':>5} {'val loss':>8} {'KL ref':>7} "
+          f"{'RM':>6} {'probe':>6} {'win vs ' + baseline:>14}")
+    for n in names:
+        r = results[n]
+        win = "" if n == baseline else f"{fmt(wins[f'{n}_vs_{baseline}'], '.2f')} (t {ties[f'{n}_vs_{baseline}']:.2f})"
+        print(f"{n:<{w}} {fmt(r['gold_mean'])} ±{fmt(r['gold_ci95'])} {fmt(r['exact_match'], '.2f'):>6} "
+              f"{fmt(r['eos_rate'], '.2f'):>5} {fmt(r['mean_len'], '.1f'):>5} {fmt(r['pretrain_val_loss']):>8} "
+              f"{fmt(r['kl_to_ref'], '.2f'):>7} {fmt(r['rm_score'], '.2f'):>6} {fmt(r['probe_gold_mean']):>6} {win:>14}")
+    kinds = sorted({k for r in results.values() for k in r["per_task"]})
+    print(f"\n{'gold by task':<{w}} " + " ".join(f"{k[:10]:>10}" for k in kinds))
+    for n in names:
+        print(f"{n:<{w}} " + " ".join(f"{fmt(results[n]['per_task'].get(k)):>10}" for k in kinds))
+
+
+def main(cfg):
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    # ---- load everything first: a bad folder stops the run before any work, and nothing is written ----
+    specs = parse_models(cfg.models)
+    loaded = {name: (folder, *load_model(folder, kind="lm", device=device)[:2]) for name, folder in specs}
+    ref = load_model(cfg.ref, kind="lm", device=device)[:2] if cfg.ref else None
+    rm = load_model(cfg.rm, kind="reward", device=device)[:2] if cfg.rm else None
+    for name, (folder, model, tok) in loaded.items():
+        if ref:
+            check_same_tokenizer(tok, ref[1], f"{name} ({folder})", f"--ref={cfg.ref}")
+        if rm:
+            check_same_tokenizer(tok, rm[1], f"{name} ({folder})", f"--rm={cfg.rm}")
+        model.eval()
+    for m in (ref, rm):
+        if m:
+            m[0].eval()
+    if cfg.best_of and cfg.best_of_model not in loaded:
+        raise UserError(f"--best_of_model={cfg.best_of_model}: not among --models ({', '.join(loaded)})")
+    baseline = cfg.baseline or specs[0][0]
+    if baseline not in loaded:
+        raise UserError(f"--baseline={baseline}: not among --models ({', '.join(loaded)})")
+
+    world = World(cfg.world_seed)
+    tasks = world.split("test")
+    tasks = tasks[: cfg.n_prompts] if cfg.n_prompts else tasks
+    probe = world.split("probe")
+    val_text = world.corpus_val()
+
+    # ---- the systems: each model sampled (and greedy), plus best-of-N ----
+    systems = []   # (name, model name, temperature, n)
+    for name in loaded:
+        if cfg.temperature > 0:
+            systems.append((name, name, cfg.temperature, 1))
+        if cfg.greedy or cfg.temperature == 0:
+            systems.append((name if cfg.temperature == 0 else f"{name}_greedy", name, 0.0, 1))
+    if cfg.best_of:
+        systems.append((f"best_of_{cfg.best_of}", cfg.best_of_model, cfg.temperature, cfg.best_of))
+
+    results, gold, answers, val_losses = {}, {}, {}, {}
+    for system, name, temperature, n in systems:
+        folder, model, tok = loaded[name]
+        if name not in val_losses:
+            val_losses[name] = text_loss(model, tok, val_text, cfg.val_tokens)
+        print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}"
+              f"{f', best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
+        ans = answer(model, tok, tasks, cfg, temperature, cfg.seed, n, rm[0] if rm else None)
+        probe_ans = answer(model, tok, probe, cfg, temperature, cfg.seed + 1, n, rm[0] if rm else None) if probe else None
+        kl = None
+        if ref and temperature > 0:
+            if n == 1:
+                # KL(π || π_ref) ≈ mean over responses y ~ π of Σ_t [log π(y_t|·) − log π_ref(y_t|·)]
+                logp = sequence_logprob(model, ans["prompts"], ans["tokens"], tok.pad_id, temperature, cfg.batch_size)
+                ref_logp = sequence_logprob(ref[0], ans["prompts"], ans["tokens"], tok.pad_id, temperature,
+                                            cfg.batch_size)
+                kl = (logp - ref_logp).mean().item()
+            elif os.path.samefile(folder, cfg.ref):
+                kl = math.log(n) - (n - 1) / n   # KL of best-of-n to its own base model (Gao et al. 2022)
+        results[system], gold[system] = report(world, tasks, ans, probe_ans, tok.pad_id, val_losses[name], kl)
+        answers[system] = ans["texts"]
+
+    wins, ties = pairwise(gold)
+    print_table(results, wins, ties, baseline)
+    samples = [{"instruction": t.instruction, "answer": t.answer, "kind": t.kind,
+                "responses": {s: {"text": answers[s][i], "gold": gold[s][i]} for s in results}}
+               for i, t in enumerate(tasks[: cfg.show])]
+    for sample in samples:
+        print(f"\n### {sample['instruction']!r}  (gold answer: {sample['answer']!r})")
+        for s, r in sample["responses"].items():
+            print(f"  {s:>14} [{r['gold']:.2f}] {r['text'][:120]!r}")
+    out = {"models": results, "win_rates": wins, "tie_rates": ties, "n_prompts": len(tasks),
+           "temperature": cfg.temperature, "seed": cfg.seed, "samples": samples}
+    if cfg.json:
+        write_json(cfg.json, finite(out))
+        print(f"\nwrote {cfg.json}")
+
+
+if __name__ == "__main__":
+    run(main, Config)

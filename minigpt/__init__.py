@@ -1,0 +1,1 @@
+"""minigpt: InstructGPT from scratch, small enough to read."""

@@ -1,0 +1,209 @@
+"""Data: file formats, cleaning, the prompt template, and SFT rendering with its loss mask.
+
+Every stage sees an instruction through the SAME template (PROMPT_TEMPLATE), so SFT, labelling, the reward
+model, PPO and evaluation all condition on identical prompt text.
+
+File formats read here (a malformed file is one DataError line naming the file and line, never a traceback):
+  demonstrations  .json list  [{"instruction": ..., "output": ...}, ...]            (the seed article's format)
+                  .json list  [{"instruction": ..., "input": ..., "output": ...}]   (Alpaca)
+                  .jsonl      one such object per line
+  comparisons     .jsonl      {"prompt": ..., "responses": [best, ..., worst], ...}  (ranked list, label.py)
+                              {"prompt": ..., "chosen": ..., "rejected": ...}         (a pair)
+  text            a .txt file, or a folder of .txt files (UTF-8)
+JSON list vs JSON lines is decided by the first non-blank character ("[" = list), not by the extension.
+"""
+
+import json
+import os
+import re
+import unicodedata
+
+from minigpt.cli import UserError
+
+PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+class DataError(UserError):
+    """A malformed data file: one line, "path:line: problem" (JSONL) or "path: record N: problem" (JSON list)."""
+
+
+def render_prompt(instruction, input=""):
+    """The prompt text the model sees; an Alpaca "input" becomes an "### Input:" block after the instruction."""
+    if input:
+        instruction = f"{instruction}\n\n### Input:\n{input}"
+    return PROMPT_TEMPLATE.format(instruction=instruction)
+
+
+# ids = enc(prompt) + enc(response) + [eos];  loss_mask = [0]*len(enc(prompt)) + [1]*(len(enc(response)) + 1)
+def encode_prompt_response(tokenizer, prompt_text, response_text, block_size):
+    """-> (ids, loss_mask), both truncated to block_size. The loss is taken on the response and its eos only.
+
+    Prompt and response are encoded separately (the template ends in a newline, so no BPE merge would cross
+    the boundary anyway); that makes the boundary, and hence the mask, exact.
+    """
+    prompt_ids = tokenizer.encode(prompt_text)
+    response_ids = tokenizer.encode(response_text) + [tokenizer.eos_id]
+    ids = prompt_ids + response_ids
+    mask = [0] * len(prompt_ids) + [1] * len(response_ids)
+    return ids[:block_size], mask[:block_size]
+
+
+def sft_batch(examples_ids_masks, pad_id):
+    """[(ids, mask), ...] -> x (B,T), y (B,T), mask (B,T) float: next-token targets, right-padded.
+
+    x = ids[:-1], y = ids[1:]; mask is shifted with y (mask[t] = 1 when y[t] is a response token or eos).
+    Padding (pad_id in x and y) has mask 0, so it never contributes to the loss.
+    """
+    import torch  # imported here so the loaders above stay light (label.py and tests need no torch)
+
+    T = max(len(ids) for ids, _ in examples_ids_masks) - 1
+    B = len(examples_ids_masks)
+    x = torch.full((B, T), pad_id, dtype=torch.long)
+    y = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.float32)
+    for b, (ids, m) in enumerate(examples_ids_masks):
+        n = len(ids) - 1
+        x[b, :n] = torch.tensor(ids[:-1], dtype=torch.long)
+        y[b, :n] = torch.tensor(ids[1:], dtype=torch.long)
+        mask[b, :n] = torch.tensor(m[1:], dtype=torch.float32)
+    return x, y, mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading files
+def _read_utf8(path):
+    """Whole file as text; missing path, non-UTF-8 bytes and empty files are DataErrors."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, expected a file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start}: {raw[e.start:e.start + 1]!r})") from None
+    text = text.lstrip("\ufeff")  # a byte-order mark is harmless
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    return text
+
+
+def _read_records(path):
+    """-> list of (where, dict): where is "path:line" (JSON lines) or "path: record i" (JSON list)."""
+    text = _read_utf8(path)
+    if text.lstrip()[0] == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects")
+        records = [(f"{path}: record {i}", r) for i, r in enumerate(data)]
+    else:
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    for where, r in records:
+        if not isinstance(r, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(r).__name__}")
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def _field(where, record, name, required=True, default=""):
+    if name not in record:
+        if required:
+            raise DataError(f"{where}: field '{name}' missing")
+        return default
+    value = record[name]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def load_demonstrations(path):
+    """-> [{"instruction", "input", "output"}] from a seed JSON list, Alpaca JSON, or JSON lines of either."""
+    return [{"instruction": _field(where, r, "instruction"), "input": _field(where, r, "input", required=False),
+             "output": _field(where, r, "output")} for where, r in _read_records(path)]
+
+
+def load_comparisons(path):
+    """-> [{"prompt", "responses": [best, ..., worst], ...}]. A pair {"chosen","rejected"} becomes
+    responses [chosen, rejected]. Other keys (labeler, seed, gold, mistakes) are passed through unchanged."""
+    out = []
+    for where, r in _read_records(path):
+        prompt = _field(where, r, "prompt")
+        if "responses" in r:
+            responses = r["responses"]
+            if not isinstance(responses, list) or not all(isinstance(x, str) for x in responses):
+                raise DataError(f"{where}: field 'responses' must be a list of strings")
+            if len(responses) < 2:
+                raise DataError(f"{where}: field 'responses' needs at least 2 responses, got {len(responses)}")
+            extra = {k: v for k, v in r.items() if k not in ("prompt", "responses")}
+        elif "chosen" in r or "rejected" in r:
+            responses = [_field(where, r, "chosen"), _field(where, r, "rejected")]
+            extra = {k: v for k, v in r.items() if k not in ("prompt", "chosen", "rejected")}
+        else:
+            raise DataError(f"{where}: field 'responses' missing (or give 'chosen' and 'rejected')")
+        out.append({"prompt": prompt, "responses": list(responses), **extra})
+    return out
+
+
+def load_text(path):
+    """A .txt file, or every .txt file under a folder (sorted, joined by a blank line) -> str."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names if f.endswith(".txt"))
+        if not files:
+            raise DataError(f"{path}: folder has no .txt files")
+        return "\n\n".join(_read_utf8(f) for f in files)
+    return _read_utf8(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cleaning ("数据清洗" in the seed article: remove noise, keep data consistent)
+def clean_text(s):
+    """Unicode NFC; \\r\\n -> \\n; runs of spaces/tabs -> one space; no spaces at line ends; at most one
+    blank line in a row; stripped."""
+    s = unicodedata.normalize("NFC", s).replace("\r\n", "\n").replace("\r", "\n")
+    s = re.sub(r"[^\S\n]+", " ", s)
+    s = re.sub(r" *\n *", "\n", s)
+    s = re.sub(r"\n{3,}", "\n\n", s)
+    return s.strip()
+
+
+def clean_demonstrations(examples, max_chars=1000, source="demonstrations"):
+    """Normalise text, drop empty / duplicate / too-long examples -> (kept examples, stats dict).
+
+    empty: instruction or output is blank after cleaning; duplicate: same (instruction, input, output) as an
+    earlier example; too long: prompt + output longer than max_chars characters. Prints one summary line.
+    """
+    stats = {"read": len(examples), "empty": 0, "duplicates": 0, "too_long": 0, "kept": 0}
+    kept, seen = [], set()
+    for ex in examples:
+        ex = {"instruction": clean_text(ex["instruction"]), "input": clean_text(ex.get("input", "")),
+              "output": clean_text(ex["output"])}
+        key = (ex["instruction"], ex["input"], ex["output"])
+        if not ex["instruction"] or not ex["output"]:
+            stats["empty"] += 1
+        elif key in seen:
+            stats["duplicates"] += 1
+        elif len(render_prompt(ex["instruction"], ex["input"])) + len(ex["output"]) > max_chars:
+            stats["too_long"] += 1
+        else:
+            seen.add(key)
+            kept.append(ex)
+    stats["kept"] = len(kept)
+    print(f"cleaning: {stats['read']} read, {stats['empty']} empty, {stats['duplicates']} duplicates, "
+          f"{stats['too_long']} too long, {stats['kept']} kept")
+    if not kept:
+        raise DataError(f"{source}: no examples left after cleaning ({stats['read']} read, {stats['empty']} empty, "
+                        f"{stats['duplicates']} duplicates, {stats['too_long']} too long; max_chars={max_chars})")
+    return kept, stats

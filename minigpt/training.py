@@ -1,0 +1,197 @@
+"""Small helpers every training script uses: device, distributed setup, learning-rate schedule,
+optimizer, logging, plots. Plain functions; the loops themselves live in the scripts."""
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from minigpt.cli import UserError
+
+
+# --- device and precision ---------------------------------------------------------------------
+
+def pick_device(name="auto"):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device={name}: CUDA is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device=mps: MPS is not available on this machine")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise UserError(f"--device={name}: expected auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def autocast(device, dtype="float32"):
+    """bf16 autocast where asked (pays off on CUDA; on CPU only with AMX/AVX512-bf16), else a no-op."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype != "bfloat16":
+        raise UserError(f"--dtype={dtype}: expected float32 or bfloat16")
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+# --- distributed data parallel (torchrun) -----------------------------------------------------
+
+def setup_distributed(device):
+    """Under torchrun: init the process group -> (rank, world_size, device). Else (0, 1, device)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1 and not dist.is_available():
+        return 0, 1, device
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, device
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_mean(x):
+    """Average a float (or tensor) over ranks; identity when not distributed."""
+    if not is_distributed():
+        return x
+    t = torch.as_tensor(x, dtype=torch.float64).clone()
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return t.item() if t.dim() == 0 else t
+
+
+def cleanup_distributed():
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+# --- optimisation -----------------------------------------------------------------------------
+
+def cosine_lr(step, max_steps, lr, warmup_steps, min_lr_ratio=0.1):
+    """Linear warm-up to lr, then cosine decay to min_lr_ratio * lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_adamw(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
+    """AdamW with weight decay on matrices only (not on biases, LayerNorms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def grads_are_finite(model):
+    return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+class NonFiniteGuard:
+    """A non-finite loss or gradient never reaches the weights: the step is skipped and counted;
+    `limit` skips in a row stop the run (the last good checkpoint stays on disk)."""
+
+    def __init__(self, limit=5):
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def ok(self, loss, model):
+        finite = bool(torch.isfinite(loss).all()) and grads_are_finite(model)
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        print(f"warning: non-finite loss or gradient, step skipped ({self.skipped} so far)", file=sys.stderr)
+        if self.in_a_row >= self.limit:
+            raise UserError(f"{self.limit} non-finite steps in a row: stopping; the last good checkpoint is kept "
+                            "(try a lower --lr)")
+        return False
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (rank 0 only). On resume the lines after the
+    resumed step are dropped, so the log reads as one uninterrupted run."""
+
+    def __init__(self, path, enabled=True, resume_step=None):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if resume_step is None:
+            open(path, "w").close()
+        elif os.path.exists(path):
+            kept = [line for line in open(path) if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            with open(path, "w") as f:
+                f.writelines(kept)
+
+    def log(self, **row):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_metrics(path_png, rows, x, series, title="", logy=False):
+    """One PNG with a panel per entry of `series`: {panel_title: [metric keys]}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(series.items())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (name, keys) in zip(axes[0], panels):
+        for key in keys:
+            pts = [(r[x], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=key, marker="." if len(pts) < 30 else None)
+        ax.set_title(name)
+        ax.set_xlabel(x)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=90)
+    plt.close(fig)
+
+
+class Progress:
+    """One line per log step: step, metrics, ms/step, tokens/s, ETA."""
+
+    def __init__(self, total_steps, enabled=True, start_step=0):
+        self.total, self.enabled = total_steps, enabled
+        self.t0 = self.last = time.time()
+        self.start = self.last_step = start_step
+
+    def line(self, step, tokens_per_step, **metrics):
+        now = time.time()
+        steps = max(step - self.last_step, 1)
+        ms = (now - self.last) * 1000 / steps
+        self.last, self.last_step = now, step
+        eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
+        parts = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        if self.enabled:
+            print(f"step {step:5d}/{self.total} | {parts} | {ms:6.0f} ms/step | "
+                  f"{tokens_per_step / max(ms, 1e-9) * 1000:7.0f} tok/s | eta {eta:4.0f}s", flush=True)

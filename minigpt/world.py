@@ -1,0 +1,1042 @@
+"""The instruction world: a small, fully known world that stands in for users, demonstrators and labellers.
+
+InstructGPT needs three things we cannot hire on a laptop: users who write prompts, labellers who write
+demonstrations, and labellers who rank model outputs. This file simulates all three over a toy world whose
+every fact is known, so the gold judge `gold_score` can say exactly how good any response is.
+
+  * tasks        nine kinds of short instructions in English and Chinese (KINDS), each a `Task`
+  * corpus       natural-ish pretraining text that teaches the world's facts (lexicon, sums, spellings, shop)
+  * demonstrator `demonstration`: the right answer, or (30%) a response with a named kind of mistake
+  * labeller     `SimulatedLabeler`: ranks responses by gold score plus Gumbel noise (Plackett-Luce)
+  * probe facts  lexicon entries that the corpus teaches but that no SFT/RM/PPO prompt ever mentions
+
+Plain Python only (no torch, no numpy); everything is seeded by random.Random, same seed => same output.
+"""
+
+import ast
+import math
+import random
+import re
+import unicodedata
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------------------------------------
+# The lexicon: english | chinese | french | category. Written by hand. No entry whose English and French
+# are the same word (six, orange, table, train, ...): "wrong language" must be visible in the answer.
+# French greetings are capitalised, as in the seed example "翻译成法语：你好" -> "Bonjour".
+LEXICON_TABLE = """
+hello          | 你好     | Bonjour          | greeting
+goodbye        | 再见     | Au revoir        | greeting
+thank you      | 谢谢     | Merci            | greeting
+good evening   | 晚上好   | Bonsoir          | greeting
+good night     | 晚安     | Bonne nuit       | greeting
+please         | 请       | S'il vous plaît  | greeting
+sorry          | 对不起   | Désolé           | greeting
+welcome        | 欢迎     | Bienvenue        | greeting
+hi             | 嗨       | Salut            | greeting
+yes            | 是的     | oui              | greeting
+no             | 不是     | non              | greeting
+zero           | 零       | zéro             | number
+one            | 一       | un               | number
+two            | 二       | deux             | number
+three          | 三       | trois            | number
+four           | 四       | quatre           | number
+five           | 五       | cinq             | number
+seven          | 七       | sept             | number
+eight          | 八       | huit             | number
+nine           | 九       | neuf             | number
+ten            | 十       | dix              | number
+eleven         | 十一     | onze             | number
+twelve         | 十二     | douze            | number
+thirteen       | 十三     | treize           | number
+fourteen       | 十四     | quatorze         | number
+fifteen        | 十五     | quinze           | number
+sixteen        | 十六     | seize            | number
+seventeen      | 十七     | dix-sept         | number
+eighteen       | 十八     | dix-huit         | number
+nineteen       | 十九     | dix-neuf         | number
+twenty         | 二十     | vingt            | number
+hundred        | 一百     | cent             | number
+red            | 红色     | rouge            | colour
+blue           | 蓝色     | bleu             | colour
+green          | 绿色     | vert             | colour
+yellow         | 黄色     | jaune            | colour
+black          | 黑色     | noir             | colour
+white          | 白色     | blanc            | colour
+pink           | 粉色     | rose             | colour
+grey           | 灰色     | gris             | colour
+brown          | 棕色     | marron           | colour
+purple         | 紫色     | violet           | colour
+Monday         | 星期一   | lundi            | day
+Tuesday        | 星期二   | mardi            | day
+Wednesday      | 星期三   | mercredi         | day
+Thursday       | 星期四   | jeudi            | day
+Friday         | 星期五   | vendredi         | day
+Saturday       | 星期六   | samedi           | day
+Sunday         | 星期日   | dimanche         | day
+January        | 一月     | janvier          | month
+February       | 二月     | février          | month
+March          | 三月     | mars             | month
+April          | 四月     | avril            | month
+May            | 五月     | mai              | month
+June           | 六月     | juin             | month
+July           | 七月     | juillet          | month
+August         | 八月     | août             | month
+September      | 九月     | septembre        | month
+October        | 十月     | octobre          | month
+November       | 十一月   | novembre         | month
+December       | 十二月   | décembre         | month
+cat            | 猫       | chat             | animal
+dog            | 狗       | chien            | animal
+horse          | 马       | cheval           | animal
+cow            | 奶牛     | vache            | animal
+bird           | 鸟       | oiseau           | animal
+fish           | 鱼       | poisson          | animal
+mouse          | 老鼠     | souris           | animal
+rabbit         | 兔子     | lapin            | animal
+sheep          | 绵羊     | mouton           | animal
+pig            | 猪       | cochon           | animal
+duck           | 鸭子     | canard           | animal
+tiger          | 老虎     | tigre            | animal
+bear           | 熊       | ours             | animal
+wolf           | 狼       | loup             | animal
+fox            | 狐狸     | renard           | animal
+frog           | 青蛙     | grenouille       | animal
+bee            | 蜜蜂     | abeille          | animal
+snake          | 蛇       | serpent          | animal
+chicken        | 鸡       | poulet           | animal
+monkey         | 猴子     | singe            | animal
+elephant       | 大象     | éléphant         | animal
+butterfly      | 蝴蝶     | papillon         | animal
+turtle         | 乌龟     | tortue           | animal
+goat           | 山羊     | chèvre           | animal
+bread          | 面包     | pain             | food
+water          | 水       | eau              | food
+milk           | 牛奶     | lait             | food
+cheese         | 奶酪     | fromage          | food
+apple          | 苹果     | pomme            | food
+egg            | 鸡蛋     | œuf              | food
+meat           | 肉       | viande           | food
+rice           | 米饭     | riz              | food
+coffee         | 咖啡     | café             | food
+tea            | 茶       | thé              | food
+sugar          | 糖       | sucre            | food
+salt           | 盐       | sel              | food
+butter         | 黄油     | beurre           | food
+wine           | 葡萄酒   | vin              | food
+beer           | 啤酒     | bière            | food
+cake           | 蛋糕     | gâteau           | food
+soup           | 汤       | soupe            | food
+banana         | 香蕉     | banane           | food
+pear           | 梨       | poire            | food
+strawberry     | 草莓     | fraise           | food
+lemon          | 柠檬     | citron           | food
+carrot         | 胡萝卜   | carotte          | food
+potato         | 土豆     | pomme de terre   | food
+tomato         | 西红柿   | tomate           | food
+chocolate      | 巧克力   | chocolat         | food
+cherry         | 樱桃     | cerise           | food
+grape          | 葡萄     | raisin           | food
+onion          | 洋葱     | oignon           | food
+head           | 头       | tête             | body
+hand           | 手       | main             | body
+foot           | 脚       | pied             | body
+eye            | 眼睛     | œil              | body
+mouth          | 嘴       | bouche           | body
+nose           | 鼻子     | nez              | body
+ear            | 耳朵     | oreille          | body
+arm            | 手臂     | bras             | body
+leg            | 腿       | jambe            | body
+heart          | 心       | cœur             | body
+tooth          | 牙齿     | dent             | body
+hair           | 头发     | cheveux          | body
+house          | 房子     | maison           | home
+door           | 门       | porte            | home
+window         | 窗户     | fenêtre          | home
+chair          | 椅子     | chaise           | home
+bed            | 床       | lit              | home
+kitchen        | 厨房     | cuisine          | home
+bedroom        | 卧室     | chambre          | home
+key            | 钥匙     | clé              | home
+book           | 书       | livre            | home
+pen            | 钢笔     | stylo            | home
+paper          | 纸       | papier           | home
+lamp           | 灯       | lampe            | home
+clock          | 钟       | horloge          | home
+cup            | 杯子     | tasse            | home
+plate          | 盘子     | assiette         | home
+knife          | 刀       | couteau          | home
+fork           | 叉子     | fourchette       | home
+spoon          | 勺子     | cuillère         | home
+garden         | 花园     | jardin           | home
+shoe           | 鞋       | chaussure        | home
+hat            | 帽子     | chapeau          | home
+shirt          | 衬衫     | chemise          | home
+bag            | 包       | sac              | home
+phone          | 电话     | téléphone        | home
+computer       | 电脑     | ordinateur       | home
+mirror         | 镜子     | miroir           | home
+sun            | 太阳     | soleil           | nature
+moon           | 月亮     | lune             | nature
+star           | 星星     | étoile           | nature
+sky            | 天空     | ciel             | nature
+sea            | 大海     | mer              | nature
+river          | 河       | rivière          | nature
+mountain       | 山       | montagne         | nature
+tree           | 树       | arbre            | nature
+flower         | 花       | fleur            | nature
+rain           | 雨       | pluie            | nature
+snow           | 雪       | neige            | nature
+wind           | 风       | vent             | nature
+fire           | 火       | feu              | nature
+forest         | 森林     | forêt            | nature
+island         | 岛       | île              | nature
+lake           | 湖       | lac              | nature
+cloud          | 云       | nuage            | nature
+beach          | 海滩     | plage            | nature
+stone          | 石头     | pierre           | nature
+leaf           | 叶子     | feuille          | nature
+city           | 城市     | ville            | place
+street         | 街道     | rue              | place
+school         | 学校     | école            | place
+car            | 汽车     | voiture          | place
+boat           | 船       | bateau           | place
+plane          | 飞机     | avion            | place
+bicycle        | 自行车   | vélo             | place
+shop           | 商店     | magasin          | place
+bank           | 银行     | banque           | place
+hospital       | 医院     | hôpital          | place
+church         | 教堂     | église           | place
+station        | 火车站   | gare             | place
+market         | 市场     | marché           | place
+library        | 图书馆   | bibliothèque     | place
+road           | 路       | route            | place
+bridge         | 桥       | pont             | place
+airport        | 机场     | aéroport         | place
+day            | 白天     | jour             | time
+night          | 夜晚     | nuit             | time
+week           | 星期     | semaine          | time
+year           | 年       | année            | time
+morning        | 早上     | matin            | time
+evening        | 晚上     | soir             | time
+today          | 今天     | aujourd'hui      | time
+tomorrow       | 明天     | demain           | time
+yesterday      | 昨天     | hier             | time
+hour           | 小时     | heure            | time
+month          | 月份     | mois             | time
+spring         | 春天     | printemps        | time
+summer         | 夏天     | été              | time
+autumn         | 秋天     | automne          | time
+winter         | 冬天     | hiver            | time
+friend         | 朋友     | ami              | person
+man            | 男人     | homme            | person
+woman          | 女人     | femme            | person
+child          | 孩子     | enfant           | person
+boy            | 男孩     | garçon           | person
+girl           | 女孩     | fille            | person
+mother         | 妈妈     | mère             | person
+father         | 爸爸     | père             | person
+brother        | 兄弟     | frère            | person
+sister         | 姐妹     | sœur             | person
+son            | 儿子     | fils             | person
+grandmother    | 奶奶     | grand-mère       | person
+grandfather    | 爷爷     | grand-père       | person
+king           | 国王     | roi              | person
+queen          | 王后     | reine            | person
+doctor         | 医生     | médecin          | person
+teacher        | 老师     | professeur       | person
+student        | 学生     | étudiant         | person
+baby           | 婴儿     | bébé             | person
+big            | 大       | grand            | adjective
+small          | 小       | petit            | adjective
+hot            | 热       | chaud            | adjective
+cold           | 冷       | froid            | adjective
+good           | 好       | bon              | adjective
+bad            | 坏       | mauvais          | adjective
+new            | 新       | nouveau          | adjective
+old            | 老       | vieux            | adjective
+happy          | 快乐     | heureux          | adjective
+sad            | 伤心     | triste           | adjective
+beautiful      | 美丽     | beau             | adjective
+fast           | 快       | rapide           | adjective
+slow           | 慢       | lent             | adjective
+short          | 短       | court            | adjective
+easy           | 容易     | facile           | adjective
+difficult      | 难       | difficile        | adjective
+money          | 钱       | argent           | abstract
+love           | 爱       | amour            | abstract
+music          | 音乐     | musique          | abstract
+game           | 游戏     | jeu              | abstract
+work           | 工作     | travail          | abstract
+word           | 单词     | mot              | abstract
+name           | 名字     | nom              | abstract
+country        | 国家     | pays             | abstract
+language       | 语言     | langue           | abstract
+answer         | 答案     | réponse          | abstract
+time           | 时间     | temps            | abstract
+dream          | 梦       | rêve             | abstract
+song           | 歌       | chanson          | abstract
+story          | 故事     | histoire         | abstract
+picture        | 图画     | image            | abstract
+letter         | 信       | lettre           | abstract
+party          | 聚会     | fête             | abstract
+holiday        | 假期     | vacances         | abstract
+help           | 帮助     | aide             | abstract
+peace          | 和平     | paix             | abstract
+truth          | 真相     | vérité           | abstract
+life           | 生活     | vie              | abstract
+world          | 世界     | monde            | abstract
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    en: str
+    zh: str
+    fr: str
+    cat: str
+
+
+LEXICON = [Entry(*[c.strip() for c in line.split("|")]) for line in LEXICON_TABLE.strip().splitlines()]
+# probe facts are drawn from these (concrete nouns; never greetings, numbers, days: the seed examples use those)
+PROBE_CATEGORIES = ("animal", "food", "body", "home", "nature", "place")
+N_PROBE_ENTRIES = 25
+
+# number words 0..20, used for "answer as a word" (format) and "answer in another language" (wrong_language)
+NUMBER_WORDS = {
+    "en": ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+           "sixteen seventeen eighteen nineteen twenty").split(),
+    "zh": "零 一 二 三 四 五 六 七 八 九 十 十一 十二 十三 十四 十五 十六 十七 十八 十九 二十".split(),
+    "fr": ("zéro un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize "
+           "dix-sept dix-huit dix-neuf vingt").split(),
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# The shop's policy sheet (the customer-service desk answers from this and nothing else)
+DAYS_ZH = {"Monday": "星期一", "Tuesday": "星期二", "Wednesday": "星期三", "Thursday": "星期四",
+           "Friday": "星期五", "Saturday": "星期六", "Sunday": "星期日"}
+OPENING_HOURS = {"Monday": ("9am", "6pm"), "Tuesday": ("9am", "6pm"), "Wednesday": ("9am", "6pm"),
+                 "Thursday": ("9am", "8pm"), "Friday": ("9am", "8pm"), "Saturday": ("10am", "5pm"),
+                 "Sunday": ("closed", "closed")}
+PRODUCTS = [  # (english, chinese, price)
+    ("umbrella", "雨伞", "$12"), ("teapot", "茶壶", "$25"), ("backpack", "背包", "$40"),
+    ("notebook", "笔记本", "$3"), ("desk lamp", "台灯", "$18"), ("scarf", "围巾", "$15"),
+    ("mug", "马克杯", "$8"), ("candle", "蜡烛", "$4"), ("towel", "毛巾", "$9"),
+    ("blanket", "毯子", "$30"), ("pillow", "枕头", "$14"), ("kettle", "水壶", "$22"),
+]
+RETURN_DAYS, DELIVERY_FEE, FREE_DELIVERY_OVER, GIFT_WRAP = "30", "$5", "$50", "$2"
+
+# ---------------------------------------------------------------------------------------------------------
+# Task kinds, phrasings and format instructions
+KINDS = ["translate_en", "translate_zh", "arithmetic", "code", "shop", "reverse", "uppercase", "count",
+         "compare"]
+NUMERIC_KINDS = ("arithmetic", "count", "compare")
+
+FORMAT_SUFFIX = {  # fmt -> (english, chinese)
+    "one_word": ("Answer in one word.", "只用一个词回答。"),
+    "caps": ("Answer in capitals.", "用大写字母回答。"),
+    "number": ("Give the number only.", "只给出数字。"),
+    "expr": ("Give the expression only.", "只写表达式。"),
+}
+BARE_FORMATS = ("one_word", "number", "expr")  # these forbid any words around the answer
+
+PHRASINGS = {  # kind -> list of (lang, template)
+    "translate_en": [("en", "Translate to French: {en}"), ("en", "What is the French word for {en}?"),
+                     ("en", "How do you say {en} in French?"), ("en", "Give the French for {en}.")],
+    "translate_zh": [("zh", "翻译成法语：{zh}"), ("zh", "{zh}用法语怎么说？"), ("zh", "把{zh}翻译成法语。"),
+                     ("zh", "{zh}的法语是什么？")],
+    "add": [("en", "What is {a} + {b}?"), ("en", "What is {a} plus {b}?"), ("en", "Add {a} and {b}."),
+            ("zh", "计算{a}+{b}"), ("zh", "{a}加{b}等于几？"), ("zh", "{a}+{b}等于多少？")],
+    "sub": [("en", "What is {a} - {b}?"), ("en", "What is {a} minus {b}?"), ("en", "Subtract {b} from {a}."),
+            ("zh", "计算{a}-{b}"), ("zh", "{a}减{b}等于几？"), ("zh", "{a}-{b}等于多少？")],
+    "code+": [("en", "Write a Python expression that adds {a} and {b}."),
+              ("en", "Give a Python expression for the sum of {a} and {b}."),
+              ("zh", "写一个Python表达式，计算{a}加{b}。"), ("zh", "用Python表达式表示{a}和{b}的和。")],
+    "code*": [("en", "Write a Python expression that multiplies {a} by {b}."),
+              ("en", "Give a Python expression for the product of {a} and {b}."),
+              ("zh", "写一个Python表达式，计算{a}乘以{b}。"), ("zh", "用Python表达式表示{a}和{b}的积。")],
+    "code-": [("en", "Write a Python expression that subtracts {b} from {a}."),
+              ("en", "Give a Python expression for {a} minus {b}."),
+              ("zh", "写一个Python表达式，计算{a}减{b}。"), ("zh", "用Python表达式表示{a}减去{b}。")],
+    "reverse": [("en", "Reverse the word {w}."), ("en", "Spell {w} backwards."), ("en", "Write {w} backwards."),
+                ("zh", "把单词{w}倒过来写。"), ("zh", "倒着拼写{w}。")],
+    "uppercase": [("en", "Write {w} in capitals."), ("en", "Uppercase the word {w}."),
+                  ("en", "Convert {w} to upper case."), ("zh", "把{w}改成大写。"), ("zh", "用大写字母写{w}。")],
+    "count": [("en", "How many letters are in the word {w}?"), ("en", "Count the letters in {w}."),
+              ("en", "How many letters does {w} have?"), ("zh", "{w}有几个字母？"), ("zh", "单词{w}有多少个字母？")],
+    "compare": [("en", "Which is larger, {a} or {b}?"), ("en", "Which number is bigger: {a} or {b}?"),
+                ("en", "Which is greater, {a} or {b}?"), ("zh", "{a}和{b}哪个大？"), ("zh", "{a}和{b}中哪个数更大？")],
+    "open": [("en", "When does the shop open on {day}?"), ("en", "What time do you open on {day}?"),
+             ("en", "What time does the store open on {day}?"), ("zh", "商店{dayzh}几点开门？"),
+             ("zh", "{dayzh}你们几点开门？")],
+    "close": [("en", "When does the shop close on {day}?"), ("en", "What time do you close on {day}?"),
+              ("en", "What time does the store close on {day}?"), ("zh", "商店{dayzh}几点关门？"),
+              ("zh", "{dayzh}你们几点关门？")],
+    "price": [("en", "How much does {an} {p} cost?"), ("en", "What is the price of {an} {p}?"),
+              ("en", "How much is the {p}?"), ("zh", "{pzh}多少钱？"), ("zh", "{pzh}的价格是多少？")],
+    "returns": [("en", "How many days do I have to return an item?"), ("en", "How long is the return window in days?"),
+                ("en", "Within how many days can I return something?"), ("zh", "退货期限是几天？"),
+                ("zh", "买的东西几天内可以退？")],
+    "delivery": [("en", "How much is delivery?"), ("en", "What does delivery cost?"),
+                 ("en", "How much do you charge for delivery?"), ("zh", "运费多少钱？"), ("zh", "送货要多少钱？")],
+    "free_delivery": [("en", "Above what amount is delivery free?"), ("en", "How much must I spend for free delivery?"),
+                      ("en", "What order total gets free delivery?"), ("zh", "买多少钱可以免运费？"),
+                      ("zh", "满多少免运费？")],
+    "gift_wrap": [("en", "How much does gift wrapping cost?"), ("en", "What is the price of gift wrap?"),
+                  ("en", "How much is gift wrapping?"), ("zh", "礼品包装多少钱？"), ("zh", "包装礼品要多少钱？")],
+}
+SHOP_GREETINGS = {"en": ["", "Hi! ", "Hello, "], "zh": ["", "你好，", "请问"]}
+
+# Split sizes (distinct instruction texts; disjoint). Each split is balanced across the nine kinds.
+SPLIT_SIZES = {"sft_train": 3000, "sft_val": 200, "rm": 1500, "ppo": 1000, "test": 300, "probe": 100}
+
+# ---------------------------------------------------------------------------------------------------------
+# Mistakes the simulated demonstrators make. Most are visible in the surface of the response.
+PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER = (
+    "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer")
+MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER]
+MISTAKE_WEIGHTS = {PREAMBLE: 0.25, RAMBLING: 0.2, REPEAT_QUESTION: 0.15, FORMAT: 0.15, WRONG_LANGUAGE: 0.1,
+                   WRONG_ANSWER: 0.15}
+PREAMBLES = {"en": ["Sure! The answer is", "Of course. The answer is", "Good question! It is",
+                    "Let me help. The answer is", "Here you go:", "Happy to help! It is", "OK, so the answer is"],
+             "zh": ["好的！答案是", "当然，答案是", "没问题，答案是", "这个问题很好，答案是", "让我来回答：", "好的，结果是"]}
+TAILS = {"en": ["I hope this helps!", "Let me know if you have other questions.", "Is there anything else I can do?",
+                "Have a great day!", "Thanks for asking!", "That is all there is to it."],
+         "zh": ["希望对你有帮助！", "还有其他问题吗？", "祝你今天愉快！", "谢谢你的提问！"]}
+NOTES = {"en": ["final answer", "I think", "that is it"], "zh": ["最终答案", "我觉得", "就这样"]}
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str
+    instruction: str
+    answer: str        # the exact right answer, already in the asked format
+    meta: tuple = ()   # (key, value) pairs: lang, fmt, question (instruction minus format line), plain, ...
+
+    def get(self, key, default=None):
+        for k, v in self.meta:
+            if k == key:
+                return v
+        return default
+
+
+def _make_task(kind, lang, question, fmt, plain, **extra):
+    """Instruction = question [+ format line]; answer = plain answer, in capitals when capitals are asked."""
+    instruction = question
+    if fmt:
+        suffix = FORMAT_SUFFIX[fmt][0 if lang == "en" else 1]
+        if lang == "en":
+            instruction = question + ("" if question[-1] in ".?!" else ".") + " " + suffix
+        else:
+            instruction = question + ("" if question[-1] in "。？！" else "。") + suffix
+    answer = plain.upper() if fmt == "caps" else plain
+    meta = (("lang", lang), ("fmt", fmt), ("question", question), ("plain", plain)) + tuple(sorted(extra.items()))
+    return Task(kind, instruction, answer, meta)
+
+
+def _single_word(s):
+    return re.fullmatch(r"[^\s\-']+", s) is not None
+
+
+def _build_pools(probe):
+    """All possible tasks of each kind (probe entries excluded), plus the probe tasks. Seed-independent order."""
+    pools = {k: [] for k in KINDS}
+    probe_tasks = []
+    for e in LEXICON:
+        for kind, key in (("translate_en", "en"), ("translate_zh", "zh")):
+            fmts = ["", "caps"] + (["one_word"] if _single_word(e.fr) else [])
+            for lang, tmpl in PHRASINGS[kind]:
+                q = tmpl.format(**{key: getattr(e, key)})
+                for fmt in (fmts if e not in probe else [""]):
+                    t = _make_task(kind, lang, q, fmt, e.fr, en=e.en, zh=e.zh)
+                    (probe_tasks if e in probe else pools[kind]).append(t)
+    for a in range(10):
+        for b in range(10):
+            for op in ("add", "sub") if a >= b else ("add",):
+                c = a + b if op == "add" else a - b
+                for lang, tmpl in PHRASINGS[op]:
+                    for fmt in ("", "number"):
+                        pools["arithmetic"].append(_make_task("arithmetic", lang, tmpl.format(a=a, b=b), fmt, str(c),
+                                                              a=a, b=b, op="+" if op == "add" else "-"))
+    for a in range(1, 10):
+        for b in range(1, 10):
+            for op in "+*-":
+                if op == "-" and a < b:
+                    continue
+                for lang, tmpl in PHRASINGS["code" + op]:
+                    for fmt in ("", "expr"):
+                        pools["code"].append(_make_task("code", lang, tmpl.format(a=a, b=b), fmt, f"{a} {op} {b}",
+                                                        a=a, b=b, op=op))
+    for w in WORDS:
+        if any(w == e.en for e in probe):
+            continue
+        for kind, fmts, plain in (("reverse", ("", "caps"), w[::-1]), ("uppercase", ("", "one_word"), w.upper()),
+                                  ("count", ("", "number"), str(len(w)))):
+            for lang, tmpl in PHRASINGS[kind]:
+                for fmt in fmts:
+                    pools[kind].append(_make_task(kind, lang, tmpl.format(w=w), fmt, plain, word=w))
+    for a in range(21):
+        for b in range(21):
+            if a != b:
+                for lang, tmpl in PHRASINGS["compare"]:
+                    for fmt in ("", "number"):
+                        pools["compare"].append(_make_task("compare", lang, tmpl.format(a=a, b=b), fmt,
+                                                           str(max(a, b)), a=a, b=b))
+    for fact, fields, value in _shop_facts():
+        for lang, tmpl in PHRASINGS[fact.split(":")[0]]:
+            q = tmpl.format(**fields)
+            for greet in SHOP_GREETINGS[lang]:
+                qg = greet + (q[0].lower() + q[1:] if greet.endswith(", ") else q)
+                for fmt in ("", "one_word"):
+                    pools["shop"].append(_make_task("shop", lang, qg, fmt, value, fact=fact))
+    return pools, probe_tasks
+
+
+def _shop_facts():
+    """(fact id, template fields, answer) for every line of the policy sheet."""
+    facts = []
+    for day, (open_, close) in OPENING_HOURS.items():
+        facts.append((f"open:{day}", {"day": day, "dayzh": DAYS_ZH[day]}, open_))
+        facts.append((f"close:{day}", {"day": day, "dayzh": DAYS_ZH[day]}, close))
+    for p, pzh, price in PRODUCTS:
+        facts.append((f"price:{p}", {"p": p, "an": _a(p), "pzh": pzh}, price))
+    facts += [("returns:", {}, RETURN_DAYS), ("delivery:", {}, DELIVERY_FEE),
+              ("free_delivery:", {}, FREE_DELIVERY_OVER), ("gift_wrap:", {}, GIFT_WRAP)]
+    return facts
+
+
+# words for reverse / uppercase / count: lowercase single English words of 3-8 letters, no palindromes
+WORDS = [e.en for e in LEXICON if re.fullmatch(r"[a-z]{3,8}", e.en) and e.en != e.en[::-1]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The gold judge
+_LATIN = r"A-Za-z0-9\u00C0-\u024F\u0152\u0153"  # letters/digits that make a word boundary (incl. é, œ)
+_FRENCH_RE = re.compile(r"(?<![%s])(?:%s)(?![%s])" % (
+    _LATIN, "|".join(re.escape(e.fr) for e in sorted(LEXICON, key=lambda e: -len(e.fr))), _LATIN), re.I)
+_END_PUNCT = ("", ".", "!", "。", "！")
+
+
+def _normalise(s):
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", s)).strip()
+
+
+def _find_last(text, target, ignore_case):
+    """Last whole-word occurrence of target in text -> (start, end) or None."""
+    pat = r"(?<![%s])%s(?![%s])" % (_LATIN, re.escape(target), _LATIN)
+    hits = list(re.finditer(pat, text, re.I if ignore_case else 0))
+    return (hits[-1].start(), hits[-1].end()) if hits else None
+
+
+def _numbers(text):
+    return [(m.start(), m.end(), int(m.group())) for m in re.finditer(r"\d+", text)]
+
+
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
+
+
+def _eval_arith(node):
+    """Evaluate an AST made ONLY of int literals, unary minus and + - * (never eval on raw text)."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_eval_arith(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        left, right = _eval_arith(node.left), _eval_arith(node.right)
+        return {"+": left + right, "-": left - right, "*": left * right}[_OPS[type(node.op)]]
+    raise ValueError("not a +-* expression of integer literals")
+
+
+def _expressions(text):
+    """Arithmetic expressions found in text -> list of (start, end, ast node, value)."""
+    found = []
+    for m in re.finditer(r"[\d(][\d\s+\-*()]*", text):
+        s = m.group()
+        for cut in (s.strip(), s.strip().strip("()").strip()):
+            if not cut:
+                continue
+            try:
+                node = ast.parse(cut, mode="eval").body
+                value = _eval_arith(node)
+            except (SyntaxError, ValueError, RecursionError):
+                continue
+            start = m.start() + s.index(cut)
+            found.append((start, start + len(cut), node, value))
+            break
+    return found
+
+
+def _is_requested_expr(node, task):
+    """BinOp with the asked operator over the literals a and b (either order for + and *)."""
+    a, b, op = task.get("a"), task.get("b"), task.get("op")
+    if not (isinstance(node, ast.BinOp) and _OPS.get(type(node.op)) == op):
+        return False
+    if not all(isinstance(n, ast.Constant) and type(n.value) is int for n in (node.left, node.right)):
+        return False
+    pair = (node.left.value, node.right.value)
+    return pair == (a, b) or (op != "-" and pair == (b, a))
+
+
+def _locate(task, r):
+    """Where the right answer sits in response r -> (start, end, case_ok), or None if absent or ambiguous."""
+    kind = task.kind
+    if kind in ("translate_en", "translate_zh"):
+        plain = task.get("plain").lower()
+        matches = [(m.start(), m.end()) for m in _FRENCH_RE.finditer(r)]
+        if not matches or any(r[s:e].lower() != plain for s, e in matches):
+            return None  # no French word, or another lexicon word too (hedging "chat chien" is not an answer)
+        s, e = matches[-1]
+        return s, e, r[s:e] == task.answer
+    if kind in NUMERIC_KINDS or kind == "shop":
+        allowed = {n for _, _, n in _numbers(task.instruction)} | {n for _, _, n in _numbers(task.answer)}
+        if any(n not in allowed for _, _, n in _numbers(r)):
+            return None  # an extra number that is neither the answer nor from the question
+    if kind in NUMERIC_KINDS:
+        hits = [(s, e) for s, e, n in _numbers(r) if n == int(task.answer)]
+        return (*hits[-1], True) if hits else None
+    if kind == "code":
+        hits = [(s, e) for s, e, node, _ in _expressions(r) if _is_requested_expr(node, task)]
+        return (*hits[-1], True) if hits else None
+    span = _find_last(r, task.answer, ignore_case=(kind != "uppercase"))
+    return (*span, r[span[0]:span[1]] == task.answer) if span else None
+
+
+def _edit_distance(a, b):
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _string_credit(core, answer):
+    # 0.2 * (1 - normalised edit distance)
+    return 0.2 * (1 - _edit_distance(core, answer) / max(len(core), len(answer), 1))
+
+
+def _no_answer_score(task, r):
+    """Score of a response that does not contain the right answer: wrong language, number words, partial."""
+    core = r.strip(" .!。！")
+    kind, lang = task.kind, task.get("lang")
+    if kind in ("translate_en", "translate_zh"):
+        if core.lower() in (task.get("en").lower(), task.get("zh")):
+            return 0.2  # wrong language: the English or Chinese word instead of the French
+        return _string_credit(core.lower(), task.answer.lower())
+    if kind in NUMERIC_KINDS:
+        n = int(task.answer)
+        if n <= 20 and core.lower() == NUMBER_WORDS[lang][n]:
+            return 0.5  # right number, written as a word
+        if n <= 20 and core.lower() in [NUMBER_WORDS[other][n] for other in NUMBER_WORDS if other != lang]:
+            return 0.2  # right number, in another language
+        if kind == "compare":
+            return 0.0  # the other number of the two: no partial credit
+        asked = {x for _, _, x in _numbers(task.instruction)}
+        guesses = [int(core)] if core.isdigit() else [x for _, _, x in _numbers(r) if x not in asked]
+        return 0.1 if len(guesses) == 1 and abs(guesses[0] - n) == 1 else 0.0  # off by one
+    if kind == "code":
+        target = _eval_arith(ast.parse(task.answer, mode="eval").body)
+        values = [v for _, _, _, v in _expressions(r)]
+        if target in values:
+            return 0.3  # right value, but not the asked expression
+        return 0.1 if any(isinstance(node, ast.BinOp) for _, _, node, _ in _expressions(r)) else 0.0
+    if kind == "uppercase":
+        return _string_credit(core, task.answer)
+    return _string_credit(core.lower(), task.answer.lower())
+
+
+def gold_score(task, response):
+    """The gold judge (stands in for the human labellers' opinion). Returns a score in [0, 1].
+
+    The right answer is looked for inside the response (a whole word; numbers compared as numbers; code
+    parsed with `ast`, only int literals and + - * evaluated). If it is there, the score is the LOWEST
+    cap that applies; if not, the partial-credit rules below apply.
+
+      situation                                                     score   demonstrator mistake
+      ------------------------------------------------------------  -----   --------------------
+      empty response                                                0.0
+      exactly the right answer in the asked format                  1.0     (none)
+      right answer + one trailing "." or "!"                        0.9
+      right answer, letter case differs, no capitals were asked     0.8
+      right answer after a preamble ("Sure! The answer is 7.")      0.6     preamble
+      right answer followed by more text (rambling tail)            0.5     rambling
+      right answer, format broken: capitals asked but not given,    0.5     format
+        or extra words when one word/number/expression asked
+      right answer written as a number word ("eight" for "8")       0.5     format
+      question repeated before the answer                           0.4     repeat_question
+      more than 20 words                                      at most 0.3
+      code: right value but not the asked expression ("7")          0.3
+      wrong language (English/Chinese word when French asked,       0.2     wrong_language
+        number word in another language)
+      wrong string answer: 0.2 * (1 - normalised edit distance)   0-0.2     wrong_answer
+      wrong number: 0.1 if off by one (sums, counts), else 0.0     0-0.1     wrong_answer
+      wrong code: 0.1 if some + - * expression, else 0.0          0-0.1     wrong_answer
+      the answer plus another candidate (other French word, other
+        number not from the question): treated as a wrong answer
+    """
+    r = _normalise(response)
+    if not r:
+        return 0.0
+    if r == task.answer:
+        return 1.0
+    found = _locate(task, r)
+    if found is None:
+        return round(_no_answer_score(task, r), 4)
+    start, end, case_ok = found
+    prefix, suffix = r[:start].strip(), r[end:].strip()
+    fmt = task.get("fmt")
+    caps = [1.0]
+    if suffix in _END_PUNCT[1:] and not prefix:
+        caps.append(0.9)
+    if prefix:
+        question = _normalise(task.get("question")).lower().rstrip(".?!。？！")
+        caps.append(0.4 if question in prefix.lower() else 0.6)
+    if suffix not in _END_PUNCT:
+        caps.append(0.5)
+    if fmt in BARE_FORMATS and (prefix or suffix not in _END_PUNCT):
+        caps.append(0.5)
+    if not case_ok:
+        caps.append(0.5 if fmt == "caps" else 0.8)
+    if len(r.split()) > 20:
+        caps.append(0.3)
+    return min(caps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Simulated demonstrators
+def applicable_mistakes(task):
+    """Mistake kinds that make sense for this task (format needs a format line; wrong_language a translation
+    or a small number)."""
+    kinds = [PREAMBLE, RAMBLING, REPEAT_QUESTION, WRONG_ANSWER]
+    if task.get("fmt"):
+        kinds.append(FORMAT)
+    if task.kind.startswith("translate") or (task.kind in NUMERIC_KINDS and int(task.answer) <= 20):
+        kinds.append(WRONG_LANGUAGE)
+    return [m for m in MISTAKES if m in kinds]
+
+
+def respond(task, rng, mistake=None):
+    """A response to task: the right answer (mistake=None) or one showing the given kind of mistake."""
+    if mistake is None:
+        return task.answer
+    if mistake not in applicable_mistakes(task):
+        raise ValueError(f"mistake {mistake!r} does not apply to a {task.kind} task {task.instruction!r}")
+    lang, ans, en = task.get("lang"), task.answer, task.get("lang") == "en"
+    if mistake == PREAMBLE:
+        pre = rng.choice(PREAMBLES[lang])
+        return f"{pre} {ans}." if en else f"{pre}{ans}。"
+    if mistake == RAMBLING:
+        tail = rng.choice(TAILS[lang])
+        return f"{ans}. {tail}" if en else f"{ans}。{tail}"
+    if mistake == REPEAT_QUESTION:
+        return task.get("question") + rng.choice([" ", "\n"]) + ans
+    if mistake == FORMAT:
+        return _format_mistake(task, rng)
+    if mistake == WRONG_LANGUAGE:
+        if task.kind.startswith("translate"):
+            word = rng.choice([task.get("en"), task.get("zh")])
+            return word.upper() if task.get("fmt") == "caps" else word
+        n = int(ans)  # a number word in another language (not "six" for an English prompt: same in French)
+        return rng.choice([NUMBER_WORDS[x][n] for x in NUMBER_WORDS if NUMBER_WORDS[x][n] != NUMBER_WORDS[lang][n]])
+    return _wrong_answer(task, rng)
+
+
+def _format_mistake(task, rng):
+    fmt, ans, lang = task.get("fmt"), task.answer, task.get("lang")
+    if fmt == "caps":
+        return task.get("plain")
+    if fmt == "expr":
+        return rng.choice([f"print({ans})", f"x = {ans}", f"`{ans}`"])
+    if fmt == "number" and rng.random() < 0.5:
+        return NUMBER_WORDS[lang][int(ans)]
+    note = task.get("en") if task.kind == "translate_en" else rng.choice(NOTES[lang])
+    return f"{ans} ({note})"
+
+
+def _wrong_answer(task, rng):
+    kind, ans = task.kind, task.answer
+    if kind in ("arithmetic", "count"):
+        n = int(ans)
+        return str(n + 1 if n == 0 or (kind == "count" and n == 1) or rng.random() < 0.5 else n - 1)
+    if kind == "compare":
+        return str(min(task.get("a"), task.get("b")))
+    if kind == "code":
+        a, b, op = task.get("a"), task.get("b"), task.get("op")
+        target = {"+": a + b, "-": a - b, "*": a * b}[op]
+        for other in rng.sample("+-*", 3):
+            if other != op and {"+": a + b, "-": a - b, "*": a * b}[other] != target:
+                return f"{a} {other} {b}"
+        return f"{a} {op} {b + 1}"
+    if kind == "shop":
+        fact_type = task.get("fact").split(":")[0]
+        distractors = {"open": {"8am", "11am"}, "close": {"7pm", "9pm"}, "returns": {"14", "60"}}
+        others = sorted({v for f, _, v in _shop_facts() if f.split(":")[0] == fact_type and v != ans}
+                        | distractors.get(fact_type, {"$7", "$19"}))
+        return rng.choice(others)
+    if kind.startswith("translate"):
+        plain = task.get("plain")
+        if rng.random() < 0.5:
+            cat = next(e.cat for e in LEXICON if e.fr == plain)
+            plain = rng.choice([e.fr for e in LEXICON if e.cat == cat and e.fr != plain])
+        else:
+            plain = _misspell(plain, rng)
+        return plain.upper() if task.get("fmt") == "caps" else plain
+    if kind == "reverse":
+        word = task.get("word")
+        wrong = word if rng.random() < 0.5 else _misspell(word[::-1], rng)
+        return wrong.upper() if task.get("fmt") == "caps" else wrong
+    if kind == "uppercase":
+        word = task.get("word")
+        return word.capitalize() if rng.random() < 0.5 else _misspell(word.upper(), rng)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def _misspell(word, rng):
+    """Drop, double or swap one letter; always returns something different from word."""
+    for _ in range(20):
+        i = rng.randrange(len(word))
+        choice = rng.randrange(3)
+        if choice == 0 and len(word) > 2:
+            out = word[:i] + word[i + 1:]
+        elif choice == 1:
+            out = word[:i] + word[i] + word[i:]
+        else:
+            j = min(i + 1, len(word) - 1)
+            out = word[:i] + word[j] + word[i] + word[j + 1:] if j > i else word
+        if out.lower() != word.lower():
+            return out
+    return word + word[-1]
+
+
+def demonstration(task, rng, error_rate=0.3):
+    """A simulated labeller's demonstration -> (response, mistake kind or None)."""
+    if rng.random() >= error_rate:
+        return task.answer, None
+    kinds = applicable_mistakes(task)
+    mistake = rng.choices(kinds, weights=[MISTAKE_WEIGHTS[m] for m in kinds])[0]
+    return respond(task, rng, mistake), mistake
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pretraining corpus: sentences that state the world's facts, in English and Chinese
+def _corpus_sentence_makers():
+    """List of (weight, function(rng) -> sentence)."""
+    lex = LEXICON
+    by_cat = {}
+    for e in lex:
+        by_cat.setdefault(e.cat, []).append(e)
+
+    def lexicon_fact(rng):
+        e = rng.choice(lex)
+        t = rng.randrange(14)
+        return [f"The French word for {e.en} is {e.fr}.", f"In French, {e.en} is {e.fr}.",
+                f"{e.fr} is the French word for {e.en}.", f"{e.zh} in French is {e.fr}.", f"{e.zh}的法语是{e.fr}。",
+                f"{e.zh}用法语说就是{e.fr}。", f"In Chinese, {e.en} is {e.zh}.",
+                f"{e.en} means {e.zh} in Chinese and {e.fr} in French.", f"Q: What does {e.fr} mean? A: It means {e.en}.",
+                f"A French speaker says {e.fr} for {e.en}.", f"法语单词{e.fr}的意思是{e.zh}。",
+                f"My teacher says that {e.en} in French is {e.fr}.", f"Remember: {e.en} = {e.fr}.",
+                f"In capital letters, {e.fr} is written {e.fr.upper()}."][t]
+
+    def arithmetic_fact(rng):
+        a, b = rng.randrange(10), rng.randrange(10)
+        hi, lo = max(a, b), min(a, b)
+        t = rng.randrange(12)
+        return [f"{a} plus {b} is {a + b}.", f"{a} + {b} = {a + b}.", f"{a}加{b}等于{a + b}。",
+                f"{hi} minus {lo} is {hi - lo}.", f"{hi} - {lo} = {hi - lo}.", f"{hi}减{lo}等于{hi - lo}。",
+                f"{a} times {b} is {a * b}.", f"If you have {a} apples and get {b} more, you have {a + b} apples.",
+                f"{a}+{b}={a + b}", f"The sum of {a} and {b} is {a + b}.",
+                f"The number {a} is written {NUMBER_WORDS['en'][a]} in English, {NUMBER_WORDS['zh'][a]} in Chinese "
+                f"and {NUMBER_WORDS['fr'][a]} in French.", f"{a + b} is what you get when you add {a} and {b}."][t]
+
+    def code_fact(rng):
+        a, b = rng.randrange(1, 10), rng.randrange(1, 10)
+        hi, lo = max(a, b), min(a, b)
+        t = rng.randrange(6)
+        return [f"In Python, the expression {a} + {b} adds {a} and {b}.",
+                f"The Python expression {a} * {b} multiplies {a} by {b}; it gives {a * b}.",
+                f"In Python you write {hi} - {lo} to subtract {lo} from {hi}.",
+                f"Python表达式{a} + {b}计算{a}加{b}。", f"Python表达式{a} * {b}计算{a}乘以{b}。",
+                f"To get the product of {a} and {b} in Python, type {a} * {b}."][t]
+
+    def word_fact(rng):
+        w = rng.choice(WORDS)
+        t = rng.randrange(8)
+        return [f"The word {w} spelled backwards is {w[::-1]}.", f"{w} has {len(w)} letters.",
+                f"{w} written in capitals is {w.upper()}.", f"单词{w}有{len(w)}个字母。", f"{w}倒过来写是{w[::-1]}。",
+                f"Spelled letter by letter, {w} is {'-'.join(w)}.", f"{w}的大写是{w.upper()}。",
+                f"Read backwards, {w} becomes {w[::-1]}."][t]
+
+    def compare_fact(rng):
+        a, b = rng.sample(range(21), 2)
+        hi, lo = max(a, b), min(a, b)
+        t = rng.randrange(5)
+        return [f"{hi} is larger than {lo}.", f"{lo} is smaller than {hi}.", f"{hi}比{lo}大。",
+                f"Between {a} and {b}, the bigger number is {hi}.", f"{a}和{b}相比，{hi}更大。"][t]
+
+    def shop_fact(rng):
+        day = rng.choice(list(OPENING_HOURS))
+        open_, close = OPENING_HOURS[day]
+        p, pzh, price = rng.choice(PRODUCTS)
+        t = rng.randrange(12)
+        if day == "Sunday" and t < 4:
+            return rng.choice(["The shop is closed on Sunday.", "商店星期日不开门。", "On Sunday we are closed."])
+        return [f"The shop opens at {open_} on {day}.", f"On {day} the shop closes at {close}.",
+                f"商店{DAYS_ZH[day]}{open_}开门，{close}关门。", f"On {day} we are open from {open_} to {close}.",
+                f"{_a(p).capitalize()} {p} costs {price}.", f"{pzh}的价格是{price}。",
+                f"A customer asked about the {p}. The clerk said it costs {price}.",
+                f"You can return an item within {RETURN_DAYS} days.", f"Delivery costs {DELIVERY_FEE}.",
+                f"Delivery is free above {FREE_DELIVERY_OVER}.", f"Gift wrapping costs {GIFT_WRAP}.",
+                f"退货期限是{RETURN_DAYS}天，运费是{DELIVERY_FEE}。"][t]
+
+    def story(rng):
+        person, animal = rng.choice(by_cat["person"]), rng.choice(by_cat["animal"])
+        place, food = rng.choice(by_cat["place"]), rng.choice(by_cat["food"])
+        colour, adj = rng.choice(by_cat["colour"]), rng.choice(by_cat["adjective"])
+        thing, day = rng.choice(by_cat["home"]), rng.choice(by_cat["day"])
+        t = rng.randrange(8)
+        return [f"The {adj.en} {animal.en} is {colour.en}.", f"My {person.en} likes {food.en}.",
+                f"On {day.en}, the {person.en} goes to the {place.en}.",
+                f"The {animal.en} sleeps under the {thing.en}.", f"我的{person.zh}喜欢{food.zh}。",
+                f"{day.zh}，{person.zh}去{place.zh}。", f"There is a {colour.en} {thing.en} in the {place.en}.",
+                f"The {person.en} buys {food.en} at the market on {day.en}."][t]
+
+    return [(30, lexicon_fact), (15, arithmetic_fact), (6, code_fact), (15, word_fact), (6, compare_fact),
+            (10, shop_fact), (18, story)]
+
+
+def _a(noun):
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def make_corpus(rng, n_chars):
+    """Paragraphs of 3-7 sentences, one per line, until n_chars characters."""
+    makers = _corpus_sentence_makers()
+    bag = [fn for weight, fn in makers for _ in range(weight)]
+    lines, total = [], 0
+    while total < n_chars:
+        sentences = [rng.choice(bag)(rng) for _ in range(rng.randint(3, 7))]
+        line = " ".join(sentences)
+        lines.append(line)
+        total += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+DEFAULT_CORPUS_CHARS = 4_200_000  # ~1.3M tokens: a 2048-token BPE trained on it gives ~3.2 chars/token (measured)
+
+
+# ---------------------------------------------------------------------------------------------------------
+class World:
+    """The whole instruction world for one seed: splits, look-up, gold judge, demonstrators, corpus."""
+
+    def __init__(self, seed=0):
+        self.seed = seed
+        self.kinds = list(KINDS)
+        rng = random.Random(seed)
+        candidates = [e for e in LEXICON if e.cat in PROBE_CATEGORIES]
+        self.probe_entries = sorted(rng.sample(candidates, N_PROBE_ENTRIES), key=lambda e: e.en)
+        pools, probe_tasks = _build_pools(set(self.probe_entries))
+        self._by_instruction = {}
+        for t in [t for kind in KINDS for t in pools[kind]] + probe_tasks:
+            assert t.instruction not in self._by_instruction, f"duplicate instruction {t.instruction!r}"
+            self._by_instruction[t.instruction] = t
+        # deal each kind's shuffled pool out to the splits, the same number per kind (test first)
+        self._splits = {name: [] for name in SPLIT_SIZES}
+        for kind in KINDS:
+            pool = list(pools[kind])
+            rng.shuffle(pool)
+            i = 0
+            for name in ("test", "sft_val", "rm", "ppo", "sft_train"):
+                n = math.ceil(SPLIT_SIZES[name] / len(KINDS))
+                assert i + n <= len(pool), f"not enough {kind} tasks for split {name}"
+                self._splits[name] += pool[i:i + n]
+                i += n
+        rng.shuffle(probe_tasks)
+        self._splits["probe"] = probe_tasks[:SPLIT_SIZES["probe"]]
+        for name in self._splits:
+            rng.shuffle(self._splits[name])
+
+    def split(self, name):
+        if name not in self._splits:
+            raise KeyError(f"unknown split {name!r}; choose from {', '.join(self._splits)}")
+        return list(self._splits[name])
+
+    def task(self, instruction):
+        try:
+            return self._by_instruction[instruction]
+        except KeyError:
+            raise KeyError(f"instruction not in this world: {instruction!r}") from None
+
+    def score(self, task_or_instruction, response):
+        task = task_or_instruction if isinstance(task_or_instruction, Task) else self.task(task_or_instruction)
+        return gold_score(task, response)
+
+    def demonstration(self, task, rng, error_rate=0.3):
+        return demonstration(task, rng, error_rate)
+
+    def respond(self, task, rng, mistake=None):
+        return respond(task, rng, mistake)
+
+    def corpus(self, n_chars=DEFAULT_CORPUS_CHARS):
+        return make_corpus(random.Random(f"corpus-{self.seed}"), n_chars)
+
+    def corpus_val(self, n_chars=200_000):
+        return make_corpus(random.Random(f"corpus-val-{self.seed}"), n_chars)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Simulated labellers
+LABELER_TEMPERATURE = 0.27  # calibrated: two labellers agree on ~76% of pairs of demonstrations (InstructGPT: 73-77%)
+
+
+class SimulatedLabeler:
+    """Ranks responses like a noisy human: Plackett-Luce with utilities gold/temperature.
+
+    Sorting by  u_i = g_i / temperature + Gumbel noise  samples a Plackett-Luce ranking; for any two responses
+    P(i ranked above j) = sigmoid((g_i - g_j) / temperature)  (Bradley-Terry). temperature=0: noise-free.
+    Ties dropped: responses with equal gold score are tied for the labeller, so rank() keeps only the FIRST
+    response of each distinct gold score; the returned list may be shorter than `responses` (possibly 1).
+    """
+
+    def __init__(self, seed=0, temperature=LABELER_TEMPERATURE):
+        self.rng = random.Random(seed)
+        self.temperature = temperature
+
+    def rank(self, task, responses):
+        """-> indices into responses, best to worst (one per distinct gold score)."""
+        gold = [gold_score(task, r) for r in responses]
+        keep, seen = [], set()
+        for i, g in enumerate(gold):
+            if round(g, 6) not in seen:
+                seen.add(round(g, 6))
+                keep.append(i)
+        if self.temperature <= 0:
+            return sorted(keep, key=lambda i: -gold[i])
+        utility = {i: gold[i] / self.temperature - math.log(-math.log(self.rng.random() or 1e-12)) for i in keep}
+        return sorted(keep, key=lambda i: -utility[i])
+
+
+def _pair_agreement(world, tasks, responses_per_task, order_a, order_b):
+    agree = total = 0
+    for task, responses in zip(tasks, responses_per_task):
+        task = task if isinstance(task, Task) else world.task(task)
+        ra, rb = order_a(task, responses), order_b(task, responses)
+        pos_a, pos_b = {i: k for k, i in enumerate(ra)}, {i: k for k, i in enumerate(rb)}
+        for x in range(len(ra)):
+            for y in range(x + 1, len(ra)):
+                i, j = ra[x], ra[y]
+                total += 1
+                agree += (pos_b[i] < pos_b[j])
+    return agree / max(total, 1)
+
+
+def labeler_agreement(world, tasks, responses_per_task, labeler_a, labeler_b):
+    """Fraction of response pairs that two labellers order the same way (tied pairs excluded).
+    tasks: Tasks or instruction strings; responses_per_task: one list of responses per task."""
+    return _pair_agreement(world, tasks, responses_per_task, labeler_a.rank, labeler_b.rank)
+
+
+def gold_agreement(world, tasks, responses_per_task, labeler):
+    """Fraction of pairs a labeller orders like the noise-free gold judge: the ceiling for a reward model."""
+    gold = SimulatedLabeler(temperature=0)
+    return _pair_agreement(world, tasks, responses_per_task, labeler.rank, gold.rank)

@@ -1,0 +1,179 @@
+"""The whole InstructGPT recipe in one command, each stage run by its own script.
+
+    python pipeline.py            # ~15 minutes on 2 CPU cores; then read out/report.md
+    python pipeline.py --quick    # a miniature of the same run in about a minute (what the tests run)
+    python pipeline.py --force=rm # rerun from the reward model on (later stages too)
+
+    tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> evaluation -> report
+
+Every command is printed before it runs, so any stage can be rerun by hand. A stage whose folder
+holds summary.json is complete and is skipped, so an interrupted pipeline continues where it stopped.
+"""
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from minigpt.checkpoint import write_json
+from minigpt.cli import UserError, check, run
+
+STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "eval"]
+
+# Flags that shrink each stage to a miniature for --quick (tiny model, a few steps).
+QUICK = {
+    "pretrain": ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=96", "--vocab_size=400",
+                 "--tokenizer_chars=60000", "--max_steps=30", "--batch_size=8", "--eval_interval=15",
+                 "--eval_batches=2", "--log_interval=10"],
+    "sft": ["--max_steps=20", "--batch_size=8", "--eval_interval=10", "--eval_prompts=8"],
+    "labels": ["--n_prompts=24", "--k=4"],
+    "rm": ["--batch_size=4"],
+    "ppo": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
+    "ppo_ptx": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
+    "eval": ["--n_prompts=16", "--probe_prompts=8"],
+}
+
+
+@dataclass
+class Config:
+    out_dir: str = field(default="out", metadata={"help": "where every stage's folder and the report go"})
+    quick: bool = field(default=False, metadata={"help": "a miniature run (tiny model, few steps) in ~1 minute"})
+    force: str = field(default="", metadata={"help": f"rerun from this stage on: one of {', '.join(STAGES)}"})
+    seed: int = field(default=1337, metadata={"help": "seed passed to every stage"})
+    ptx_coef: float = field(default=1.0, metadata={"help": "PPO-ptx pretraining-loss coefficient (gamma)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+
+    def validate(self):
+        check(self.force in ("", *STAGES), f"--force={self.force}: expected one of {', '.join(STAGES)}")
+
+
+def stage_commands(cfg):
+    o = cfg.out_dir
+    common = [f"--seed={cfg.seed}", f"--device={cfg.device}"]
+    models = f"pretrained:{o}/pretrain,sft:{o}/sft,ppo:{o}/ppo,ppo_ptx:{o}/ppo_ptx"
+    commands = {
+        "pretrain": ["train_pretrain.py", f"--out_dir={o}/pretrain"],
+        "sft": ["train_sft.py", f"--init={o}/pretrain", f"--out_dir={o}/sft"],
+        "labels": ["label.py", f"--policy={o}/sft", f"--out_dir={o}/labels"],
+        "rm": ["train_rm.py", f"--sft={o}/sft", f"--data={o}/labels", f"--out_dir={o}/rm"],
+        "ppo": ["train_ppo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/ppo"],
+        "ppo_ptx": ["train_ppo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/ppo_ptx",
+                    f"--ptx_coef={cfg.ptx_coef}"],
+        "eval": ["evaluate.py", f"--models={models}", f"--ref={o}/sft", f"--rm={o}/rm", "--best_of=4",
+                 f"--out_dir={o}/eval"],
+    }
+    return {s: [sys.executable, *cmd, *common, *(QUICK[s] if cfg.quick else [])] for s, cmd in commands.items()}
+
+
+def main(cfg):
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    timing_path = os.path.join(cfg.out_dir, "stage_seconds.json")
+    seconds = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
+    forced = STAGES[STAGES.index(cfg.force):] if cfg.force else []
+    commands = stage_commands(cfg)
+    t_start = time.time()
+    for i, stage in enumerate(STAGES, 1):
+        folder = os.path.join(cfg.out_dir, stage)
+        print(f"\n{'=' * 78}\n[{i}/{len(STAGES) + 1}] {stage}\n{'=' * 78}", flush=True)
+        if os.path.exists(os.path.join(folder, "summary.json")) and stage not in forced:
+            print(f"{folder}/summary.json exists: stage complete, skipped (--force={stage} reruns it)")
+            continue
+        print("$ " + " ".join(shlex.quote(c) for c in commands[stage]), flush=True)
+        t0 = time.time()
+        result = subprocess.run(commands[stage], cwd=here)
+        if result.returncode != 0:
+            raise UserError(f"stage {stage} failed (exit code {result.returncode}); fix it and rerun: "
+                            "finished stages are skipped")
+        seconds[stage] = round(time.time() - t0, 1)
+        write_json(timing_path, seconds)
+    print(f"\n{'=' * 78}\n[{len(STAGES) + 1}/{len(STAGES) + 1}] report\n{'=' * 78}")
+    write_report(cfg.out_dir, seconds, quick=cfg.quick, seed=cfg.seed, ptx_coef=cfg.ptx_coef)
+    print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {sum(seconds.values()):.0f}s in all); "
+          f"read {cfg.out_dir}/report.md")
+
+
+def _fmt(x, spec=".3f"):
+    return "–" if x is None else format(x, spec)
+
+
+def git_commit(here):
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                              text=True).stdout.strip() or None
+    except OSError:
+        return None
+
+
+def write_report(out_dir, seconds, quick, seed, ptx_coef):
+    """out/report.json (the figures) and out/report.md (the same, with plots and sample answers)."""
+    def load(*parts):
+        path = os.path.join(out_dir, *parts)
+        return json.load(open(path)) if os.path.exists(path) else {}
+
+    evaluation, rm, ppo = load("eval", "eval.json"), load("rm", "summary.json"), load("ppo", "summary.json")
+    models = {}
+    for name, m in evaluation.get("models", {}).items():
+        models[name] = {
+            "gold_mean": m["gold_mean"], "gold_ci95": m["gold_ci95"],
+            "win_rate_vs_sft": evaluation.get("win_rates", {}).get(f"{name}_vs_sft"),
+            "tie_rate_vs_sft": evaluation.get("tie_rates", {}).get(f"{name}_vs_sft"),
+            "kl_to_sft": m.get("kl_to_ref"), "pretrain_val_loss": m.get("pretrain_val_loss"),
+            "eos_rate": m.get("eos_rate"), "mean_len": m.get("mean_len"), "rm_score": m.get("rm_score"),
+        }
+    report = {
+        "models": models,
+        "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman")},
+        "rm_per_mistake_accuracy": rm.get("per_mistake_accuracy"),
+        "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
+        "seed": seed, "ptx_coef": ptx_coef, "kl_coef": ppo.get("kl_coef"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+    }
+    write_json(os.path.join(out_dir, "report.json"), report)
+
+    lines = ["# minigpt: what each stage of InstructGPT did", "",
+             f"Run {'--quick (a miniature: numbers mean nothing)' if quick else 'with the defaults'} "
+             f"on {report['machine']}, seed {seed}, commit {report['commit']}, "
+             f"{report['total_seconds']:.0f} s of stages. Held-out test prompts, gold judge, "
+             f"temperature {evaluation.get('temperature')}, {evaluation.get('n_prompts')} prompts.", "",
+             "| model | gold score (95% CI) | win rate vs SFT (ties) | KL to SFT | pretrain val loss | EOS rate | mean length |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        lines.append(f"| {name} | {m['gold_mean']:.3f} ± {m['gold_ci95']:.3f} | {_fmt(m['win_rate_vs_sft'], '.0%')} "
+                     f"({_fmt(m['tie_rate_vs_sft'], '.0%')}) | {_fmt(m['kl_to_sft'], '.2f')} | "
+                     f"{_fmt(m['pretrain_val_loss'])} | {_fmt(m['eos_rate'], '.0%')} | {_fmt(m['mean_len'], '.1f')} |")
+    r = report["rm"]
+    lines += ["", "## Reward model", "",
+              f"Held-out pairwise accuracy **{_fmt(r['accuracy'])}**, beside the agreement of two independent "
+              f"simulated labellers {_fmt(r['labeler_agreement'])} and the labels' ceiling (noisy labels vs the "
+              f"noise-free gold order) {_fmt(r['ceiling'])}. Spearman correlation of reward with gold score: "
+              f"{_fmt(r['spearman'])}.", ""]
+    if report["rm_per_mistake_accuracy"]:
+        lines += ["| the worse response's mistake | RM accuracy |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in report["rm_per_mistake_accuracy"].items()] + [""]
+    lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+    lines += ["", "## Plots", ""]
+    for folder in ("pretrain", "sft", "rm", "ppo", "ppo_ptx"):
+        pngs = sorted(f for f in os.listdir(os.path.join(out_dir, folder)) if f.endswith(".png")) \
+            if os.path.isdir(os.path.join(out_dir, folder)) else []
+        lines += [f"![{folder} {p[:-4]}]({folder}/{p})" for p in pngs]
+    samples = evaluation.get("samples") or []
+    if samples:
+        lines += ["", "## The same prompts, answered by each model", ""]
+        names = [n for n in ("sft", "ppo", "ppo_ptx") if n in models]
+        lines += ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for s in samples[:12]:
+            cells = [str(s.get("responses", {}).get(n, "")).replace("|", "\\|").replace("\n", " ") for n in names]
+            lines.append(f"| {s['prompt'].replace(chr(10), ' ')} | " + " | ".join(cells) + " |")
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    run(main, Config)

@@ -1,0 +1,139 @@
+"""evaluate.py: win rates and intervals on hand-computed inputs, the JSON's shape on tiny checkpoints,
+and one-line errors (exit 2, nothing written) for bad folders."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import evaluate
+import train_sft
+from minigpt.checkpoint import load_model, save_model
+from minigpt.cli import run
+from minigpt.model import GPT, GPTConfig, RewardModel
+from minigpt.tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = {"gold_mean", "gold_ci95", "per_task", "exact_match", "eos_rate", "mean_len", "pretrain_val_loss",
+        "kl_to_ref", "rm_score", "probe_gold_mean"}
+
+
+# ---- the numbers, by hand --------------------------------------------------------------------------------
+
+def test_pairwise_win_and_tie_rates():
+    gold = {"A": [1.0, 0.0, 0.5, 1.0], "B": [0.0, 0.0, 0.5, 0.5], "C": [0.0, 1.0, 0.0, 1.0]}
+    wins, ties = evaluate.pairwise(gold)
+    assert set(wins) == set(ties) == {"A_vs_B", "B_vs_A", "A_vs_C", "C_vs_A", "B_vs_C", "C_vs_B"}
+    assert wins["A_vs_B"] == 1.0 and ties["A_vs_B"] == 0.5        # A wins 2, loses 0, ties 2 of 4
+    assert wins["B_vs_A"] == 0.0 and ties["B_vs_A"] == 0.5
+    assert wins["A_vs_C"] == pytest.approx(2 / 3) and ties["A_vs_C"] == 0.25  # wins at 0 and 2, loses at 1, ties 3
+    assert wins["C_vs_A"] == pytest.approx(1 / 3)
+    assert wins["B_vs_C"] == pytest.approx(1 / 3) and ties["B_vs_C"] == 0.25  # wins at 2, loses at 1 and 3
+
+
+def test_report_on_hand_computed_answers():
+    tasks = [SimpleNamespace(kind=k, instruction=f"q{i}") for i, k in enumerate(["add", "add", "copy", "copy"])]
+    scores = {"a": 1.0, "b": 0.0, "c": 0.5, "d": 1.0}
+    world = SimpleNamespace(score=lambda task, text: scores[text], split=lambda name: [])
+    pad, eos = 9, 8
+    ans = {"texts": ["a", "b", "c", "d"], "eos": [True, False, True, True], "rm": torch.tensor([1.0, 2.0, 3.0, 4.0]),
+           "tokens": torch.tensor([[1, eos, pad], [1, 2, 3], [eos, pad, pad], [4, 5, eos]])}
+    r, gold = evaluate.report(world, tasks, ans, None, pad, 3.5, 0.25)
+    assert set(r) == KEYS and gold == [1.0, 0.0, 0.5, 1.0]
+    assert r["gold_mean"] == 0.625
+    # s^2 = (0.375^2 + 0.625^2 + 0.125^2 + 0.375^2) / 3 = 0.6875 / 3 ; half width = 1.96 s / sqrt(4)
+    assert r["gold_ci95"] == pytest.approx(1.96 * math.sqrt(0.6875 / 3) / 2)
+    assert r["per_task"] == {"add": 0.5, "copy": 0.75}
+    assert r["exact_match"] == 0.5 and r["eos_rate"] == 0.75
+    assert r["mean_len"] == (1 + 3 + 0 + 2) / 4                      # tokens before end-of-text, pad excluded
+    assert r["rm_score"] == 2.5 and r["pretrain_val_loss"] == 3.5 and r["kl_to_ref"] == 0.25
+    assert r["probe_gold_mean"] is None
+
+
+def test_join_rows_marks_the_response():
+    idx, mask, response = evaluate.join_rows([[1, 2], [3]], torch.tensor([[5, 8, 0], [6, 0, 0]]), pad_id=0)
+    assert idx.tolist() == [[1, 2, 5, 8], [3, 6, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert response.tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
+
+
+def test_finite_makes_valid_json():
+    assert evaluate.finite({"a": float("nan"), "b": [1.0, float("inf")], "c": None, "d": 2}) == \
+        {"a": None, "b": [1.0, None], "c": None, "d": 2}
+
+
+def test_parse_models():
+    assert evaluate.parse_models("pre:out/pretrain,out/sft/") == [("pre", "out/pretrain"), ("sft", "out/sft/")]
+    with pytest.raises(Exception, match="twice"):
+        evaluate.parse_models("a:x,a:y")
+
+
+# ---- end to end on tiny checkpoints ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """pretrain (train_pretrain.py), sft (train_sft.py on two demonstrations), rm (random head), and a
+    model with a different tokenizer."""
+    root = tmp_path_factory.mktemp("eval")
+    pre, sft, rm, other = (str(root / n) for n in ("pretrain", "sft", "rm", "other"))
+    r = subprocess.run([sys.executable, "train_pretrain.py", f"--out_dir={pre}", "--n_layer=1", "--n_head=2",
+                        "--n_embd=32", "--vocab_size=300", "--tokenizer_chars=20000", "--max_steps=5",
+                        "--block_size=64", "--batch_size=4", "--eval_interval=5", "--eval_batches=1",
+                        "--log_interval=5", "--device=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    demos = root / "demos.json"
+    demos.write_text(json.dumps([{"instruction": "计算2+2", "output": "4"}, {"instruction": "Say hi", "output": "hi"}]))
+    train_sft.main(train_sft.Config(init=pre, out_dir=sft, data=str(demos), max_steps=3, batch_size=2, lr=1e-2,
+                                    max_new_tokens=16, device="cpu"))
+    gpt, tok, _ = load_model(pre)
+    reward = RewardModel.from_gpt(gpt)
+    torch.nn.init.normal_(reward.head.weight, std=1.0)
+    save_model(rm, reward, tok, "reward")
+    tok2 = Tokenizer.train("completely different text 12345 " * 50, 270)
+    save_model(other, GPT(GPTConfig(block_size=64, vocab_size=270, n_layer=1, n_head=2, n_embd=32)), tok2, "lm")
+    return SimpleNamespace(pre=pre, sft=sft, rm=rm, other=other, root=root)
+
+
+def test_json_has_every_key(folders):
+    out = str(folders.root / "eval.json")
+    r = subprocess.run([sys.executable, "evaluate.py", f"--models=pretrain:{folders.pre},{folders.sft}",
+                        f"--ref={folders.sft}", f"--rm={folders.rm}", "--best_of=2", "--greedy", "--n_prompts=6",
+                        "--max_new_tokens=8", "--val_tokens=512", "--device=cpu", f"--json={out}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(out))
+    assert {"models", "win_rates", "tie_rates", "n_prompts", "temperature", "seed"} <= set(res)
+    assert res["n_prompts"] == 6 and res["temperature"] == 1.0 and res["seed"] == 0
+    names = {"pretrain", "sft", "pretrain_greedy", "sft_greedy", "best_of_2"}
+    assert set(res["models"]) == names
+    for name, m in res["models"].items():
+        assert set(m) == KEYS, name
+        for key in KEYS - {"per_task", "kl_to_ref"}:
+            assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key)
+        assert m["per_task"] and all(0 <= v <= 1 for v in m["per_task"].values())
+        assert 0 <= m["gold_mean"] <= 1 and 0 <= m["eos_rate"] <= 1
+    assert res["models"]["sft"]["kl_to_ref"] == 0.0                  # the reference itself
+    assert math.isfinite(res["models"]["pretrain"]["kl_to_ref"])
+    assert res["models"]["sft_greedy"]["kl_to_ref"] is None          # greedy answers are not samples of π
+    assert res["models"]["best_of_2"]["kl_to_ref"] == pytest.approx(math.log(2) - 0.5)
+    assert len(res["win_rates"]) == len(res["tie_rates"]) == len(names) * (len(names) - 1)
+    assert all(v is None or 0 <= v <= 1 for v in res["win_rates"].values())
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong_kind", "tokenizer_ref", "tokenizer_rm"])
+def test_bad_input_is_one_line_and_writes_nothing(folders, case, tmp_path, capsys):
+    args = {"missing": [f"--models={tmp_path / 'nope'}"],
+            "wrong_kind": [f"--models=rm:{folders.rm}"],
+            "tokenizer_ref": [f"--models={folders.sft}", f"--ref={folders.other}"],
+            "tokenizer_rm": [f"--models={folders.other}", f"--rm={folders.rm}"]}[case]
+    out = tmp_path / "eval.json"
+    with pytest.raises(SystemExit) as e:
+        run(evaluate.main, evaluate.Config, args + [f"--json={out}", "--device=cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and err.count("\n") == 1, err
+    assert not out.exists()

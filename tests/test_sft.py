@@ -1,0 +1,149 @@
+"""train_sft.py: the loss mask, memorisation, exact resume after Ctrl-C, and end-to-end runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_sft
+from minigpt.checkpoint import load_model
+from minigpt.cli import run
+from minigpt.data import encode_prompt_response, render_prompt, sft_batch
+from minigpt.tokenizer import Tokenizer
+from minigpt.training import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_DEMOS = [{"instruction": "翻译成法语：你好", "output": "Bonjour"}, {"instruction": "计算2+2", "output": "4"}]
+DEMOS = [{"instruction": f"Name colour number {i}.", "output": c}
+         for i, c in enumerate(["red", "green", "blue", "yellow", "purple", "orange"])]
+TEXT = "The quick brown fox jumps over the lazy dog. 2+2=4. Instruction: answer the question.\n" * 20
+
+
+def script(name, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, name), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny pretrained stage folder, made by train_pretrain.py itself."""
+    out = str(tmp_path_factory.mktemp("sft") / "pretrain")
+    r = script("train_pretrain.py", f"--out_dir={out}", "--n_layer=1", "--n_head=2", "--n_embd=32",
+               "--vocab_size=300", "--tokenizer_chars=20000", "--max_steps=5", "--block_size=64", "--batch_size=4",
+               "--eval_interval=5", "--eval_batches=1", "--log_interval=5", "--device=cpu")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def write_demos(tmp_path, demos, name="demos.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(demos, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+def tiny(init, out_dir, **kw):
+    base = dict(init=init, out_dir=out_dir, batch_size=4, eval_interval=4, log_interval=1, max_new_tokens=16,
+                eval_prompts=4, device="cpu")
+    return train_sft.Config(**{**base, **kw})
+
+
+def test_loss_mask_is_response_and_eos_only():
+    tok = Tokenizer.train(TEXT, 300)
+    prompt, response = render_prompt("计算2+2"), "4"
+    assert prompt == "### Instruction:\n计算2+2\n\n### Response:\n"
+    p, r = tok.encode(prompt), tok.encode(response)
+    ids, mask = encode_prompt_response(tok, prompt, response, 64)
+    assert ids == p + r + [tok.eos_id]
+    assert mask == [0] * len(p) + [1] * (len(r) + 1)
+    # the script's encoding, then the shifted batch: targets under the mask are exactly "4" + end-of-text
+    (ids1, mask1), (ids2, mask2) = train_sft.encode_examples(
+        tok, [(prompt, response), (render_prompt("Say hello"), "hello there")], 64)
+    x, y, m = sft_batch([(ids1, mask1), (ids2, mask2)], tok.pad_id)
+    assert x.shape == y.shape == m.shape == (2, max(len(ids1), len(ids2)) - 1)
+    assert x[0, : len(ids1) - 1].tolist() == ids1[:-1] and y[0, : len(ids1) - 1].tolist() == ids1[1:]
+    assert y[0][m[0].bool()].tolist() == r + [tok.eos_id]
+    assert tok.decode(y[1][m[1].bool()].tolist()[:-1]) == "hello there" and y[1][m[1].bool()][-1] == tok.eos_id
+    assert m[0, len(ids1) - 1:].sum() == 0  # padding is never scored
+    # a response that does not fit at all is dropped, not trained on with an empty mask
+    assert train_sft.encode_examples(tok, [(prompt * 10, response)], 16) == []
+
+
+def test_next_batch_epochs_and_ranks():
+    g = torch.Generator().manual_seed(0)
+    order = {"perm": [], "pos": 5}
+    first = train_sft.next_batch(order, 5, 4, g) + train_sft.next_batch(order, 5, 4, g)
+    assert sorted(first[:5]) == list(range(5))          # the first epoch is a permutation
+    whole = train_sft.next_batch({"perm": [], "pos": 5}, 5, 6, torch.Generator().manual_seed(0))  # 1 process
+    # two ranks: each draws the same global batch from its own identically seeded generator, keeps its slice
+    ranks = [train_sft.next_batch({"perm": [], "pos": 5}, 5, 6, torch.Generator().manual_seed(0))[r::2]
+             for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(whole) and len(ranks[0]) == len(ranks[1]) == 3
+
+
+def test_memorises_a_handful(pretrained, tmp_path):
+    out = str(tmp_path / "sft")
+    train_sft.main(tiny(pretrained, out, data=write_demos(tmp_path, DEMOS), max_steps=100, lr=1e-2, dropout=0.0,
+                        eval_interval=100, warmup_steps=5))
+    losses = [r["train_loss"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "train_loss" in r]
+    assert len(losses) == 100 and losses[-1] < 0.1, losses[-5:]
+
+
+def test_ctrl_c_then_resume_is_exact(pretrained, tmp_path, monkeypatch):
+    data = write_demos(tmp_path, DEMOS)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train_sft.main(tiny(pretrained, a, data=data, max_steps=8, dropout=0.1))
+
+    real = train_sft.cosine_lr
+    def interrupt_at_5(step, *args):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(step, *args)
+    monkeypatch.setattr(train_sft, "cosine_lr", interrupt_at_5)
+    with pytest.raises(SystemExit) as e:
+        train_sft.main(tiny(pretrained, b, data=data, max_steps=8, dropout=0.1))
+    assert e.value.code == 130 and not os.path.exists(os.path.join(b, "summary.json"))
+    monkeypatch.setattr(train_sft, "cosine_lr", real)
+    train_sft.main(tiny(pretrained, b, data=data, max_steps=8, dropout=0.1, resume=True))
+
+    ra, rb = read_metrics(os.path.join(a, "metrics.jsonl")), read_metrics(os.path.join(b, "metrics.jsonl"))
+    assert [r["train_loss"] for r in ra if "train_loss" in r] == [r["train_loss"] for r in rb if "train_loss" in r]
+    wa, wb = load_model(a)[0].state_dict(), load_model(b)[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_world_end_to_end(pretrained, tmp_path):
+    out = str(tmp_path / "sft")
+    r = script("train_sft.py", f"--init={pretrained}", f"--out_dir={out}", "--max_steps=4", "--eval_interval=2",
+               "--batch_size=4", "--eval_prompts=4", "--max_new_tokens=16", "--device=cpu")
+    assert r.returncode == 0, r.stderr
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    for key in ("best_val_loss", "best_val_step", "best_gold", "best_gold_step", "init_gold", "final_gold"):
+        assert summary[key] is not None, key
+    rows = read_metrics(os.path.join(out, "metrics.jsonl"))
+    assert [r["step"] for r in rows if "gold" in r] == [0, 2, 4]
+    assert all(0 <= r["gold"] <= 1 and 0 <= r["gold_greedy"] <= 1 for r in rows if "gold" in r)
+    for name in ("model.pt", "last.pt", "tokenizer.json", "config.json", "loss.png", "gold.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    model, _, ckpt = load_model(out, kind="lm")
+    assert ckpt["kind"] == "lm" and model.config.dropout == 0.0
+
+
+def test_seed_two_examples(pretrained, tmp_path):
+    out = str(tmp_path / "sft")
+    r = script("train_sft.py", f"--init={pretrained}", f"--out_dir={out}", f"--data={write_demos(tmp_path, SEED_DEMOS)}",
+               "--max_steps=3", "--batch_size=4", "--device=cpu")
+    assert r.returncode == 0, r.stderr
+    assert "warning: only 2 demonstrations: expect memorisation, not learning" in r.stderr
+    assert os.path.isfile(os.path.join(out, "model.pt")) and os.path.isfile(os.path.join(out, "summary.json"))
+    assert json.load(open(os.path.join(out, "summary.json")))["n_val"] == 1
+
+
+def test_bad_init_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(train_sft.main, train_sft.Config, [f"--init={tmp_path / 'nope'}", f"--out_dir={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "o")

@@ -1,0 +1,240 @@
+import random
+import re
+import time
+
+import pytest
+
+from minigpt import world as W
+from minigpt.world import (KINDS, LEXICON, MISTAKES, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
+                           demonstration, gold_agreement, gold_score, labeler_agreement, respond)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the lexicon
+def test_lexicon_is_big_unique_and_never_the_same_word_in_two_languages():
+    assert len(LEXICON) >= 150
+    for column in ("en", "zh", "fr"):
+        values = [getattr(e, column).lower() for e in LEXICON]
+        assert len(set(values)) == len(values), column
+    assert not {e.en.lower() for e in LEXICON} & {e.fr.lower() for e in LEXICON}
+
+
+def test_no_french_lexicon_word_hides_in_templates_preambles_or_tails():
+    texts = [t for lang in ("en", "zh") for t in W.PREAMBLES[lang] + W.TAILS[lang] + W.NOTES[lang]]
+    texts += [t for phrasings in W.PHRASINGS.values() for _, t in phrasings]
+    texts += [s for pair in W.FORMAT_SUFFIX.values() for s in pair]
+    texts += [g for gs in W.SHOP_GREETINGS.values() for g in gs]
+    for text in texts:
+        assert not W._FRENCH_RE.search(text), text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the gold judge, kind by kind, on hand-written responses
+def check(world, instruction, cases):
+    task = world.task(instruction)
+    for response, expected in cases:
+        got = world.score(task, response)
+        if isinstance(expected, tuple):
+            assert expected[0] <= got <= expected[1], (instruction, response, got)
+        else:
+            assert got == pytest.approx(expected), (instruction, response, got)
+
+
+def test_judge_translate_en(world):
+    check(world, "Translate to French: red", [
+        ("rouge", 1.0), ("rouge.", 0.9), ("Rouge", 0.8), ("Sure! The answer is rouge.", 0.6),
+        ("rouge. I hope this helps!", 0.5), ("Translate to French: red rouge", 0.4), ("red", 0.2), ("红色", 0.2),
+        ("roge", (0.12, 0.2)), ("bleu", (0.0, 0.1)), ("rouge bleu", (0.0, 0.2)), ("", 0.0), ("   ", 0.0)])
+    check(world, "Translate to French: red. Answer in capitals.", [("ROUGE", 1.0), ("rouge", 0.5), ("RED", 0.2)])
+    check(world, "Translate to French: red. Answer in one word.", [
+        ("rouge", 1.0), ("rouge (red)", 0.5), ("The answer is rouge.", 0.5)])
+
+
+def test_judge_translate_zh_and_the_seed_example(world):
+    check(world, "翻译成法语：你好", [
+        ("Bonjour", 1.0), ("bonjour", 0.8), ("hello", 0.2), ("你好", 0.2), ("好的！答案是Bonjour。", 0.6),
+        ("Bonne nuit", (0.0, 0.2)), ("翻译成法语：你好 Bonjour", 0.4)])
+    check(world, "翻译成法语：晚安", [("Bonne nuit", 1.0), ("nuit", (0.0, 0.2))])  # a part of the answer is wrong
+
+
+def test_judge_arithmetic(world):
+    check(world, "计算2+2", [("4", 1.0), ("5", 0.1), ("9", 0.0), ("四", 0.5), ("four", 0.2), ("2+2=4", 0.6),
+                            ("4 or 5", (0.0, 0.1))])
+    check(world, "What is 3 + 5? Give the number only.", [
+        ("8", 1.0), ("The answer is 8.", 0.5), ("eight", 0.5), ("huit", 0.2), ("8 (eight)", 0.5),
+        ("What is 3 + 5? 8", 0.4)])
+    check(world, "What is 9 - 4?", [("5", 1.0), ("5. Have a great day!", 0.5), ("4", 0.1)])
+
+
+def test_judge_code_parses_never_evals(world):
+    check(world, "Write a Python expression that adds 3 and 4.", [
+        ("3 + 4", 1.0), ("4+3", 1.0), ("(3 + 4)", 1.0), ("7", 0.3), ("1 + 6", 0.3), ("3 - 4", 0.1), ("hello", 0.0),
+        ("print(3 + 4)", 0.6), ("Sure! The answer is 3 + 4.", 0.6),
+        ("__import__('os').system('echo hacked')", 0.0), ("9 ** 9 ** 9", 0.0)])
+    check(world, "Write a Python expression that subtracts 2 from 7. Give the expression only.", [
+        ("7 - 2", 1.0), ("2 - 7", 0.1), ("print(7 - 2)", 0.5), ("x = 7 - 2", 0.5)])
+
+
+def test_judge_shop(world):
+    check(world, "When does the shop open on Monday?", [
+        ("9am", 1.0), ("9AM", 0.8), ("10am", (0.05, 0.2)), ("We open at 9am on Monday.", 0.5),
+        ("Sure! The answer is 9am.", 0.6), ("9am or 10am", (0.0, 0.2))])
+    check(world, "When does the shop close on Sunday?", [("closed", 1.0), ("6pm", (0.0, 0.1))])
+    check(world, "How much does an umbrella cost? Answer in one word.", [("$12", 1.0), ("$12 (I think)", 0.5)])
+
+
+def test_judge_reverse_uppercase_count_compare(world):
+    check(world, "Reverse the word yellow.", [("wolley", 1.0), ("WOLLEY", 0.8), ("yellow", (0.0, 0.1)),
+                                               ("wolly", (0.12, 0.2))])
+    check(world, "Reverse the word yellow. Answer in capitals.", [("WOLLEY", 1.0), ("wolley", 0.5)])
+    check(world, "Write green in capitals.", [("GREEN", 1.0), ("green", 0.0), ("Green", (0.0, 0.05)),
+                                              ("The answer is GREEN.", 0.6)])
+    check(world, "How many letters are in the word green?", [("5", 1.0), ("6", 0.1), ("five", 0.5), ("五", 0.2)])
+    check(world, "Which is larger, 3 or 7?", [("7", 1.0), ("3", 0.0), ("7. I hope this helps!", 0.5),
+                                              ("Which is larger, 3 or 7? 7", 0.4), ("3 7", (0.0, 0.1))])
+
+
+def test_judge_long_answers_are_capped(world):
+    task = world.task("Translate to French: red")
+    assert gold_score(task, "rouge " + "and so on " * 10) <= 0.3
+
+
+def test_score_accepts_instruction_text(world):
+    assert world.score("计算2+2", "4") == 1.0
+    with pytest.raises(KeyError):
+        world.task("not an instruction of this world")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# demonstrators
+EXPECTED = {None: (1.0, 1.0), "preamble": (0.5, 0.6), "rambling": (0.5, 0.5), "repeat_question": (0.4, 0.4),
+            "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2)}
+
+
+def test_every_mistake_scores_as_documented(world):
+    rng = random.Random(0)
+    seen = set()
+    for task in world.split("rm")[:600] + world.split("probe"):
+        for mistake in [None] + applicable_mistakes(task):
+            response = respond(task, rng, mistake)
+            lo, hi = EXPECTED[mistake]
+            assert lo <= gold_score(task, response) <= hi, (task.instruction, mistake, response)
+            seen.add((task.kind, mistake))
+    assert {k for k, _ in seen} == set(KINDS)
+    assert {m for _, m in seen} == set(MISTAKES) | {None}
+    with pytest.raises(ValueError):
+        respond(world.task("Reverse the word yellow."), rng, "wrong_language")
+
+
+def test_demonstrations_mistake_rate_and_mostly_visible(world):
+    rng = random.Random(1)
+    tasks = world.split("sft_train")
+    mistakes = [demonstration(t, rng)[1] for t in tasks]
+    wrong = [m for m in mistakes if m is not None]
+    assert 0.25 < len(wrong) / len(mistakes) < 0.35
+    assert wrong.count("wrong_answer") / len(wrong) < 0.3   # most mistakes are visible in the surface
+    assert set(wrong) == set(MISTAKES)
+    assert all(demonstration(t, rng, error_rate=0.0) == (t.answer, None) for t in tasks[:50])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# splits and determinism
+def test_splits_sizes_disjoint_and_balanced(world):
+    splits = {name: world.split(name) for name in SPLIT_SIZES}
+    for name, tasks in splits.items():
+        assert abs(len(tasks) - SPLIT_SIZES[name]) <= len(KINDS), name
+        assert len({t.instruction for t in tasks}) == len(tasks)
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not {t.instruction for t in splits[a]} & {t.instruction for t in splits[b]}, (a, b)
+    counts = {k: sum(t.kind == k for t in splits["test"]) for k in KINDS}
+    assert min(counts.values()) == max(counts.values())
+
+
+def test_probe_facts_never_reach_sft_rm_or_ppo(world):
+    probe_en = {e.en for e in world.probe_entries}
+    probe_zh = {e.zh for e in world.probe_entries}
+    assert len(world.split("probe")) == SPLIT_SIZES["probe"]
+    assert all(t.get("en") in probe_en for t in world.split("probe"))
+    for name in ("sft_train", "sft_val", "rm", "ppo", "test"):
+        for t in world.split(name):
+            assert t.get("en") not in probe_en and t.get("word") not in probe_en, t
+            assert t.get("zh") not in probe_zh, t
+
+
+def test_same_seed_same_world_different_seed_different_world():
+    a, b, c = World(3), World(3), World(4)
+    assert a.split("test") == b.split("test") and a.split("sft_train") == b.split("sft_train")
+    assert a.split("test") != c.split("test")
+    assert a.corpus(20_000) == b.corpus(20_000) != c.corpus(20_000)
+    demos = lambda seed: [demonstration(t, random.Random(seed)) for t in a.split("rm")[:200]]
+    assert demos(5) == demos(5)
+
+
+def test_seed_examples_belong_to_the_world(world):
+    for instruction, output in [("翻译成法语：你好", "Bonjour"), ("计算2+2", "4")]:
+        task = world.task(instruction)
+        assert task.answer == output and world.score(task, output) == 1.0
+
+
+def test_prompts_and_answers_are_short(world):
+    for t in world.split("sft_train"):
+        assert len(t.instruction.split()) < 20 and len(t.instruction) < 80, t.instruction
+        assert len(t.answer) <= 16, t.answer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pretraining corpus
+def test_corpus_size_speed_and_facts(world):
+    t0 = time.time()
+    text = world.corpus()
+    elapsed = time.time() - t0
+    assert elapsed < 6.0   # ~1.3 s on a laptop core; generous for a busy machine
+    # a 2048-token BPE trained on this corpus gives ~3.2 chars/token; chars/4 is a conservative proxy
+    assert len(text) / 4 >= 1_000_000
+    for e in world.probe_entries:   # probe facts ARE taught by pretraining
+        assert f" {e.fr}" in text or f"{e.fr} " in text, e
+    assert "\ufffd" not in text
+    val = world.corpus_val()
+    assert 150_000 < len(val) < 250_000 and val[:5000] not in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# simulated labellers
+def _realistic(world, n_tasks=600, k=4):
+    rng = random.Random(7)
+    tasks = world.split("rm")[:n_tasks]
+    return tasks, [[demonstration(t, rng)[0] for _ in range(k)] for t in tasks]
+
+
+def test_labeler_agreement_at_default_matches_instructgpt(world):
+    tasks, responses = _realistic(world)
+    agree = labeler_agreement(world, tasks, responses, SimulatedLabeler(1), SimulatedLabeler(2))
+    ceiling = gold_agreement(world, tasks, responses, SimulatedLabeler(1))
+    assert 0.70 <= agree <= 0.80
+    assert agree < ceiling < 0.95
+    assert gold_agreement(world, tasks, responses, SimulatedLabeler(1, temperature=0)) == 1.0
+
+
+def test_labeler_drops_ties_and_is_seeded(world):
+    task = world.task("计算2+2")
+    responses = ["4", "4", "The answer is 4.", "5", "Sure! The answer is 4."]
+    ranking = SimulatedLabeler(0, temperature=0).rank(task, responses)
+    assert ranking == [0, 2, 3]  # "4" twice and two 0.6 preambles are ties: only the first of each kept
+    assert SimulatedLabeler(9).rank(task, responses * 3) == SimulatedLabeler(9).rank(task, responses * 3)
+    instructions = [t.instruction for t in world.split("rm")[:50]]
+    responses = [["4", "5"] for _ in instructions]
+    assert 0.0 <= labeler_agreement(world, instructions, responses, SimulatedLabeler(1), SimulatedLabeler(2)) <= 1.0
+
+
+def test_task_is_hashable_and_meta_readable(world):
+    task = world.task("Translate to French: red. Answer in capitals.")
+    assert isinstance(task, Task) and hash(task)
+    assert task.get("fmt") == "caps" and task.get("plain") == "rouge" and task.get("missing", 1) == 1
+    assert re.fullmatch(r"[A-Z]+", task.answer)

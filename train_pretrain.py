@@ -1,0 +1,226 @@
+"""Stage 1: pretraining (预训练). Train a BPE tokenizer on the corpus, then a GPT from scratch to
+predict the next token. On the built-in world the corpus states the world's facts in plain
+sentences, so the model learns *what* is true here; SFT later teaches it *how to answer*.
+
+    python train_pretrain.py                      # the world's corpus, ~3 minutes on 2 CPU cores
+    python train_pretrain.py --data=my_texts/     # your own .txt file or folder
+    torchrun --standalone --nproc_per_node=2 train_pretrain.py   # data parallel
+"""
+
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from minigpt.checkpoint import (config_dict, load_checkpoint, load_tokenizer, model_state, rng_state,
+                                save_checkpoint, save_model, set_rng_state, write_json)
+from minigpt.cli import UserError, check, run
+from minigpt.data import load_text
+from minigpt.losses import sft_loss
+from minigpt.model import GPT, GPTConfig
+from minigpt.tokenizer import Tokenizer
+from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
+                              cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
+from minigpt.world import World
+
+
+@dataclass
+class Config:
+    out_dir: str = field(default="out/pretrain", metadata={"help": "stage folder to write"})
+    data: str = field(default="", metadata={"help": "a .txt file or folder of them; empty = the built-in world's corpus"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
+    seed: int = field(default=1337, metadata={"help": "seed for initialisation and data order"})
+    # tokenizer
+    vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size, the two special tokens included"})
+    tokenizer_chars: int = field(default=1_000_000, metadata={"help": "characters of the corpus the BPE is trained on"})
+    # model
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_head: int = field(default=4, metadata={"help": "attention heads"})
+    n_embd: int = field(default=128, metadata={"help": "embedding width"})
+    block_size: int = field(default=128, metadata={"help": "context length in tokens"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout rate"})
+    flash: bool = field(default=True, metadata={"help": "fused scaled_dot_product_attention instead of the written-out formula"})
+    # optimisation
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch per process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = off)"})
+    # bookkeeping
+    eval_interval: int = field(default=100, metadata={"help": "steps between validation + checkpoint"})
+    eval_batches: int = field(default=8, metadata={"help": "validation batches per evaluation"})
+    log_interval: int = field(default=20, metadata={"help": "steps between progress lines"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (autocast)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+
+    def validate(self):
+        for key in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
+                    "max_steps", "eval_interval", "eval_batches", "log_interval", "tokenizer_chars"):
+            check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
+        check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        check(self.n_embd % self.n_head == 0, f"--n_embd ({self.n_embd}) must be divisible by --n_head ({self.n_head})")
+        check(self.vocab_size >= 258, f"--vocab_size must be >= 258 (256 bytes + 2 special tokens), got {self.vocab_size}")
+        check(self.warmup_steps >= 0 and self.grad_clip >= 0, "--warmup_steps and --grad_clip must be >= 0")
+
+
+def get_batch(tokens, block_size, global_batch, rank, world_size, generator):
+    """Random windows of the token stream. The *global* batch is drawn with a generator shared by
+    all ranks and each rank takes its own slice, so N processes see exactly what one process with
+    N times the batch would see."""
+    starts = torch.randint(len(tokens) - block_size - 1, (global_batch,), generator=generator)
+    starts = starts[rank::world_size]
+    x = torch.stack([tokens[s: s + block_size] for s in starts])          # (B, T)
+    y = torch.stack([tokens[s + 1: s + 1 + block_size] for s in starts])  # (B, T) next tokens
+    return x, y
+
+
+def main(cfg):
+    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    master = rank == 0
+    torch.manual_seed(cfg.seed)
+    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
+
+    # ---- data and tokenizer ----
+    t0 = time.time()
+    if cfg.data:
+        text = load_text(cfg.data)
+        cut = int(len(text) * 0.95)
+        train_text, val_text = text[:cut], text[cut:]
+    else:
+        world = World(cfg.world_seed)
+        train_text, val_text = world.corpus(), world.corpus_val()
+    if resume:
+        tokenizer = load_tokenizer(cfg.out_dir)
+    else:
+        tokenizer = Tokenizer.train(train_text[: cfg.tokenizer_chars], cfg.vocab_size)
+        if master:
+            print(f"tokenizer: {tokenizer.vocab_size} tokens trained on {min(len(train_text), cfg.tokenizer_chars):,} "
+                  f"characters in {time.time() - t0:.1f}s")
+    train_tokens = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
+    val_tokens = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
+    if len(train_tokens) <= cfg.block_size + 1 or len(val_tokens) <= cfg.block_size + 1:
+        raise UserError(f"{cfg.data or 'corpus'}: too little text for --block_size={cfg.block_size} "
+                        f"({len(train_tokens)} train / {len(val_tokens)} validation tokens)")
+    if master:
+        print(f"data: {len(train_tokens):,} train tokens, {len(val_tokens):,} validation tokens")
+
+    # ---- model and optimizer ----
+    model_config = GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer,
+                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, flash=cfg.flash)
+    model = GPT(model_config).to(device)
+    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
+    data_rng = torch.Generator().manual_seed(cfg.seed)     # same on every rank: see get_batch
+    step, best_val = 0, math.inf
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        data_rng.set_state(resume["data_rng"])
+        set_rng_state(resume["rng"])
+        step, best_val = resume["step"], resume["best_val"]
+        if master:
+            print(f"resumed from {cfg.out_dir}/last.pt at step {step}")
+    if master:
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters")
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if world_size > 1:
+        model = DDP(model)
+
+    @torch.no_grad()
+    def validation_loss():
+        model.eval()
+        g = torch.Generator().manual_seed(0)   # the same validation batches every time
+        losses = []
+        for _ in range(cfg.eval_batches):
+            x, y = get_batch(val_tokens, cfg.block_size, cfg.batch_size * world_size, rank, world_size, g)
+            with autocast(device, cfg.dtype):
+                logits = raw_model(x.to(device))
+            losses.append(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()).item())
+        model.train()
+        return all_reduce_mean(sum(losses) / len(losses))
+
+    def save_last():
+        save_checkpoint(os.path.join(cfg.out_dir, "last.pt"), {
+            "model": model_state(raw_model), "optimizer": optimizer.state_dict(), "step": step,
+            "best_val": best_val, "data_rng": data_rng.get_state(), "rng": rng_state(), "config": config_dict(cfg)})
+
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
+        tokenizer.save(os.path.join(cfg.out_dir, "tokenizer.json"))
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=master, resume_step=step if resume else None)
+    progress = Progress(cfg.max_steps, enabled=master, start_step=step)
+    guard = NonFiniteGuard()
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * world_size
+    start_time = time.time()
+
+    # ---- the training loop ----
+    model.train()
+    try:
+        while step < cfg.max_steps:
+            lr = cosine_lr(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch(train_tokens, cfg.block_size, cfg.batch_size * world_size, rank, world_size, data_rng)
+                # DDP: synchronise gradients only on the last micro-step
+                sync = world_size == 1 or micro == cfg.grad_accum - 1
+                with (nullcontext() if sync else model.no_sync()), autocast(device, cfg.dtype):
+                    logits = model(x.to(device))
+                    # next-token cross-entropy: L = -(1/N) Σ_t log p(x_{t+1} | x_≤t)
+                    loss = sft_loss(logits.float(), y.to(device), torch.ones_like(y, device=device)) / cfg.grad_accum
+                loss.backward()
+                loss_sum += loss.item()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if guard.ok(torch.tensor(loss_sum), raw_model):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                train_loss = all_reduce_mean(loss_sum)
+                progress.line(step, tokens_per_step, loss=train_loss, lr=lr)
+                log.log(step=step, train_loss=train_loss, lr=lr)
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                val = validation_loss()
+                log.log(step=step, val_loss=val, elapsed_s=time.time() - start_time)
+                if master:
+                    print(f"step {step}: validation loss {val:.4f}")
+                    if val < best_val:
+                        best_val = val
+                        save_model(cfg.out_dir, raw_model, tokenizer, "lm", cfg, step)
+                    save_last()
+    except KeyboardInterrupt:
+        if master:
+            save_last()
+            print(f"\ninterrupted: saved {cfg.out_dir}/last.pt at step {step}; rerun with --resume to continue")
+        cleanup_distributed()
+        sys.exit(130)
+
+    if master:
+        rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
+        plot_metrics(os.path.join(cfg.out_dir, "loss.png"), rows, "step",
+                     {"pretraining loss": ["train_loss", "val_loss"]}, title="pretraining")
+        write_json(os.path.join(cfg.out_dir, "summary.json"), {
+            "best_val_loss": best_val, "steps": step, "seconds": time.time() - start_time,
+            "params": raw_model.num_params(), "train_tokens": len(train_tokens), "skipped_steps": guard.skipped})
+        print(f"done: best validation loss {best_val:.4f}; weights in {cfg.out_dir}/model.pt")
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run(main, Config)
