@@ -40,7 +40,7 @@ from minigpt.checkpoint import (check_same_tokenizer, config_dict, load_checkpoi
 from minigpt.cli import UserError, check, run
 from minigpt.losses import sft_loss, token_logprobs
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance, gae,
-                         kl_penalty_rewards, masked_mean, masked_whiten, policy_loss, value_loss)
+                         kl_penalty_rewards, masked_whiten, policy_loss, value_loss)
 from minigpt.respond import respond
 from minigpt.sampling import left_pad
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, cleanup_distributed,
@@ -122,7 +122,11 @@ def rollout(policy, tokenizer, tasks, max_new_tokens, temperature, generator):
     """
     out = respond(policy, tokenizer, [t.instruction for t in tasks], max_new_tokens, temperature,
                   generator=generator, batch_size=len(tasks))
-    mask = (out.tokens != tokenizer.pad_id).long()                            # (B, max_new_tokens)
+    # The mask is 1 up to and including the first end-of-text (all columns if none), NOT tokens != pad: a policy
+    # can sample the pad token mid-response, and generate() then treats it as a real token, so must we.
+    is_eos = out.tokens == tokenizer.eos_id                                   # (B, max_new_tokens)
+    last = torch.where(is_eos.any(1), is_eos.long().argmax(1), max_new_tokens - 1)                     # (B,)
+    mask = (torch.arange(max_new_tokens, device=last.device)[None] <= last[:, None]).long()  # (B, max_new_tokens)
     N = max(int(mask.sum(1).max()), 1)                                        # drop columns that are pad in every row
     response, mask, sample_logprobs = out.tokens[:, :N], mask[:, :N], out.logprobs[:, :N]
     query, query_mask = (t.to(response.device) for t in left_pad(out.prompts, tokenizer.pad_id))  # (B, P)
@@ -293,7 +297,7 @@ def main(cfg):
     resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- four models (detail 1) ----
-    policy, tokenizer, sft_ckpt = load_model(cfg.sft, "lm", device)             # π_RL, starts as π_SFT
+    policy, tokenizer, _ = load_model(cfg.sft, "lm", device)                   # π_RL, starts as π_SFT
     reward_model, rm_tokenizer, _ = load_model(cfg.rm, "reward", device)       # r_θ, frozen
     check_same_tokenizer(tokenizer, rm_tokenizer, cfg.sft, cfg.rm)
     reference = copy.deepcopy(policy).requires_grad_(False)                    # π_SFT, frozen
@@ -391,7 +395,7 @@ def main(cfg):
                 ref_logprobs = response_logprobs(reference, batch, cfg.temperature)                        # π_ref, same T
                 values = response_values(value_model, batch)                                               # V(s_t), (B, N)
                 entropy = entropy_from_logits(logits.float() / cfg.temperature, mask).item()
-                logprob_gap = masked_mean((logprobs - batch["sample_logprobs"]).abs(), mask, dim=1).max().item()
+                logprob_gap = torch.where(mask.bool(), logprobs - batch["sample_logprobs"], 0.0).abs().max().item()
                 if cfg.debug:                                                  # rollout and scoring see one distribution
                     assert logprob_gap < 1e-4, f"recomputed log-probs differ from sampled ones by {logprob_gap}"
 

@@ -46,9 +46,9 @@ class Config:
     dropout: float = field(default=0.0, metadata={"help": "dropout rate"})
     flash: bool = field(default=True, metadata={"help": "fused scaled_dot_product_attention instead of the written-out formula"})
     # optimisation
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch per process"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    max_steps: int = field(default=600, metadata={"help": "optimizer steps"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr"})

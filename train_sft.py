@@ -380,7 +380,7 @@ def main(cfg):
         final = next((r for r in reversed(rows) if "val_loss" in r), {})
         summary = {
             "best_val_loss": best["val_loss"], "best_val_step": best["val_step"],
-            "best_gold": best["gold"] if world else None, "best_gold_step": best["gold_step"] if world else None,
+            "best_gold": best["gold"] if eval_tasks else None, "best_gold_step": best["gold_step"] if eval_tasks else None,
             "gold_at_best_val": best["gold_at_best_val"], "final_gold": final.get("gold"),
             "final_gold_greedy": final.get("gold_greedy"), "init_gold": best["gold_init"],
             "init_gold_greedy": best["gold_greedy_init"], "init_val_loss": best["val_loss_init"],
@@ -390,7 +390,7 @@ def main(cfg):
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         print(f"done: best validation loss {best['val_loss']:.4f} at step {best['val_step']}"
               + (f"; best gold {best['gold']:.3f} at step {best['gold_step']} (pretrained: {best['gold_init']:.3f})"
-                 if world and best["gold_init"] is not None else "")
+                 if eval_tasks and best["gold_init"] is not None else "")
               + f"; weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()
 

@@ -83,7 +83,8 @@ def _read_utf8(path):
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start}: {raw[e.start:e.start + 1]!r})") from None
+        bad = raw[e.start:e.start + 1]
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start}: {bad!r})") from None
     text = text.lstrip("\ufeff")  # a byte-order mark is harmless
     if not text.strip():
         raise DataError(f"{path}: file is empty")

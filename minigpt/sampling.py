@@ -76,13 +76,14 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, *, eos_id, pad_id, temperature=1.0, top_k=None, top_p=None,
-             generator=None, use_cache=True):
+             generator=None, use_cache=True, on_token=None):
     """Sample continuations of a batch of prompts.
 
     Returns (tokens (B, N) long, logprobs (B, N) float), N <= max_new_tokens: each row holds its sampled
     tokens up to and including its first eos, then pad_id (log-prob 0.0). The loop stops as soon as every
     row has finished. use_cache=True runs the whole prompt batch once, then one position per step through a
     KVCache; use_cache=False recomputes the full sequence every step (cropped to the last block_size tokens).
+    on_token, if given, is called with each step's new tokens (B,) as they are sampled (for streaming).
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -114,6 +115,8 @@ def generate(model, prompts, max_new_tokens, *, eos_id, pad_id, temperature=1.0,
             token = token.masked_fill(finished, pad_id)
             logprob = logprob.masked_fill(finished, 0.0)
             tokens[:, t], logprobs[:, t] = token, logprob
+            if on_token is not None:
+                on_token(token)
             n = t + 1
             # Finished rows keep getting padding, which the mask hides from later steps.
             idx = torch.cat([idx, token[:, None]], dim=1)

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import evaluate
+import train_pretrain
 import train_sft
 from minigpt.checkpoint import load_model, save_model
 from minigpt.cli import run
 from minigpt.model import GPT, GPTConfig, RewardModel
 from minigpt.tokenizer import Tokenizer
+from minigpt.world import World
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"gold_mean", "gold_ci95", "per_task", "exact_match", "eos_rate", "mean_len", "pretrain_val_loss",
@@ -77,15 +79,15 @@ def test_parse_models():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """pretrain (train_pretrain.py), sft (train_sft.py on two demonstrations), rm (random head), and a
+    """pretrain (train_pretrain.py, in this process), sft (train_sft.py on two demonstrations), rm (random head), and a
     model with a different tokenizer."""
     root = tmp_path_factory.mktemp("eval")
     pre, sft, rm, other = (str(root / n) for n in ("pretrain", "sft", "rm", "other"))
-    r = subprocess.run([sys.executable, "train_pretrain.py", f"--out_dir={pre}", "--n_layer=1", "--n_head=2",
-                        "--n_embd=32", "--vocab_size=300", "--tokenizer_chars=20000", "--max_steps=5",
-                        "--block_size=64", "--batch_size=4", "--eval_interval=5", "--eval_batches=1",
-                        "--log_interval=5", "--device=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    text = root / "corpus.txt"
+    text.write_text(World(0).corpus(60_000), encoding="utf-8")
+    train_pretrain.main(train_pretrain.Config(
+        out_dir=pre, data=str(text), n_layer=1, n_head=2, n_embd=32, vocab_size=300, tokenizer_chars=20000,
+        max_steps=5, block_size=64, batch_size=4, eval_interval=5, eval_batches=1, log_interval=5, device="cpu"))
     demos = root / "demos.json"
     demos.write_text(json.dumps([{"instruction": "计算2+2", "output": "4"}, {"instruction": "Say hi", "output": "hi"}]))
     train_sft.main(train_sft.Config(init=pre, out_dir=sft, data=str(demos), max_steps=3, batch_size=2, lr=1e-2,

@@ -8,17 +8,21 @@ import sys
 import pytest
 import torch
 
+import train_pretrain
 import train_sft
 from minigpt.checkpoint import load_model
 from minigpt.cli import run
 from minigpt.data import encode_prompt_response, render_prompt, sft_batch
+from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
 from minigpt.training import read_metrics
+from minigpt.world import World
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_DEMOS = [{"instruction": "翻译成法语：你好", "output": "Bonjour"}, {"instruction": "计算2+2", "output": "4"}]
-DEMOS = [{"instruction": f"Name colour number {i}.", "output": c}
-         for i, c in enumerate(["red", "green", "blue", "yellow", "purple", "orange"])]
+DEMOS = [{"instruction": q, "output": a} for q, a in [
+    ("翻译成法语：你好", "Bonjour"), ("计算2+2", "4"), ("What colour is the sky?", "blue"), ("Reverse cat", "tac"),
+    ("Capital of France?", "Paris"), ("Say hi", "hi there")]]
 TEXT = "The quick brown fox jumps over the lazy dog. 2+2=4. Instruction: answer the question.\n" * 20
 
 
@@ -29,12 +33,14 @@ def script(name, *args):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """A tiny pretrained stage folder, made by train_pretrain.py itself."""
-    out = str(tmp_path_factory.mktemp("sft") / "pretrain")
-    r = script("train_pretrain.py", f"--out_dir={out}", "--n_layer=1", "--n_head=2", "--n_embd=32",
-               "--vocab_size=300", "--tokenizer_chars=20000", "--max_steps=5", "--block_size=64", "--batch_size=4",
-               "--eval_interval=5", "--eval_batches=1", "--log_interval=5", "--device=cpu")
-    assert r.returncode == 0, r.stderr
+    """A tiny pretrained stage folder, made by train_pretrain.py (in this process: no second torch import) on
+    60k characters of the world's corpus."""
+    root = tmp_path_factory.mktemp("sft")
+    out, text = str(root / "pretrain"), root / "corpus.txt"
+    text.write_text(World(0).corpus(60_000), encoding="utf-8")
+    train_pretrain.main(train_pretrain.Config(
+        out_dir=out, data=str(text), n_layer=1, n_head=2, n_embd=32, vocab_size=300, tokenizer_chars=20000,
+        max_steps=5, block_size=64, batch_size=4, eval_interval=5, eval_batches=1, log_interval=5, device="cpu"))
     return out
 
 
@@ -81,6 +87,14 @@ def test_next_batch_epochs_and_ranks():
     ranks = [train_sft.next_batch({"perm": [], "pos": 5}, 5, 6, torch.Generator().manual_seed(0))[r::2]
              for r in range(2)]
     assert sorted(ranks[0] + ranks[1]) == sorted(whole) and len(ranks[0]) == len(ranks[1]) == 3
+
+
+def test_rebuild_adds_dropout_and_vocabulary_rows():
+    gpt = GPT(GPTConfig(block_size=16, vocab_size=20, n_layer=1, n_head=2, n_embd=8)).eval()
+    bigger = train_sft.rebuild(gpt, dropout=0.2, vocab_size=21).eval()  # e.g. GPT-2 + our pad token
+    assert bigger.config.dropout == 0.2 and bigger.lm_head.weight is bigger.transformer.wte.weight
+    idx = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(bigger(idx)[..., :20], gpt(idx), atol=1e-6)   # old tokens: same function
 
 
 def test_memorises_a_handful(pretrained, tmp_path):
@@ -131,14 +145,14 @@ def test_world_end_to_end(pretrained, tmp_path):
     assert ckpt["kind"] == "lm" and model.config.dropout == 0.0
 
 
-def test_seed_two_examples(pretrained, tmp_path):
+def test_seed_two_examples(pretrained, tmp_path, capsys):
     out = str(tmp_path / "sft")
-    r = script("train_sft.py", f"--init={pretrained}", f"--out_dir={out}", f"--data={write_demos(tmp_path, SEED_DEMOS)}",
-               "--max_steps=3", "--batch_size=4", "--device=cpu")
-    assert r.returncode == 0, r.stderr
-    assert "warning: only 2 demonstrations: expect memorisation, not learning" in r.stderr
+    run(train_sft.main, train_sft.Config, [f"--init={pretrained}", f"--out_dir={out}", "--max_steps=3",
+                                           f"--data={write_demos(tmp_path, SEED_DEMOS)}", "--device=cpu"])
+    assert "warning: only 2 demonstrations: expect memorisation, not learning" in capsys.readouterr().err
     assert os.path.isfile(os.path.join(out, "model.pt")) and os.path.isfile(os.path.join(out, "summary.json"))
-    assert json.load(open(os.path.join(out, "summary.json")))["n_val"] == 1
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["n_train"] == summary["n_val"] == 1 and summary["best_gold"] is None
 
 
 def test_bad_init_is_one_line(tmp_path, capsys):

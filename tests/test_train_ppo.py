@@ -12,6 +12,7 @@ import torch
 
 import train_ppo
 from minigpt.checkpoint import save_model
+from minigpt.cli import run
 from minigpt.model import GPT, GPTConfig, RewardModel
 from minigpt.ppo import kl_penalty_rewards
 from minigpt.tokenizer import Tokenizer
@@ -87,6 +88,23 @@ def test_recomputed_logprobs_equal_the_sampled_ones(tiny):
         assert (other[real] - batch["sample_logprobs"][real]).abs().max() > 1e-2
 
 
+def test_a_sampled_pad_token_mid_response_counts_as_real(tiny):
+    """A policy can sample the pad id; generate() then treats it as a real token, and so must the mask."""
+    policy = GPT(tiny.config).eval()
+    policy.load_state_dict(tiny.policy.state_dict())
+    with torch.no_grad():                       # push the pad token's logit up: h·w_pad ≈ |u|²·10 for ln_f.bias = u
+        u = torch.full((tiny.config.n_embd,), 0.15)
+        policy.transformer.ln_f.bias.copy_(u)
+        policy.transformer.wte.weight[tiny.tokenizer.pad_id] = 10 * u
+    batch = train_ppo.rollout(policy, tiny.tokenizer, TASKS, 8, 1.0, torch.Generator().manual_seed(5))
+    sampled_pad = (batch["response"] == tiny.tokenizer.pad_id) & batch["mask"].bool()
+    assert sampled_pad.any()
+    with torch.no_grad():
+        recomputed = train_ppo.response_logprobs(policy, batch, 1.0)
+    real = batch["mask"].bool()
+    torch.testing.assert_close(recomputed[real], batch["sample_logprobs"][real], atol=1e-4, rtol=0)
+
+
 def test_ratio_is_exactly_one_on_the_first_minibatch_then_moves(tiny):
     cfg = make_cfg()
     policy, value_model = GPT(tiny.config).eval(), RewardModel(tiny.config).eval()
@@ -160,7 +178,7 @@ def test_prompt_order_is_a_function_of_the_iteration():
     assert sorted(ranks[0] + ranks[1]) == sorted(train_ppo.prompts_for_iteration(n, 3, gb, 0, 1, seed=0))
 
 
-def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path):
+def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     sft, rm, out = tmp_path / "sft", tmp_path / "rm", tmp_path / "ppo"
     save_model(str(sft), tiny.policy, tiny.tokenizer, "lm")
     save_model(str(rm), tiny.reward_model, tiny.tokenizer, "reward")
@@ -177,12 +195,15 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "rm_score" in r] == [1, 2]
     assert all(r["first_minibatch_log_ratio"] == 0.0 for r in rows if "rm_score" in r)
-    # resume continues from last.pt to a later iteration
-    done = subprocess.run(args + ["--iterations=3", "--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # resume (in this process: a second interpreter start costs more than the run) continues from last.pt
+    cfg = train_ppo.Config(sft=str(sft), rm=str(rm), out_dir=str(out), batch_size=8, minibatch_size=4, ppo_epochs=1,
+                           max_new_tokens=6, val_prompts=8, eval_interval=2, device="cpu", iterations=3, resume=True)
+    train_ppo.main(cfg)
     assert json.loads((out / "summary.json").read_text())["iterations"] == 3
-    # a wrong kind of folder is a one-line error
-    done = subprocess.run(args[:2] + [f"--sft={rm}", f"--rm={rm}", f"--out_dir={out}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.startswith("error:") and "Traceback" not in done.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "rm_score" in r] == [1, 2, 3]
+    # a wrong kind of folder is a one-line error, exit code 2
+    with pytest.raises(SystemExit) as exit_info:
+        run(train_ppo.main, train_ppo.Config, [f"--sft={rm}", f"--rm={rm}", f"--out_dir={tmp_path / 'x'}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: ")

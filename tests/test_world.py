@@ -104,6 +104,25 @@ def test_judge_long_answers_are_capped(world):
     assert gold_score(task, "rouge " + "and so on " * 10) <= 0.3
 
 
+def test_judge_survives_arbitrary_text(world):
+    # PPO samples anything; the judge must return a score in [0, 1] and never raise
+    rng = random.Random(0)
+    alphabet = list("0123456789+-*() .!?:`'\"abcxyzAMé猫答案是。²٣_") + ["chat", "7", "3 + 4", "((", "print", "\n"]
+    tasks = world.split("test")
+    for i in range(3000):
+        response = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert 0.0 <= gold_score(tasks[i % len(tasks)], response) <= 1.0, response
+    assert gold_score(world.task("What is 3 + 5?"), "(" * 300 + "8" + ")" * 300) <= 1.0
+
+
+def test_world_and_data_import_without_torch():
+    import subprocess
+    import sys
+    code = "import sys, minigpt.world, minigpt.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    repo_root = __file__.rsplit("/tests/", 1)[0]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
+
+
 def test_score_accepts_instruction_text(world):
     assert world.score("计算2+2", "4") == 1.0
     with pytest.raises(KeyError):
@@ -168,8 +187,8 @@ def test_probe_facts_never_reach_sft_rm_or_ppo(world):
             assert t.get("zh") not in probe_zh, t
 
 
-def test_same_seed_same_world_different_seed_different_world():
-    a, b, c = World(3), World(3), World(4)
+def test_same_seed_same_world_different_seed_different_world(world):
+    a, b, c = world, World(0), World(1)
     assert a.split("test") == b.split("test") and a.split("sft_train") == b.split("sft_train")
     assert a.split("test") != c.split("test")
     assert a.corpus(20_000) == b.corpus(20_000) != c.corpus(20_000)
@@ -192,11 +211,10 @@ def test_prompts_and_answers_are_short(world):
 # ---------------------------------------------------------------------------------------------------------
 # pretraining corpus
 def test_corpus_size_speed_and_facts(world):
-    t0 = time.time()
+    t0 = time.process_time()
     text = world.corpus()
-    elapsed = time.time() - t0
-    assert elapsed < 6.0   # ~1.3 s on a laptop core; generous for a busy machine
-    # a 2048-token BPE trained on this corpus gives ~3.2 chars/token; chars/4 is a conservative proxy
+    assert time.process_time() - t0 < 4.0   # ~1.3 s of CPU on a laptop core (limit generous for busy machines)
+    # a 2048-token BPE trained on this corpus gives ~3.0 chars/token; chars/4 is a conservative proxy
     assert len(text) / 4 >= 1_000_000
     for e in world.probe_entries:   # probe facts ARE taught by pretraining
         assert f" {e.fr}" in text or f"{e.fr} " in text, e

@@ -1,0 +1,361 @@
+"""Stage 3: collecting comparisons (数据标注). For each prompt, show K responses to a labeller and ask
+for a ranking, best first. The reward model learns from these rankings.
+
+The K candidates are k_policy samples from the SFT model (temperature 1) plus k_demo responses by the
+world's demonstrators (the right answer or one showing a named kind of mistake), shuffled together.
+InstructGPT's labellers also ranked responses from several sources; the demonstrators' responses make
+the reward model see both very good and typically bad answers to every prompt.
+
+    python label.py                           # simulated labeller on the world's RM prompts, seconds
+    python label.py --labeler=human           # you rank them in the terminal; rerun to continue
+    python label.py --labeler=human < keys.txt
+
+Writes out/labels/{train,val}.jsonl, one ranked list per line:
+    {"prompt": ..., "responses": [best, ..., worst], "labeler": "simulated-1337", "seed": 1337,
+     "gold": [gold score of each response], "mistakes": [mistake kind or null], "sources": ["policy"|"demo"]}
+and summary.json with how far the labels can be trusted: their agreement with the noise-free gold
+ranking (the ceiling for any reward model) and the agreement of two independent simulated labellers.
+
+Ties: the simulated labeller cannot tell apart responses with the same gold score (duplicates included);
+it keeps the first of each and drops the rest (world.SimulatedLabeler), so a list may hold fewer than K
+responses; a prompt whose candidates are all tied has nothing to compare and is not written.
+"""
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from minigpt.checkpoint import config_dict, load_model, write_json
+from minigpt.cli import UserError, check, run
+from minigpt.respond import respond
+from minigpt.world import SimulatedLabeler, World, applicable_mistakes, labeler_agreement
+
+
+@dataclass
+class Config:
+    out_dir: str = field(default="out/labels", metadata={"help": "stage folder to write"})
+    policy: str = field(default="out/sft", metadata={"help": "stage folder of the model whose responses are ranked"})
+    labeler: str = field(default="simulated", metadata={"help": "simulated (world.SimulatedLabeler) or human "
+                                                                "(you, in the terminal)"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
+    seed: int = field(default=1337, metadata={"help": "seed for sampling, demonstrators and the simulated labeller"})
+    n_prompts: int = field(default=0, metadata={"help": "RM prompts to label (0 = all 1500 of the world's rm split)"})
+    val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts held out as validation "
+                                                                "comparisons (spread evenly over the prompts)"})
+    k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
+    k_demo: int = field(default=4, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
+                                                     "or the right answer)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the policy"})
+    max_new_tokens: int = field(default=32, metadata={"help": "longest sampled response"})
+    labeler_temperature: float = field(default=0.27, metadata={"help": "noise of the simulated labeller "
+                                                                       "(0 = always the gold order)"})
+    batch_size: int = field(default=512, metadata={"help": "responses sampled at once"})
+    fresh: bool = field(default=False, metadata={"help": "discard labels already in out_dir (human labels are "
+                                                         "otherwise continued, and never overwritten)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or mps"})
+
+    def validate(self):
+        check(self.labeler in ("simulated", "human"), f"--labeler must be simulated or human, got {self.labeler!r}")
+        check(self.n_prompts >= 0, f"--n_prompts must be >= 0, got {self.n_prompts}")
+        check(0 <= self.val_fraction < 1, f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        check(self.k_policy >= 0 and self.k_demo >= 0, "--k_policy and --k_demo must be >= 0")
+        check(self.k_policy + self.k_demo >= 2, f"need K = k_policy + k_demo >= 2 responses per prompt to rank, "
+                                                f"got {self.k_policy + self.k_demo}")
+        check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
+        check(self.max_new_tokens > 0 and self.batch_size > 0, "--max_new_tokens and --batch_size must be > 0")
+        check(self.labeler_temperature >= 0, f"--labeler_temperature must be >= 0, got {self.labeler_temperature}")
+
+
+def is_val(i, fraction):
+    """Prompt i is held out when i * fraction crosses an integer: exactly ~fraction of any prefix, spread evenly,
+    so the split of a prompt never depends on how many prompts are labelled."""
+    return math.floor((i + 1) * fraction) > math.floor(i * fraction)
+
+
+def demo_responses(world, task, k, seed):
+    """k demonstrator responses to task, each of a different kind (the right answer or one named mistake)."""
+    rng = random.Random(f"demo-{seed}-{task.instruction}")   # per prompt: the same whatever else is labelled
+    kinds = [None] + applicable_mistakes(task)
+    rng.shuffle(kinds)
+    return [(world.respond(task, rng, kind), kind) for kind in kinds[:k]]
+
+
+def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
+    """Yield (task, [{"response", "mistake", "source", "gold"}]) for each task, sampling the policy `chunk` prompts
+    at a time. A policy sample's mistake is None when gold-perfect, else "policy" (what went wrong is not known)."""
+    for start in range(0, len(tasks), chunk):
+        part = tasks[start: start + chunk]
+        texts = []
+        if cfg.k_policy:
+            instructions = [t.instruction for t in part for _ in range(cfg.k_policy)]
+            texts = respond(model, tokenizer, instructions, cfg.max_new_tokens, cfg.temperature,
+                            generator=generator, batch_size=cfg.batch_size).texts
+        for n, task in enumerate(part):
+            cands = []
+            for r in texts[n * cfg.k_policy: (n + 1) * cfg.k_policy]:
+                gold = world.score(task, r)
+                cands.append({"response": r, "mistake": None if gold == 1.0 else "policy", "source": "policy",
+                              "gold": gold})
+            for r, kind in demo_responses(world, task, cfg.k_demo, cfg.seed):
+                cands.append({"response": r, "mistake": kind, "source": "demo", "gold": world.score(task, r)})
+            random.Random(f"order-{cfg.seed}-{task.instruction}").shuffle(cands)  # sources mixed, position random
+            yield task, cands
+
+
+def record(task, cands, order, labeler, seed):
+    """The JSON line for one ranked prompt: responses best -> worst, with gold scores and where each came from."""
+    ranked = [cands[i] for i in order]
+    return {"prompt": task.instruction, "responses": [c["response"] for c in ranked], "labeler": labeler,
+            "seed": seed, "gold": [c["gold"] for c in ranked], "mistakes": [c["mistake"] for c in ranked],
+            "sources": [c["source"] for c in ranked], "kind": task.kind}
+
+
+def read_labels(path):
+    """Records of a label file; a half-written last line (killed mid-write) is cut off and reported."""
+    if not os.path.exists(path):
+        return []
+    records, good_bytes = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+                good_bytes += len(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                print(f"warning: {path}: dropped an unfinished last line", file=sys.stderr)
+                break
+    with open(path, "rb+") as f:
+        f.truncate(good_bytes)
+    return records
+
+
+def append_line(path, obj):
+    """Append one JSON line and flush it to disk -> the file size before (for undo)."""
+    with open(path, "a", encoding="utf-8") as f:
+        offset = f.tell()
+        f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return offset
+
+
+# agreement = fraction of a ranking's pairs (i above j) where gold_i > gold_j; pairs with equal gold are skipped
+def gold_agreement_of(records):
+    agree = total = 0
+    for r in records:
+        g = r["gold"]
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                if g[i] != g[j]:
+                    total += 1
+                    agree += g[i] > g[j]
+    return agree / total if total else float("nan")
+
+
+# ---- the human labeller: a terminal session -------------------------------------------------------------
+
+HINT = "type the numbers best first (e.g. 2 4 1 3), s = skip, u = undo the last prompt, q = quit"
+
+
+def parse_ranking(text, n):
+    """'2 4 1 3' / '2,4,1,3' / '2413' -> [1, 3, 0, 2] (0-based), or None unless a permutation of 1..n."""
+    text = text.replace(",", " ").strip()
+    parts = text.split() if " " in text or n >= 10 else list(text)
+    try:
+        order = [int(p) - 1 for p in parts]
+    except ValueError:
+        return None
+    return order if sorted(order) == list(range(n)) else None
+
+
+def show(task, cands, position, total):
+    print(f"\n[{position}/{total}] ### Instruction:\n{task.instruction}\n")
+    for i, c in enumerate(cands, 1):
+        text = c["response"].replace("\n", " ⏎ ") if c["response"] else "(empty response)"
+        print(f"  {i}) {text}")
+
+
+def human_session(tasks, pending, make_cands, paths, seed):
+    """Rank each pending prompt from stdin; every answer is on disk before the next prompt is shown.
+    Returns (labelled, skipped, quit_early)."""
+    history, cache, k, labelled, skipped = [], {}, 0, 0, 0   # history: (index into pending, file, offset|None)
+    print(f"{len(pending)} prompts to rank; {HINT}; end of input also stops, keeping your work")
+    while k < len(pending):
+        i = pending[k]
+        if i not in cache:
+            cache[i] = make_cands(i)
+        cands = cache[i]
+        show(tasks[i], cands, k + 1, len(pending))
+        while True:
+            print("ranking> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:                                  # end of input: stop, the work is already saved
+                print()
+                return labelled, skipped, True
+            answer = line.strip().lower()
+            if answer == "q":
+                return labelled, skipped, True
+            if answer == "s":
+                history.append((k, None, None))
+                skipped += 1
+                k += 1
+                break
+            if answer == "u":
+                if not history:
+                    print("nothing to undo in this session")
+                    continue
+                k, path, offset = history.pop()
+                if path is None:
+                    skipped -= 1
+                else:
+                    with open(path, "rb+") as f:
+                        f.truncate(offset)
+                    labelled -= 1
+                print("undone")
+                break
+            order = parse_ranking(answer, len(cands))
+            if order is None:
+                print(f"expected a ranking of 1..{len(cands)}: {HINT}")
+                continue
+            path = paths["val" if is_val(i, paths["fraction"]) else "train"]
+            offset = append_line(path, record(tasks[i], cands, order, "human", seed))
+            history.append((k, path, offset))
+            labelled += 1
+            k += 1
+            break
+    return labelled, skipped, False
+
+
+class StoredOrder:
+    """A 'labeller' whose ranking is the order the responses are stored in (a ranked list from the file)."""
+
+    def rank(self, task, responses):
+        return list(range(len(responses)))
+
+
+def dedupe(cands):
+    """A person cannot rank two identical texts: keep the first of each."""
+    seen, out = set(), []
+    for c in cands:
+        if c["response"].strip() not in seen:
+            seen.add(c["response"].strip())
+            out.append(c)
+    return out
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+
+def main(cfg):
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    world = World(cfg.world_seed)
+    tasks = world.split("rm")
+    if cfg.n_prompts:
+        check(cfg.n_prompts <= len(tasks), f"--n_prompts={cfg.n_prompts}: the world has {len(tasks)} RM prompts")
+        tasks = tasks[: cfg.n_prompts]
+    model, tokenizer, _ = load_model(cfg.policy, "lm", cfg.device)
+    model.eval()
+    check(cfg.max_new_tokens < model.config.block_size,
+          f"--max_new_tokens ({cfg.max_new_tokens}) must be < the policy's block_size ({model.config.block_size})")
+    identity = "human" if cfg.labeler == "human" else f"simulated-{cfg.seed}"
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    paths = {"train": os.path.join(cfg.out_dir, "train.jsonl"), "val": os.path.join(cfg.out_dir, "val.jsonl"),
+             "fraction": cfg.val_fraction}
+    summary_path = os.path.join(cfg.out_dir, "summary.json")
+    existing = read_labels(paths["train"]) + read_labels(paths["val"])
+    others = {r.get("labeler") for r in existing} - {identity}
+    if existing and not cfg.fresh and "human" in others:
+        raise UserError(f"{cfg.out_dir} holds human labels; use another --out_dir, or --fresh to discard them")
+    if existing and not cfg.fresh and cfg.labeler == "human" and others:
+        raise UserError(f"{cfg.out_dir} holds labels by {sorted(others)[0]}; use another --out_dir or --fresh")
+    if cfg.fresh or cfg.labeler == "simulated":   # simulated labels are reproducible: redo them from scratch
+        existing = []
+        for name in ("train", "val"):
+            open(paths[name], "w").close()
+    if os.path.exists(summary_path):
+        os.remove(summary_path)                   # the stage is in progress until summary.json is back
+    write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    K = cfg.k_policy + cfg.k_demo
+    print(f"labelling {len(tasks)} prompts x K={K} responses ({cfg.k_policy} from {cfg.policy}, {cfg.k_demo} from "
+          f"the demonstrators); labeller {identity}")
+
+    skipped, quit_early, dropped = 0, False, 0
+    if cfg.labeler == "simulated":
+        labeler = SimulatedLabeler(cfg.seed, cfg.labeler_temperature)
+        chunk = max(1, cfg.batch_size // max(cfg.k_policy, 1))
+        ranked = {"train": [], "val": []}
+        for n, (task, cands) in enumerate(candidates(world, model, tokenizer, tasks, cfg, generator, chunk)):
+            order = labeler.rank(task, [c["response"] for c in cands])   # ties (equal gold) dropped
+            if len(order) < 2:
+                dropped += 1                          # every candidate equally good: nothing to learn
+                continue
+            ranked["val" if is_val(n, cfg.val_fraction) else "train"].append(
+                record(task, cands, order, identity, cfg.seed))
+            if (n + 1) % 250 == 0 or n + 1 == len(tasks):
+                print(f"{n + 1}/{len(tasks)} prompts ranked ({time.time() - t0:.0f}s)", flush=True)
+        for name in ("train", "val"):
+            with open(paths[name], "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked[name])
+    else:
+        done = {r["prompt"] for r in existing}
+        pending = [i for i, t in enumerate(tasks) if t.instruction not in done]
+        if done:
+            print(f"continuing: {len(done)} prompts already ranked in {cfg.out_dir}")
+
+        def make_cands(i):  # sample one prompt at a time: the first prompt appears at once
+            return dedupe(next(candidates(world, model, tokenizer, [tasks[i]], cfg, generator, 1))[1])
+
+        labelled, skipped, quit_early = human_session(tasks, pending, make_cands, paths, cfg.seed)
+        print(f"{labelled} prompts ranked this session, {skipped} skipped")
+
+    # ---- how good are the labels? ----
+    train, val = read_labels(paths["train"]), read_labels(paths["val"])
+    if not train and not val:
+        print("no labels written yet")
+        return
+    stats = {}
+    for name, recs in (("train", train), ("val", val)):
+        lists = [r["responses"] for r in recs]
+        instr = [r["prompt"] for r in recs]
+        stats[name] = {
+            "ceiling": gold_agreement_of(recs),   # these labels vs the noise-free gold order
+            # two fresh, independent simulated labellers ranking the same responses
+            "agreement": labeler_agreement(world, instr, lists, SimulatedLabeler(cfg.seed + 1, cfg.labeler_temperature),
+                                           SimulatedLabeler(cfg.seed + 2, cfg.labeler_temperature)) if recs else None,
+        }
+        if cfg.labeler == "human" and recs:   # how often the person agrees with a simulated labeller
+            sim = SimulatedLabeler(cfg.seed + 3, cfg.labeler_temperature)
+            stats[name]["human_vs_simulated"] = labeler_agreement(world, instr, lists, sim, StoredOrder())
+    policy_gold = [g for r in train + val for g, s in zip(r["gold"], r["sources"]) if s == "policy"]
+    summary = {
+        "labeler": identity, "seed": cfg.seed, "policy": cfg.policy, "K": K, "k_policy": cfg.k_policy,
+        "k_demo": cfg.k_demo, "n_train": len(train), "n_val": len(val), "dropped_all_tied": dropped,
+        "skipped": skipped, "complete": not quit_early,
+        "mean_responses_per_list": sum(len(r["responses"]) for r in train + val) / len(train + val),
+        "ceiling": stats["val"]["ceiling"], "labeler_agreement": stats["val"]["agreement"],
+        "ceiling_train": stats["train"]["ceiling"], "labeler_agreement_train": stats["train"]["agreement"],
+        "policy_mean_gold": sum(policy_gold) / len(policy_gold) if policy_gold else None,
+        "seconds": time.time() - t0,
+    }
+    if cfg.labeler == "human":
+        summary["human_vs_simulated"] = stats["val"].get("human_vs_simulated") or stats["train"].get("human_vs_simulated")
+    write_json(summary_path, summary)
+    fmt = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"  # noqa: E731
+    print(f"{len(train)} train + {len(val)} val ranked lists ({summary['mean_responses_per_list']:.1f} responses each "
+          f"after dropping ties; {dropped} prompts all tied) in {summary['seconds']:.0f}s")
+    print(f"held-out labels vs gold (ceiling) {fmt(summary['ceiling'])} | two simulated labellers agree "
+          f"{fmt(summary['labeler_agreement'])} | policy samples' mean gold {fmt(summary['policy_mean_gold'])}")
+    if cfg.labeler == "human":
+        print(f"you agree with a simulated labeller on {fmt(summary['human_vs_simulated'])} of pairs")
+    print(f"wrote {paths['train']}, {paths['val']}, {summary_path}")
+
+
+if __name__ == "__main__":
+    run(main, Config)

@@ -1,0 +1,165 @@
+import json
+import unicodedata
+
+import pytest
+
+from minigpt.cli import UserError
+from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text, encode_prompt_response,
+                          load_comparisons, load_demonstrations, load_text, render_prompt, sft_batch)
+
+SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"}, {"instruction": "计算2+2", "output": "4"}]
+
+
+class CharTokenizer:
+    """One token per character (its code point); eos and pad are ids no character uses here."""
+    eos_id, pad_id = 0, 1
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# template, loss mask, batching
+def test_render_prompt():
+    assert render_prompt("计算2+2") == "### Instruction:\n计算2+2\n\n### Response:\n"
+    assert render_prompt("Sum these.", "3 4") == "### Instruction:\nSum these.\n\n### Input:\n3 4\n\n### Response:\n"
+    assert PROMPT_TEMPLATE.format(instruction="x") == render_prompt("x")
+
+
+def test_loss_mask_covers_exactly_response_and_eos():
+    tok = CharTokenizer()
+    ids, mask = encode_prompt_response(tok, "ab", "cd", block_size=64)
+    assert ids == [97, 98, 99, 100, 0]
+    assert mask == [0, 0, 1, 1, 1]
+    prompt = render_prompt("计算2+2")
+    ids, mask = encode_prompt_response(tok, prompt, "4", block_size=64)
+    assert len(ids) == len(prompt) + 2 and sum(mask) == 2 and mask[-2:] == [1, 1] and ids[-2:] == [ord("4"), 0]
+    assert encode_prompt_response(tok, "abc", "defg", block_size=5) == ([97, 98, 99, 100, 101], [0, 0, 0, 1, 1])
+
+
+def test_sft_batch_shifts_and_pads():
+    import torch
+    tok = CharTokenizer()
+    a = encode_prompt_response(tok, "ab", "cd", 64)   # ids 97 98 99 100 0
+    b = encode_prompt_response(tok, "a", "c", 64)     # ids 97 99 0
+    x, y, mask = sft_batch([a, b], pad_id=tok.pad_id)
+    assert x.tolist() == [[97, 98, 99, 100], [97, 99, 1, 1]]
+    assert y.tolist() == [[98, 99, 100, 0], [99, 0, 1, 1]]
+    assert mask.tolist() == [[0, 1, 1, 1], [1, 1, 0, 0]]  # targets c, d, eos / c, eos; padding masked
+    assert x.dtype == y.dtype == torch.long and mask.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading every format
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_seed_json_loads_and_cleans(tmp_path, capsys):
+    path = write(tmp_path / "seed.json", json.dumps(SEED, ensure_ascii=False, indent=4))
+    examples = load_demonstrations(path)
+    assert examples == [{"instruction": "翻译成法语：你好", "input": "", "output": "Bonjour"},
+                        {"instruction": "计算2+2", "input": "", "output": "4"}]
+    kept, stats = clean_demonstrations(examples, max_chars=1000)
+    assert kept == examples and stats["kept"] == 2
+    assert "cleaning: 2 read, 0 empty, 0 duplicates, 0 too long, 2 kept" in capsys.readouterr().out
+
+
+def test_alpaca_and_jsonl_formats(tmp_path):
+    alpaca = [{"instruction": "Add the numbers.", "input": "3 4", "output": "7"}]
+    assert load_demonstrations(write(tmp_path / "a.json", json.dumps(alpaca)))[0]["input"] == "3 4"
+    lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in SEED + alpaca) + "\n\n"
+    loaded = load_demonstrations(write(tmp_path / "d.jsonl", lines))
+    assert [r["output"] for r in loaded] == ["Bonjour", "4", "7"]
+
+
+def test_comparisons_ranked_and_pairs(tmp_path):
+    rows = [{"prompt": "计算2+2", "responses": ["4", "The answer is 4.", "5"], "labeler": "simulated-3", "seed": 0,
+             "gold": [1.0, 0.6, 0.1], "mistakes": [None, "preamble", "wrong_answer"]},
+            {"prompt": "翻译成法语：你好", "chosen": "Bonjour", "rejected": "hello"}]
+    loaded = load_comparisons(write(tmp_path / "c.jsonl", "\n".join(json.dumps(r) for r in rows)))
+    assert loaded[0]["responses"] == ["4", "The answer is 4.", "5"] and loaded[0]["mistakes"][1] == "preamble"
+    assert loaded[1] == {"prompt": "翻译成法语：你好", "responses": ["Bonjour", "hello"]}
+
+
+def test_load_text_file_and_folder(tmp_path):
+    write(tmp_path / "b.txt", "second")
+    write(tmp_path / "a.txt", "first")
+    write(tmp_path / "skip.md", "not text")
+    assert load_text(str(tmp_path / "a.txt")) == "first"
+    assert load_text(str(tmp_path)) == "first\n\nsecond"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# malformed input: one line naming the file and the line / record
+def error_of(fn, path):
+    with pytest.raises(DataError) as info:
+        fn(path)
+    message = str(info.value)
+    assert isinstance(info.value, UserError) and "\n" not in message and str(path) in message
+    return message
+
+
+def test_bad_json_line_is_named(tmp_path):
+    path = write(tmp_path / "d.jsonl", json.dumps(SEED[0]) + "\n" + json.dumps(SEED[1]) + "\n{\"instruction\": \n")
+    assert error_of(load_demonstrations, path).startswith(f"{path}:3: invalid JSON")
+    broken = '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}\n]'  # comma missing
+    path = write(tmp_path / "d.json", broken)
+    assert error_of(load_demonstrations, path).startswith(f"{path}:3: invalid JSON")
+
+
+def test_missing_and_mistyped_fields_are_named(tmp_path):
+    path = write(tmp_path / "d.json", json.dumps([SEED[0], {"instruction": "计算2+2"}]))
+    assert error_of(load_demonstrations, path) == f"{path}: record 1: field 'output' missing"
+    path = write(tmp_path / "d.jsonl", json.dumps(SEED[0]) + "\n" + json.dumps({"instruction": "x", "output": 4}))
+    assert error_of(load_demonstrations, path) == f"{path}:2: field 'output' must be a string, got int"
+    path = write(tmp_path / "d2.jsonl", "[1, 2]\n")
+    assert "expected a JSON object" in error_of(load_demonstrations, path)
+    path = write(tmp_path / "c.jsonl", json.dumps({"prompt": "p", "responses": ["only one"]}))
+    assert error_of(load_comparisons, path).startswith(f"{path}:1: field 'responses' needs at least 2")
+    path = write(tmp_path / "c2.jsonl", json.dumps({"prompt": "p", "chosen": "a"}))
+    assert error_of(load_comparisons, path) == f"{path}:1: field 'rejected' missing"
+    path = write(tmp_path / "c3.jsonl", json.dumps({"prompt": "p", "responses": ["a", 2]}))
+    assert "list of strings" in error_of(load_comparisons, path)
+
+
+def test_non_utf8_empty_and_missing_files(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    latin1 = '{"instruction": "caf\xe9", "output": "x"}'.encode("latin-1")
+    path.write_bytes(json.dumps(SEED[0]).encode() + b"\n" + latin1)
+    message = error_of(load_demonstrations, str(path))
+    assert message.startswith(f"{path}:2: not valid UTF-8") and "byte offset" in message
+    assert error_of(load_demonstrations, write(tmp_path / "e.json", "  \n")).endswith("file is empty")
+    assert error_of(load_text, write(tmp_path / "e.txt", "")).endswith("file is empty")
+    assert error_of(load_demonstrations, write(tmp_path / "l.json", "[]")).endswith("no records")
+    assert error_of(load_demonstrations, str(tmp_path / "nope.json")).endswith("no such file or directory")
+    assert error_of(load_comparisons, str(tmp_path / "nope.jsonl")).endswith("no such file or directory")
+    (tmp_path / "empty_dir").mkdir()
+    assert error_of(load_text, str(tmp_path / "empty_dir")).endswith("folder has no .txt files")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cleaning
+def test_cleaning_counts_and_normalises(capsys):
+    decomposed = unicodedata.normalize("NFD", "café")
+    examples = [
+        {"instruction": "  Translate   to French:\tcoffee ", "output": decomposed},
+        {"instruction": "Translate to French: coffee", "output": "café"},       # duplicate after cleaning
+        {"instruction": "   ", "output": "x"},                                  # empty instruction
+        {"instruction": "y", "output": ""},                                     # empty output
+        {"instruction": "long", "output": "z" * 500},                           # too long
+        {"instruction": "a\r\n\r\n\r\n\r\nb  ", "input": " 3  4 ", "output": "7"},
+    ]
+    kept, stats = clean_demonstrations(examples, max_chars=200)
+    assert stats == {"read": 6, "empty": 2, "duplicates": 1, "too_long": 1, "kept": 2}
+    assert capsys.readouterr().out.strip() == "cleaning: 6 read, 2 empty, 1 duplicates, 1 too long, 2 kept"
+    assert kept[0] == {"instruction": "Translate to French: coffee", "input": "", "output": "café"}
+    assert kept[0]["output"] == unicodedata.normalize("NFC", "café")
+    assert kept[1] == {"instruction": "a\n\nb", "input": "3 4", "output": "7"}
+    assert clean_text(" line one  \n   line two ") == "line one\nline two"
+
+
+def test_all_filtered_is_an_error():
+    with pytest.raises(DataError, match="no examples left after cleaning"):
+        clean_demonstrations([{"instruction": "", "output": ""}], max_chars=100, source="seed.json")

@@ -1,0 +1,140 @@
+"""label.py: simulated rankings are valid ranked lists; the human session, driven by keystrokes on stdin,
+writes what was typed, skips, undoes, survives end of input and continues where it stopped."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import label
+from minigpt.checkpoint import save_model
+from minigpt.cli import UserError
+from minigpt.data import load_comparisons
+from minigpt.model import GPT, GPTConfig
+from minigpt.tokenizer import Tokenizer
+from minigpt.world import World
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """A tiny untrained policy stage folder (its samples are gibberish, which is all labelling needs)."""
+    folder = str(tmp_path_factory.mktemp("label") / "sft")
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(World(0).corpus(20_000), 300)
+    model = GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32))
+    save_model(folder, model, tokenizer, "lm", {})
+    return folder
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_parse_ranking():
+    assert label.parse_ranking("2 4 1 3", 4) == [1, 3, 0, 2]
+    assert label.parse_ranking("2,4,1,3", 4) == [1, 3, 0, 2]
+    assert label.parse_ranking("2413", 4) == [1, 3, 0, 2]
+    for bad in ("2 4 1", "2 4 1 1", "0 1 2 3", "a b c d", "", "1 2 3 4 5"):
+        assert label.parse_ranking(bad, 4) is None, bad
+
+
+def test_val_split_is_even_and_prefix_stable():
+    flags = [label.is_val(i, 0.15) for i in range(1000)]
+    assert sum(flags) == 150 and sum(flags[:100]) == 15
+
+
+def test_simulated_writes_valid_ranked_lists(policy, tmp_path):
+    out = str(tmp_path / "labels")
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=24, k_policy=2, k_demo=3, max_new_tokens=6,
+                            val_fraction=0.25))
+    world = World(0)
+    train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert len(train) + len(val) + summary["dropped_all_tied"] == 24 and len(val) >= 4
+    assert summary["K"] == 5 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
+    for r in train + val:
+        assert r["labeler"] == "simulated-1337" and r["seed"] == 1337
+        assert 2 <= len(r["responses"]) <= 5
+        assert r["gold"] == [world.score(r["prompt"], y) for y in r["responses"]]
+        assert len(set(r["gold"])) == len(r["gold"])            # ties (and duplicates) dropped
+        assert sorted(r["sources"].count(s) for s in ("demo", "policy")) and set(r["sources"]) <= {"demo", "policy"}
+        assert all(m is None or m == "policy" or s == "demo" for m, s in zip(r["mistakes"], r["sources"]))
+    assert load_comparisons(os.path.join(out, "train.jsonl"))[0]["responses"] == train[0]["responses"]
+
+    # a noise-free labeller ranks exactly by gold: the ceiling is 1
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=3, max_new_tokens=6,
+                            labeler_temperature=0))
+    for r in read(os.path.join(out, "train.jsonl")) + read(os.path.join(out, "val.jsonl")):
+        assert r["gold"] == sorted(r["gold"], reverse=True)
+    assert json.load(open(os.path.join(out, "summary.json")))["ceiling_train"] == 1.0
+
+
+def human(policy, out, keys, *extra):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "label.py"), "--labeler=human", f"--policy={policy}",
+                           f"--out_dir={out}", "--n_prompts=8", "--k_policy=1", "--k_demo=2", "--max_new_tokens=6",
+                           "--val_fraction=0.5", *extra], input=keys, capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+def shown(stdout):
+    """The (instruction, [responses as displayed]) blocks in the order they were shown."""
+    blocks = []
+    for block in stdout.split("### Instruction:\n")[1:]:
+        instruction = block.split("\n")[0]
+        blocks.append((instruction, re.findall(r"^  \d+\) (.*)$", block, re.M)))
+    return blocks
+
+
+def displayed(response):
+    return response.replace("\n", " ⏎ ") if response else "(empty response)"
+
+
+def test_human_session_from_keystrokes(policy, tmp_path):
+    out = str(tmp_path / "human")
+    tasks = World(0).split("rm")
+    # prompt 0: ranked; 1: skipped; 2: ranked, undone, ranked again; bad input twice; 3: ranked; then end of input
+    r = human(policy, out, "2 1 3\ns\n3 1 2\nu\n1 3 2\nx\n1 2\n2 3 1\n")
+    assert r.returncode == 0, r.stderr
+    blocks = shown(r.stdout)
+    assert [b[0] for b in blocks] == [tasks[i].instruction for i in (0, 1, 2, 3, 2, 3, 4)]  # u re-shows 2
+    assert r.stdout.count("expected a ranking of 1..3") == 2 and "undone" in r.stdout
+    assert all(len(b[1]) == 3 for b in blocks)
+    train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
+    # val_fraction 0.5: odd prompts are held out
+    assert [t["prompt"] for t in train] == [tasks[0].instruction, tasks[2].instruction]
+    assert [t["prompt"] for t in val] == [tasks[3].instruction]
+    for rec, block, typed in ((train[0], blocks[0], [2, 1, 3]), (train[1], blocks[4], [1, 3, 2]),
+                              (val[0], blocks[5], [2, 3, 1])):
+        assert [displayed(y) for y in rec["responses"]] == [block[1][k - 1] for k in typed]
+        assert rec["labeler"] == "human" and len(rec["gold"]) == 3
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["complete"] is False and summary["n_train"] == 2 and summary["n_val"] == 1
+
+    # rerun: the prompts already ranked are not shown again; the skipped one is; q stops
+    r = human(policy, out, "1 2 3\nq\n")
+    assert r.returncode == 0, r.stderr
+    assert "continuing: 3 prompts already ranked" in r.stdout
+    blocks = shown(r.stdout)
+    assert [b[0] for b in blocks] == [tasks[1].instruction, tasks[4].instruction]
+    val = read(os.path.join(out, "val.jsonl"))
+    assert [t["prompt"] for t in val] == [tasks[3].instruction, tasks[1].instruction]
+    assert [displayed(y) for y in val[1]["responses"]] == blocks[0][1]
+    assert len(read(os.path.join(out, "train.jsonl"))) == 2
+
+    # simulated labels never overwrite a person's work
+    with pytest.raises(UserError, match="human labels"):
+        label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=2, max_new_tokens=6))
+
+
+def test_unfinished_last_line_is_dropped(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "a", "responses": ["x", "y"]}\n{"prompt": "b", "resp', encoding="utf-8")
+    assert [r["prompt"] for r in label.read_labels(str(path))] == ["a"]
+    assert path.read_text(encoding="utf-8") == '{"prompt": "a", "responses": ["x", "y"]}\n'

@@ -1,0 +1,175 @@
+"""train_rm.py: the reward is read at the last real token, the K-wise loss is the mean pairwise loss, the bias
+centres the demonstrations at 0, Ctrl-C + --resume is exact, and the script runs end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import label
+import train_rm
+from minigpt.checkpoint import load_model, save_model
+from minigpt.cli import run
+from minigpt.model import GPT, GPTConfig, RewardModel
+from minigpt.sampling import left_pad
+from minigpt.tokenizer import Tokenizer
+from minigpt.training import read_metrics
+from minigpt.world import World
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train(World(0).corpus(20_000), 300)
+
+
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory, tokenizer):
+    """A tiny untrained 'SFT' stage folder."""
+    folder = str(tmp_path_factory.mktemp("rm") / "sft")
+    torch.manual_seed(0)
+    save_model(folder, GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32)),
+               tokenizer, "lm", {})
+    return folder
+
+
+def tiny_rm(tokenizer, seed=0):
+    """A reward model whose head is random (from_gpt zeroes it, which would make every test trivially pass)."""
+    torch.manual_seed(seed)
+    rm = RewardModel(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
+    torch.nn.init.normal_(rm.head.weight, std=1.0)
+    torch.nn.init.normal_(rm.head.bias, std=1.0)
+    return rm.eval()
+
+
+PROMPTS = ["翻译成法语：你好", "What is 3 + 4?", "Reverse the word cat."]
+RESPONSES = ["Bonjour", "Sure! The answer is 7. I hope this helps!", "tac", "", "7", "Bonjour."]
+
+
+def test_reward_read_at_last_real_token_right_and_left_padded(tokenizer):
+    rm = tiny_rm(tokenizer)
+    rankings = train_rm.encode_rankings(tokenizer, [{"prompt": p, "responses": RESPONSES} for p in PROMPTS], 64)
+    seqs = [s for r in rankings for s in r]
+    assert len({len(s) for s in seqs}) > 3 and all(s[-1] == tokenizer.eos_id for s in seqs)
+    with torch.no_grad():
+        alone = torch.stack([rm(torch.tensor([s]))[0, -1] for s in seqs])          # no padding at all
+        right = torch.cat(train_rm.rewards_of(rm.score, rankings, tokenizer.pad_id, "cpu"))   # train_rm's path
+        scorer = torch.cat(train_rm.rewards_of(train_rm.Scorer(rm), rankings, tokenizer.pad_id, "cpu"))
+        idx, mask = left_pad(seqs, tokenizer.pad_id)                                 # PPO's layout
+        left = rm.score(idx, mask)
+        idx, mask = train_rm.right_pad(seqs, tokenizer.pad_id)
+        last_column = rm(idx, attention_mask=mask)[:, -1]                            # the classic bug
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scorer, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
+    assert not torch.allclose(last_column, alone, atol=1e-3)
+
+
+@pytest.mark.parametrize("K", [2, 3, 4, 5, 6])
+def test_kwise_loss_is_mean_of_pairwise_losses(tokenizer, K):
+    rm = tiny_rm(tokenizer, seed=K)
+    records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:K]},      # prompts with different K in one batch
+               {"prompt": PROMPTS[1], "responses": RESPONSES[-2:]},
+               {"prompt": PROMPTS[2], "responses": RESPONSES[-K:]}]
+    rankings = train_rm.encode_rankings(tokenizer, records, 64)
+    loss, accuracy, _ = train_rm.ranking_loss(rm.score, rankings, tokenizer.pad_id, "cpu")
+    per_prompt, hits, pairs = [], 0, 0
+    for ranking in rankings:
+        with torch.no_grad():
+            r = [rm(torch.tensor([s]))[0, -1].item() for s in ranking]
+        pair_losses = [-math.log(torch.sigmoid(torch.tensor(r[i] - r[j])).item())
+                       for i in range(len(r)) for j in range(i + 1, len(r))]
+        assert len(pair_losses) == len(r) * (len(r) - 1) // 2       # C(K, 2) pairs
+        per_prompt.append(sum(pair_losses) / len(pair_losses))     # divided by C(K, 2) once
+        hits += sum(r[i] > r[j] for i in range(len(r)) for j in range(i + 1, len(r)))
+        pairs += len(pair_losses)
+    assert loss.item() == pytest.approx(sum(per_prompt) / len(per_prompt), abs=1e-5)
+    assert accuracy == pytest.approx(hits / pairs)
+    loss.backward()                                                 # the loss trains the model
+    assert rm.head.weight.grad is not None and rm.head.weight.grad.abs().sum() > 0
+
+
+def test_bias_makes_demonstrations_mean_zero(tokenizer):
+    rm = tiny_rm(tokenizer)
+    prompts, demos = PROMPTS * 2, RESPONSES
+    rankings = train_rm.encode_rankings(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
+    before = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
+    shift = train_rm.center_on_demonstrations(rm, tokenizer, prompts, demos, "cpu")
+    after = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
+    assert abs(before.mean().item()) > 0.1 and shift == pytest.approx(-before.mean().item(), abs=1e-6)
+    assert abs(after.mean().item()) < 1e-5
+    torch.testing.assert_close(after - before, torch.full_like(before, shift), atol=1e-5, rtol=0)  # order kept
+
+
+def pairs_file(tmp_path):
+    rows = [{"prompt": f"Name colour number {i}.", "chosen": c, "rejected": c[::-1] + " no"}
+            for i, c in enumerate(["red", "green", "blue", "yellow", "purple", "orange", "black", "white"] * 3)]
+    rows += [{"prompt": "计算2+2", "responses": ["4", "4.", "Sure! It is 4.", "5"]}] * 4
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
+    data = pairs_file(tmp_path)
+    tiny = dict(sft=sft, data=data, batch_size=4, eval_interval=3, log_interval=1, device="cpu", epochs=2,
+                dropout=0.1, warmup_steps=2)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train_rm.main(train_rm.Config(out_dir=a, **tiny))
+    real = train_rm.cosine_lr
+
+    def interrupt_at_4(step, *args):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, *args)
+    monkeypatch.setattr(train_rm, "cosine_lr", interrupt_at_4)
+    with pytest.raises(SystemExit) as e:
+        train_rm.main(train_rm.Config(out_dir=b, **tiny))
+    assert e.value.code == 130 and not os.path.exists(os.path.join(b, "summary.json"))
+    monkeypatch.setattr(train_rm, "cosine_lr", real)
+    train_rm.main(train_rm.Config(out_dir=b, resume=True, **tiny))
+
+    ra, rb = read_metrics(os.path.join(a, "metrics.jsonl")), read_metrics(os.path.join(b, "metrics.jsonl"))
+    assert [r["train_loss"] for r in ra if "train_loss" in r] == [r["train_loss"] for r in rb if "train_loss" in r]
+    wa, wb = load_model(a, "reward")[0].state_dict(), load_model(b, "reward")[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    summary = json.load(open(os.path.join(a, "summary.json")))
+    assert summary["labeler_agreement"] is None and summary["spearman"] is None   # no world, no gold
+    assert summary["n_train_prompts"] + summary["n_val_prompts"] == 28 and summary["K"] == 4
+
+
+def test_end_to_end_on_labels(sft, tmp_path):
+    labels, out = str(tmp_path / "labels"), str(tmp_path / "rm")
+    label.main(label.Config(policy=sft, out_dir=labels, n_prompts=40, k_policy=2, k_demo=4, max_new_tokens=6))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_rm.py"), f"--sft={sft}", f"--labels={labels}",
+                        f"--out_dir={out}", "--batch_size=8", "--eval_interval=2", "--log_interval=1",
+                        "--bias_prompts=20", "--device=cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "per_mistake_accuracy", "bias",
+                "n_train_prompts", "K", "seconds"):
+        assert summary[key] is not None, key
+    assert 0 <= summary["accuracy"] <= 1 and -1 <= summary["spearman"] <= 1 and summary["K"] == 6
+    for name in ("model.pt", "last.pt", "tokenizer.json", "config.json", "metrics.jsonl", "loss.png",
+                 "reward_vs_gold.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    # the saved reward model gives the world's demonstrations mean reward 0
+    rm, tok, ckpt = load_model(out, "reward")
+    assert ckpt["kind"] == "reward" and rm.config.dropout == 0.0
+    cfg = train_rm.Config(bias_prompts=20)
+    prompts, demos = train_rm.demonstrations_for_bias(cfg, World(0), [])
+    rankings = train_rm.encode_rankings(tok, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
+    assert abs(torch.cat(train_rm.all_rewards(rm.eval().score, rankings, tok.pad_id, "cpu")).mean().item()) < 1e-4
+    assert summary["bias"] != 0
+
+
+def test_bad_labels_folder_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(train_rm.main, train_rm.Config, [f"--labels={tmp_path}/nope", f"--out_dir={tmp_path}/rm"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "run label.py first" in err

@@ -1,0 +1,398 @@
+"""Stage 4: the reward model (奖励模型). Start from the SFT model, replace the unembedding by a scalar head,
+and train it so that r(x, y_w) > r(x, y_l) whenever labellers ranked y_w above y_l for prompt x.
+
+InstructGPT's loss: each prompt's K ranked responses give C(K,2) pairs, and all of them form ONE batch
+element (K forward passes instead of C(K,2); shuffled pairs over-fit in a single epoch):
+
+    loss(θ) = −1/C(K,2) · Σ_{y_w above y_l} log σ(r_θ(x, y_w) − r_θ(x, y_l))
+
+The reward is read at the last real token (the end-of-text) of prompt ⊕ response ⊕ eos, rendered with the
+same template as SFT. After training, the head's bias is shifted so the demonstrations score 0 on average.
+
+    python train_rm.py                         # out/labels (label.py) -> out/rm, about a minute on 2 cores
+    python train_rm.py --data=pairs.jsonl      # your comparisons: ranked lists or {"prompt","chosen","rejected"}
+    torchrun --standalone --nproc_per_node=2 train_rm.py
+"""
+
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
+                                save_model, set_rng_state, write_json)
+from minigpt.cli import UserError, check, run
+from minigpt.data import encode_prompt_response, load_comparisons, render_prompt
+from minigpt.evaluation import spearman
+from minigpt.losses import rm_batch_loss
+from minigpt.model import GPT, RewardModel
+from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
+                              cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
+from minigpt.world import SimulatedLabeler, World, labeler_agreement
+
+
+@dataclass
+class Config:
+    out_dir: str = field(default="out/rm", metadata={"help": "stage folder to write"})
+    sft: str = field(default="out/sft", metadata={"help": "stage folder the reward model starts from"})
+    labels: str = field(default="out/labels", metadata={"help": "label.py's folder: train.jsonl and val.jsonl"})
+    data: str = field(default="", metadata={"help": "a comparisons file instead of --labels (ranked lists or "
+                                                    "chosen/rejected pairs, JSONL)"})
+    val_data: str = field(default="", metadata={"help": "held-out comparisons for --data (empty = hold out "
+                                                        "--val_fraction of --data)"})
+    val_fraction: float = field(default=0.15, metadata={"help": "share of --data held out when no --val_data"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
+    seed: int = field(default=1337, metadata={"help": "seed for data order and dropout"})
+    n_prompts: int = field(default=0, metadata={"help": "train on the first N ranked prompts (0 = all)"})
+    # optimisation
+    epochs: int = field(default=1, metadata={"help": "passes over the comparisons (InstructGPT: 1; more over-fits)"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per step per process (each with its K responses)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = off)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout while training (saved weights use none)"})
+    bias_prompts: int = field(default=500, metadata={"help": "demonstrations whose mean reward is set to 0"})
+    # bookkeeping
+    eval_interval: int = field(default=20, metadata={"help": "steps between validation + checkpoint"})
+    log_interval: int = field(default=5, metadata={"help": "steps between progress lines"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (autocast)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+
+    def validate(self):
+        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "bias_prompts"):
+            check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
+        check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        check(0 < self.val_fraction < 1, f"--val_fraction must be in (0, 1), got {self.val_fraction}")
+        check(self.n_prompts >= 0 and self.warmup_steps >= 0 and self.grad_clip >= 0,
+              "--n_prompts, --warmup_steps and --grad_clip must be >= 0")
+
+
+# ---- data -----------------------------------------------------------------------------------------------
+
+def load_rankings(cfg):
+    """-> (train, val) lists of {"prompt", "responses": [best..worst], optional "gold", "mistakes"}."""
+    if cfg.data:
+        records = load_comparisons(cfg.data)
+        if cfg.val_data:
+            return records, load_comparisons(cfg.val_data)
+        every = max(2, round(1 / cfg.val_fraction))   # every n-th ranking is held out
+        return ([r for i, r in enumerate(records) if i % every != every - 1],
+                [r for i, r in enumerate(records) if i % every == every - 1])
+    paths = [os.path.join(cfg.labels, name) for name in ("train.jsonl", "val.jsonl")]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: not found; run label.py first (or give --data=comparisons.jsonl)")
+    if not os.path.isfile(os.path.join(cfg.labels, "summary.json")):
+        print(f"warning: {cfg.labels} has no summary.json: labelling did not finish", file=sys.stderr)
+    return load_comparisons(paths[0]), load_comparisons(paths[1])
+
+
+def encode(tokenizer, prompt, response, block_size):
+    """render_prompt(prompt) + response + eos (the SFT template) as token ids. Too long: the prompt's start is
+    cut, never the end-of-text the reward is read at (PPO keeps a prompt's last tokens too)."""
+    return encode_prompt_response(tokenizer, render_prompt(prompt), response, sys.maxsize)[0][-block_size:]
+
+
+def encode_rankings(tokenizer, records, block_size):
+    """Each ranking -> list of token-id lists, best..worst."""
+    return [[encode(tokenizer, r["prompt"], y, block_size) for y in r["responses"]] for r in records]
+
+
+def right_pad(seqs, pad_id):
+    """list of token lists -> (idx (B, T) long, mask (B, T) long), padding on the right, mask 1 = real."""
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        idx[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return idx, mask
+
+
+class Scorer(torch.nn.Module):
+    """RewardModel.score as the forward pass, so DistributedDataParallel can wrap it (DDP only synchronises
+    gradients of computations that went through its forward)."""
+
+    def __init__(self, reward_model):
+        super().__init__()
+        self.reward_model = reward_model
+
+    def forward(self, idx, attention_mask):
+        return self.reward_model.score(idx, attention_mask)   # (B,) at each row's last real token
+
+
+def rewards_of(scorer, rankings, pad_id, device):
+    """All K responses of each ranking in ONE forward pass -> list of (K_b,) reward tensors, best..worst."""
+    flat = [seq for ranking in rankings for seq in ranking]
+    idx, mask = right_pad(flat, pad_id)                              # (sum K_b, T)
+    r = scorer(idx.to(device), mask.to(device)).float()             # (sum K_b,)
+    return list(torch.split(r, [len(ranking) for ranking in rankings]))
+
+
+def ranking_loss(scorer, rankings, pad_id, device):
+    """The InstructGPT loss of a batch of rankings -> (loss, pair accuracy, rewards)."""
+    rewards = rewards_of(scorer, rankings, pad_id, device)
+    loss, accuracy = rm_batch_loss(rewards)   # mean over prompts of each prompt's mean over its C(K,2) pairs
+    return loss, accuracy, rewards
+
+
+@torch.no_grad()
+def all_rewards(scorer, rankings, pad_id, device, batch=64):
+    return [r.cpu() for i in range(0, len(rankings), batch)
+            for r in rewards_of(scorer, rankings[i: i + batch], pad_id, device)]
+
+
+# ---- the demonstrations' mean reward is 0 -----------------------------------------------------------------
+
+def center_on_demonstrations(reward_model, tokenizer, prompts, responses, device):
+    """Shift the head's bias so that the mean reward of (prompt, demonstration) pairs is exactly 0 -> shift."""
+    seqs = [[encode(tokenizer, p, y, reward_model.config.block_size)] for p, y in zip(prompts, responses)]
+    was_training = reward_model.training
+    reward_model.eval()
+    mean = torch.cat(all_rewards(reward_model.score, seqs, tokenizer.pad_id, device)).double().mean().item()
+    with torch.no_grad():
+        reward_model.head.bias -= mean
+    reward_model.train(was_training)
+    return -mean
+
+
+def demonstrations_for_bias(cfg, world, train):
+    """InstructGPT: the labellers' demonstrations. The world's demonstrators on SFT prompts; with --data the
+    chosen (best) response of each training ranking."""
+    if world is None:
+        picked = train[: cfg.bias_prompts]
+        return [r["prompt"] for r in picked], [r["responses"][0] for r in picked]
+    rng = random.Random(f"bias-{cfg.seed}")
+    tasks = world.split("sft_train")[: cfg.bias_prompts]
+    return [t.instruction for t in tasks], [world.demonstration(t, rng)[0] for t in tasks]
+
+
+# ---- held-out report ------------------------------------------------------------------------------------
+
+def pairs_of(n):
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def report(records, rewards):
+    """Held-out metrics of rewards (list of (K_b,) tensors) on ranked records (best..worst)."""
+    pairs = [(r[i].item(), r[j].item()) for r in rewards for i, j in pairs_of(len(r))]
+    out = {"accuracy": sum(a > b for a, b in pairs) / max(len(pairs), 1),    # vs the held-out labels
+           "loss": rm_batch_loss(rewards)[0].item() if rewards else float("nan")}
+    if not records or "gold" not in records[0]:
+        return out
+    gold_hits, per_mistake, ceiling = [], {}, []
+    for rec, r in zip(records, rewards):
+        g, mistakes = rec["gold"], rec.get("mistakes") or [None] * len(g)
+        for i, j in pairs_of(len(g)):
+            if g[i] == g[j]:
+                continue
+            ceiling.append(g[i] > g[j])                        # label order agrees with gold
+            win, lose = (i, j) if g[i] > g[j] else (j, i)
+            hit = r[win].item() > r[lose].item()                # reward orders the pair like gold
+            gold_hits.append(hit)
+            per_mistake.setdefault(mistakes[lose] or "none", []).append(hit)
+    xs = [x.item() for r in rewards for x in r]
+    gs = [g for rec in records for g in rec["gold"]]
+    out.update({
+        "gold_accuracy": sum(gold_hits) / max(len(gold_hits), 1),
+        "ceiling": sum(ceiling) / max(len(ceiling), 1),
+        "spearman": spearman(xs, gs),
+        "per_mistake_accuracy": {k: sum(v) / len(v) for k, v in sorted(per_mistake.items())},
+        "per_mistake_pairs": {k: len(v) for k, v in sorted(per_mistake.items())},
+        "rewards": xs, "golds": gs,
+        "mistakes": [m or "none" for rec in records for m in (rec.get("mistakes") or [None] * len(rec["gold"]))],
+    })
+    return out
+
+
+def two_labeller_agreement(world, records, seed):
+    """Two fresh, independent simulated labellers ranking the held-out responses (world prompts only)."""
+    try:
+        tasks = [world.task(r["prompt"]) for r in records]
+    except KeyError:
+        return None
+    return labeler_agreement(world, tasks, [r["responses"] for r in records], SimulatedLabeler(seed + 1),
+                             SimulatedLabeler(seed + 2))
+
+
+def plot_scatter(path, rep):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for kind in sorted(set(rep["mistakes"])):
+        pts = [(g, x) for g, x, m in zip(rep["golds"], rep["rewards"], rep["mistakes"]) if m == kind]
+        ax.scatter(*zip(*pts), s=8, alpha=0.5, label=kind)
+    ax.set_xlabel("gold score")
+    ax.set_ylabel("reward")
+    ax.set_title(f"held-out responses: Spearman {rep['spearman']:.2f}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+
+def main(cfg):
+    t0 = time.time()
+    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    master = rank == 0
+    torch.manual_seed(cfg.seed)
+    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
+
+    # ---- data and model ----
+    train_recs, val_recs = load_rankings(cfg)
+    if cfg.n_prompts:
+        train_recs = train_recs[: cfg.n_prompts]
+    world = None if cfg.data else World(cfg.world_seed)
+    sft, tokenizer, _ = load_model(cfg.sft, "lm")
+    gpt = GPT(dataclasses.replace(sft.config, dropout=cfg.dropout))
+    gpt.load_state_dict(sft.state_dict())
+    model = RewardModel.from_gpt(gpt).to(device)          # trunk = SFT weights, head = 0: every reward starts at 0
+    block_size = model.config.block_size
+    train, val = encode_rankings(tokenizer, train_recs, block_size), encode_rankings(tokenizer, val_recs, block_size)
+    if not train or not val:
+        raise UserError(f"need training and held-out comparisons, got {len(train)} and {len(val)}")
+    K = max(len(r) for r in train)
+    global_batch = cfg.batch_size * world_size
+    steps_per_epoch = math.ceil(len(train) / global_batch)
+    max_steps = cfg.epochs * steps_per_epoch
+    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
+    step = 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"])
+        step = resume["step"]
+        if master:
+            print(f"resumed from {cfg.out_dir}/last.pt at step {step}")
+    if master:
+        n_pairs = sum(len(r) * (len(r) - 1) // 2 for r in train)
+        print(f"data: {len(train)} train rankings (K <= {K}, {n_pairs} pairs), {len(val)} held out; "
+              f"model: {model.gpt.num_params() / 1e6:.2f}M parameters; {max_steps} steps")
+    raw_model = model
+    scorer = Scorer(model)
+    if cfg.compile:
+        scorer = torch.compile(scorer)
+    if world_size > 1:
+        scorer = DDP(scorer)
+
+    def batch_at(step):
+        """The rankings of this rank at `step`: each epoch is a fresh permutation seeded by (seed, epoch), so a
+        resumed run sees exactly the batches an uninterrupted one would, and all ranks agree on the order."""
+        epoch, pos = divmod(step, steps_per_epoch)
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        ids = perm[pos * global_batch: (pos + 1) * global_batch]
+        return [train[i] for i in ids[rank::world_size]] or [train[ids[0]]]
+
+    def evaluate():
+        raw_model.eval()
+        rep = report(val_recs, all_rewards(raw_model.score, val, tokenizer.pad_id, device))
+        raw_model.train()
+        return rep
+
+    def save_last():
+        save_checkpoint(os.path.join(cfg.out_dir, "last.pt"), {
+            "model": model_state(raw_model), "optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(),
+            "config": config_dict(cfg)})
+
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=master, resume_step=step if resume else None)
+    progress = Progress(max_steps, enabled=master, start_step=step)
+    guard = NonFiniteGuard()
+    if master and not resume:
+        rep = evaluate()
+        log.log(step=0, val_loss=rep["loss"], val_accuracy=rep["accuracy"], val_gold_accuracy=rep.get("gold_accuracy"))
+
+    # ---- the training loop ----
+    model.train()
+    try:
+        while step < max_steps:
+            lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            rankings = batch_at(step)
+            with autocast(device, cfg.dtype):
+                loss, accuracy, _ = ranking_loss(scorer, rankings, tokenizer.pad_id, device)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            if guard.ok(loss.detach(), raw_model):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            if step % cfg.log_interval == 0 or step == max_steps:
+                train_loss, train_acc = all_reduce_mean(loss.item()), all_reduce_mean(accuracy)
+                progress.line(step, sum(len(s) for r in rankings for s in r) * world_size,
+                              loss=train_loss, acc=train_acc, lr=lr)
+                log.log(step=step, train_loss=train_loss, train_accuracy=train_acc, lr=lr)
+            if master and (step % cfg.eval_interval == 0 or step == max_steps):
+                rep = evaluate()
+                log.log(step=step, val_loss=rep["loss"], val_accuracy=rep["accuracy"],
+                        val_gold_accuracy=rep.get("gold_accuracy"), elapsed_s=time.time() - t0)
+                print(f"step {step}: held-out loss {rep['loss']:.4f}, accuracy {rep['accuracy']:.3f}"
+                      + (f", vs gold {rep['gold_accuracy']:.3f}" if "gold_accuracy" in rep else ""))
+                save_last()
+    except KeyboardInterrupt:
+        if master:
+            save_last()
+            print(f"\ninterrupted: saved {cfg.out_dir}/last.pt at step {step}; rerun with --resume to continue")
+        cleanup_distributed()
+        sys.exit(130)
+
+    if master:
+        # ---- InstructGPT: a bias so that the demonstrations have mean reward 0 ----
+        prompts, demos = demonstrations_for_bias(cfg, world, train_recs)
+        shift = center_on_demonstrations(raw_model, tokenizer, prompts, demos, device)
+        save_model(cfg.out_dir, raw_model, tokenizer, "reward", cfg, step,
+                   extra={"model_config": dataclasses.asdict(dataclasses.replace(raw_model.config, dropout=0.0))})
+        rep = evaluate()   # after the shift: the same orderings, rewards now relative to the demonstrations
+        rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
+        plot_metrics(os.path.join(cfg.out_dir, "loss.png"), rows, "step",
+                     {"ranking loss": ["train_loss", "val_loss"],
+                      "pair accuracy": ["train_accuracy", "val_accuracy", "val_gold_accuracy"]}, title="reward model")
+        if "spearman" in rep:
+            plot_scatter(os.path.join(cfg.out_dir, "reward_vs_gold.png"), rep)
+        summary = {
+            "accuracy": rep["accuracy"], "gold_accuracy": rep.get("gold_accuracy"),
+            "labeler_agreement": two_labeller_agreement(world, val_recs, cfg.seed) if world else None,
+            "ceiling": rep.get("ceiling"), "spearman": rep.get("spearman"),
+            "per_mistake_accuracy": rep.get("per_mistake_accuracy"), "per_mistake_pairs": rep.get("per_mistake_pairs"),
+            "val_loss": rep["loss"], "bias": shift, "bias_demonstrations": len(demos),
+            "n_train_prompts": len(train), "n_val_prompts": len(val), "K": K,
+            "n_train_pairs": sum(len(r) * (len(r) - 1) // 2 for r in train), "epochs": cfg.epochs, "steps": step,
+            "seconds": time.time() - t0, "params": raw_model.gpt.num_params(), "skipped_steps": guard.skipped,
+        }
+        write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"held-out pair accuracy {fmt(summary['accuracy'])} (two labellers agree {fmt(summary['labeler_agreement'])}, "
+              f"labels vs gold {fmt(summary['ceiling'])}); vs gold order {fmt(summary['gold_accuracy'])}; "
+              f"Spearman with gold {fmt(summary['spearman'])}")
+        if summary["per_mistake_accuracy"]:
+            print("accuracy by the loser's mistake: " + ", ".join(
+                f"{k} {v:.2f} ({summary['per_mistake_pairs'][k]})" for k, v in summary["per_mistake_accuracy"].items()))
+        print(f"bias shift {shift:+.4f} (demonstrations now average 0); done in {summary['seconds']:.0f}s; "
+              f"weights in {cfg.out_dir}/model.pt")
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run(main, Config)
