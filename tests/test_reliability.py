@@ -79,3 +79,121 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted: saved" in stdout and "Traceback" not in stderr
     assert os.path.exists(os.path.join(out, "last.pt"))
+
+
+# --- bad input: one line, non-zero exit, nothing written ----------------------------------------
+
+import runpy
+
+import torch
+
+from minigpt.checkpoint import save_model
+from minigpt.cli import run
+from minigpt.model import GPT, GPTConfig, RewardModel
+from minigpt.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny random policy folder, a reward-model folder, and broken variants of them."""
+    base = tmp_path_factory.mktemp("bad_input")
+    tok = Tokenizer.train("the cat sat on the mat. 1 + 2 = 3. 你好, bonjour! " * 30, 300)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
+    save_model(base / "lm", gpt, tok, "lm")
+    save_model(base / "rm", RewardModel.from_gpt(gpt), tok, "reward")
+    save_model(base / "other_tok", gpt, tok, "lm")
+    Tokenizer.train("completely different text for another vocabulary " * 40, 290).save(str(base / "other_tok" / "tokenizer.json"))
+    (base / "evil").mkdir()
+    for folder in ("lm", "rm", "other_tok", "evil"):
+        (base / folder / "summary.json").write_text("{}")
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(base / "evil" / "model.pt", "wb") as f:
+        pickle.dump({"kind": "lm", "model": Exploit()}, f)
+    tok.save(str(base / "evil" / "tokenizer.json"))
+    files = {
+        "bad.json": '[{"instruction": "a", "output": "b"},\n {"instruction": "c", "output": }]',
+        "bad.jsonl": '{"instruction": "a", "output": "b"}\n{"instruction": "c" "output": "d"}\n',
+        "missing.jsonl": '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n',
+        "wrongtype.jsonl": '{"instruction": "a", "output": 5}\n',
+        "empty.jsonl": "",
+        "blank.json": '[{"instruction": "  ", "output": "x"}, {"instruction": "a", "output": " "}]',
+        "bad_cmp.jsonl": '{"prompt": "a", "responses": "not a list"}\n',
+        "pairs_missing.jsonl": '{"prompt": "a", "chosen": "b"}\n',
+        "empty.txt": "",
+    }
+    for name, text in files.items():
+        (base / name).write_text(text, encoding="utf-8")
+    (base / "latin1.jsonl").write_bytes('{"instruction": "caf\xe9", "output": "x"}\n'.encode("latin-1"))
+    (base / "latin1.txt").write_bytes("caf\xe9 au lait ".encode("latin-1") * 100)
+    (base / "empty_dir").mkdir()
+    return base
+
+
+# (script, arguments, what the one-line error must mention); {d} is the fixture folder, {o} a fresh output folder
+BAD_INPUT = [
+    ("train_pretrain.py", ["--lr=-1"], "--lr must be > 0"),
+    ("train_pretrain.py", ["--batch_size=0"], "--batch_size must be > 0"),
+    ("train_pretrain.py", ["--bogus=1"], "unknown option --bogus"),
+    ("train_pretrain.py", ["--n_layer=two"], "--n_layer: expected int"),
+    ("train_pretrain.py", ["--dropout=1.5"], "--dropout"),
+    ("train_pretrain.py", ["--device=tpu"], "--device=tpu"),
+    ("train_pretrain.py", ["--data={d}/nothing.txt"], "nothing.txt"),
+    ("train_pretrain.py", ["--data={d}/latin1.txt"], "latin1.txt"),
+    ("train_pretrain.py", ["--data={d}/empty.txt"], "empty.txt"),
+    ("train_pretrain.py", ["--data={d}/empty_dir"], "empty_dir"),
+    ("train_pretrain.py", ["--resume"], "last.pt"),
+    ("train_sft.py", ["--init={d}/missing"], "missing"),
+    ("train_sft.py", ["--init={d}/rm"], "expected a language model"),
+    ("train_sft.py", ["--init={d}/evil"], "refused to load"),
+    ("train_sft.py", ["--init={d}/other_tok"], "wrong tokenizer"),
+    ("train_sft.py", ["--init={d}/lm", "--data={d}/bad.json"], "bad.json"),
+    ("train_sft.py", ["--init={d}/lm", "--data={d}/bad.jsonl"], "bad.jsonl:2"),
+    ("train_sft.py", ["--init={d}/lm", "--data={d}/missing.jsonl"], "missing.jsonl:2"),
+    ("train_sft.py", ["--init={d}/lm", "--data={d}/wrongtype.jsonl"], "wrongtype.jsonl:1"),
+    ("train_sft.py", ["--init={d}/lm", "--data={d}/empty.jsonl"], "empty.jsonl"),
+    ("train_sft.py", ["--init={d}/lm", "--data={d}/blank.json"], "blank.json"),
+    ("train_sft.py", ["--init={d}/lm", "--data={d}/latin1.jsonl"], "latin1.jsonl"),
+    ("train_sft.py", ["--init={d}/lm", "--lr=0"], "--lr"),
+    ("label.py", ["--policy={d}/missing"], "missing"),
+    ("label.py", ["--policy={d}/rm"], "expected a language model"),
+    ("label.py", ["--policy={d}/lm", "--labeler=robot"], "robot"),
+    ("train_rm.py", ["--sft={d}/lm", "--labels={d}/missing"], "missing"),
+    ("train_rm.py", ["--sft={d}/lm", "--data={d}/bad_cmp.jsonl"], "bad_cmp.jsonl:1"),
+    ("train_rm.py", ["--sft={d}/lm", "--data={d}/pairs_missing.jsonl"], "pairs_missing.jsonl:1"),
+    ("train_ppo.py", ["--sft={d}/lm", "--rm={d}/lm"], "expected a reward model"),
+    ("train_ppo.py", ["--sft={d}/lm", "--rm={d}/rm", "--kl_coef=-1"], "--kl_coef"),
+    ("train_ppo.py", ["--sft={d}/lm", "--rm={d}/rm", "--batch_size=0"], "--batch_size"),
+    ("evaluate.py", ["--models=x:{d}/missing"], "missing"),
+    ("evaluate.py", ["--models=a:{d}/lm", "--rm={d}/lm"], "expected a reward model"),
+    ("chat.py", ["--model={d}/lm", "--top_p=1.5"], "--top_p"),
+    ("chat.py", ["--model={d}/lm", "--prompt=" + "word " * 200], "prompt is"),
+    ("chat.py", ["--model={d}/evil", "--prompt=hi"], "refused to load"),
+    ("chat.py", ["--compare", "{d}/lm", "{d}/other_tok", "--prompt=hi"], "tokenizer"),
+    ("pipeline.py", ["--force=nonsense"], "--force=nonsense"),
+]
+
+
+@pytest.mark.parametrize("name,args,needle", BAD_INPUT, ids=[f"{s}:{' '.join(a)[:40]}" for s, a, _ in BAD_INPUT])
+def test_bad_input_is_one_clear_line(name, args, needle, folders, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written by mistake would land here
+    out = tmp_path / "out"
+    args = [a.format(d=folders, o=out) for a in args]
+    if name != "chat.py" and not any(a.startswith(("--out_dir", "--json")) for a in args):
+        args.append(f"--out_dir={out}" if name != "evaluate.py" else f"--json={out}/eval.json")
+    before = sorted(os.listdir(folders))
+    module = runpy.run_path(os.path.join(ROOT, name), run_name="under_test")
+    with pytest.raises(SystemExit) as e:
+        run(module["main"], module["Config"], args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert needle in err, err
+    assert "Traceback" not in err
+    assert not out.exists() and os.listdir(tmp_path) == []     # nothing written
+    assert sorted(os.listdir(folders)) == before                # nothing clobbered
