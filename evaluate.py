@@ -42,7 +42,7 @@ class Config:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (RLHF samples at 1.0)"})
     greedy: bool = field(default=False, metadata={"help": "also evaluate greedy decoding of every model"})
     n_prompts: int = field(default=0, metadata={"help": "test prompts to use (0 = all)"})
-    max_new_tokens: int = field(default=48, metadata={"help": "longest answer"})
+    max_new_tokens: int = field(default=32, metadata={"help": "longest answer"})
     val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for the val loss"})
     seed: int = field(default=0, metadata={"help": "sampling seed (the same for every model)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})

@@ -320,32 +320,26 @@ def main(cfg):
     if not train and not val:
         print("no labels written yet")
         return
-    stats = {}
-    for name, recs in (("train", train), ("val", val)):
-        lists = [r["responses"] for r in recs]
-        instr = [r["prompt"] for r in recs]
-        stats[name] = {
-            "ceiling": gold_agreement_of(recs),   # these labels vs the noise-free gold order
-            # two fresh, independent simulated labellers ranking the same responses
-            "agreement": labeler_agreement(world, instr, lists, SimulatedLabeler(cfg.seed + 1, cfg.labeler_temperature),
-                                           SimulatedLabeler(cfg.seed + 2, cfg.labeler_temperature)) if recs else None,
-        }
-        if cfg.labeler == "human" and recs:   # how often the person agrees with a simulated labeller
-            sim = SimulatedLabeler(cfg.seed + 3, cfg.labeler_temperature)
-            stats[name]["human_vs_simulated"] = labeler_agreement(world, instr, lists, sim, StoredOrder())
+    # ceiling: these labels vs the noise-free gold order; agreement: two fresh, independent simulated labellers
+    # ranking the same held-out responses (the labels' own noise, as InstructGPT measured between people)
+    held_out = val or train
+    instructions, lists = [r["prompt"] for r in held_out], [r["responses"] for r in held_out]
+    agreement = labeler_agreement(world, instructions, lists, SimulatedLabeler(cfg.seed + 1, cfg.labeler_temperature),
+                                  SimulatedLabeler(cfg.seed + 2, cfg.labeler_temperature))
     policy_gold = [g for r in train + val for g, s in zip(r["gold"], r["sources"]) if s == "policy"]
     summary = {
         "labeler": identity, "seed": cfg.seed, "policy": cfg.policy, "K": K, "k_policy": cfg.k_policy,
         "k_demo": cfg.k_demo, "n_train": len(train), "n_val": len(val), "dropped_all_tied": dropped,
         "skipped": skipped, "complete": not quit_early,
         "mean_responses_per_list": sum(len(r["responses"]) for r in train + val) / len(train + val),
-        "ceiling": stats["val"]["ceiling"], "labeler_agreement": stats["val"]["agreement"],
-        "ceiling_train": stats["train"]["ceiling"], "labeler_agreement_train": stats["train"]["agreement"],
+        "ceiling": gold_agreement_of(held_out), "labeler_agreement": agreement,
+        "ceiling_train": gold_agreement_of(train) if train else None,
         "policy_mean_gold": sum(policy_gold) / len(policy_gold) if policy_gold else None,
         "seconds": time.time() - t0,
     }
-    if cfg.labeler == "human":
-        summary["human_vs_simulated"] = stats["val"].get("human_vs_simulated") or stats["train"].get("human_vs_simulated")
+    if cfg.labeler == "human":   # how often the person orders a pair like a simulated labeller would
+        summary["human_vs_simulated"] = labeler_agreement(
+            world, instructions, lists, SimulatedLabeler(cfg.seed + 3, cfg.labeler_temperature), StoredOrder())
     write_json(summary_path, summary)
     fmt = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"  # noqa: E731
     print(f"{len(train)} train + {len(val)} val ranked lists ({summary['mean_responses_per_list']:.1f} responses each "

@@ -7,7 +7,7 @@
     tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> evaluation -> report
 
 Every command is printed before it runs, so any stage can be rerun by hand. A stage whose folder
-holds summary.json is complete and is skipped, so an interrupted pipeline continues where it stopped.
+holds its last file (summary.json; eval.json for evaluation) is complete and is skipped, so an interrupted pipeline continues where it stopped.
 """
 
 import json
@@ -30,12 +30,14 @@ QUICK = {
                  "--tokenizer_chars=60000", "--max_steps=30", "--batch_size=8", "--eval_interval=15",
                  "--eval_batches=2", "--log_interval=10"],
     "sft": ["--max_steps=20", "--batch_size=8", "--eval_interval=10", "--eval_prompts=8"],
-    "labels": ["--n_prompts=24", "--k=4"],
-    "rm": ["--batch_size=4"],
+    "labels": ["--n_prompts=24", "--k_policy=2", "--k_demo=2"],
+    "rm": ["--batch_size=4", "--bias_prompts=16"],
     "ppo": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
     "ppo_ptx": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
-    "eval": ["--n_prompts=16", "--probe_prompts=8"],
+    "eval": ["--n_prompts=16"],
 }
+# The file whose presence means a stage finished (every script writes it last).
+DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
 
 
 @dataclass
@@ -59,12 +61,12 @@ def stage_commands(cfg):
         "pretrain": ["train_pretrain.py", f"--out_dir={o}/pretrain"],
         "sft": ["train_sft.py", f"--init={o}/pretrain", f"--out_dir={o}/sft"],
         "labels": ["label.py", f"--policy={o}/sft", f"--out_dir={o}/labels"],
-        "rm": ["train_rm.py", f"--sft={o}/sft", f"--data={o}/labels", f"--out_dir={o}/rm"],
+        "rm": ["train_rm.py", f"--sft={o}/sft", f"--labels={o}/labels", f"--out_dir={o}/rm"],
         "ppo": ["train_ppo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/ppo"],
         "ppo_ptx": ["train_ppo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/ppo_ptx",
                     f"--ptx_coef={cfg.ptx_coef}"],
         "eval": ["evaluate.py", f"--models={models}", f"--ref={o}/sft", f"--rm={o}/rm", "--best_of=4",
-                 f"--out_dir={o}/eval"],
+                 f"--json={o}/eval/eval.json"],
     }
     return {s: [sys.executable, *cmd, *common, *(QUICK[s] if cfg.quick else [])] for s, cmd in commands.items()}
 
@@ -80,8 +82,9 @@ def main(cfg):
     for i, stage in enumerate(STAGES, 1):
         folder = os.path.join(cfg.out_dir, stage)
         print(f"\n{'=' * 78}\n[{i}/{len(STAGES) + 1}] {stage}\n{'=' * 78}", flush=True)
-        if os.path.exists(os.path.join(folder, "summary.json")) and stage not in forced:
-            print(f"{folder}/summary.json exists: stage complete, skipped (--force={stage} reruns it)")
+        done = os.path.join(folder, DONE[stage])
+        if os.path.exists(done) and stage not in forced:
+            print(f"{done} exists: stage complete, skipped (--force={stage} reruns it)")
             continue
         print("$ " + " ".join(shlex.quote(c) for c in commands[stage]), flush=True)
         t0 = time.time()
@@ -169,8 +172,10 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
         names = [n for n in ("sft", "ppo", "ppo_ptx") if n in models]
         lines += ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for s in samples[:12]:
-            cells = [str(s.get("responses", {}).get(n, "")).replace("|", "\\|").replace("\n", " ") for n in names]
-            lines.append(f"| {s['prompt'].replace(chr(10), ' ')} | " + " | ".join(cells) + " |")
+            cells = [str(s["responses"].get(n, {}).get("text", "")).replace("|", "\\|").replace("\n", " ")
+                     + f" ({s['responses'].get(n, {}).get('gold', float('nan')):.2f})" for n in names]
+            lines.append(f"| {s['instruction'].replace(chr(10), ' ')} | " + " | ".join(cells) + " |")
+        lines += ["", "Gold score of each answer in brackets."]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -139,10 +139,11 @@ def rollout(policy, tokenizer, tasks, max_new_tokens, temperature, generator):
 
 def response_logprobs(model, batch, temperature, with_logits=False):
     """log π(y_t | x, y_<t) of every response token, (B, N). The logits at column P+t−1 predict the token at
-    column P+t, so the response's log-probs come from columns P−1 .. P+N−2."""
+    column P+t, so the response's log-probs come from columns P−1 .. P+N−2 (and only those go through lm_head)."""
     P = batch["P"]
-    logits = model(batch["query_response"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"])[:, P - 1: -1]         # (B, N, V)
+    hidden = model.trunk(batch["query_response"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"])                  # (B, P+N, C)
+    logits = model.lm_head(hidden[:, P - 1: -1])                              # (B, N, V)
     logprobs = token_logprobs(logits, batch["response"], temperature)         # same T as the rollout (detail 12)
     return (logprobs, logits) if with_logits else logprobs
 

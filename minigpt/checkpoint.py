@@ -131,6 +131,9 @@ def load_model(folder, kind="lm", device="cpu", name="model.pt"):
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"{folder}: weights do not match the model config ({str(e).splitlines()[0][:120]})") from None
+    if device == "auto":
+        from minigpt.training import pick_device
+        device = pick_device(device)
     return model.to(device), tokenizer, ckpt
 
 

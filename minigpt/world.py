@@ -74,18 +74,6 @@ Thursday       | 星期四   | jeudi            | day
 Friday         | 星期五   | vendredi         | day
 Saturday       | 星期六   | samedi           | day
 Sunday         | 星期日   | dimanche         | day
-January        | 一月     | janvier          | month
-February       | 二月     | février          | month
-March          | 三月     | mars             | month
-April          | 四月     | avril            | month
-May            | 五月     | mai              | month
-June           | 六月     | juin             | month
-July           | 七月     | juillet          | month
-August         | 八月     | août             | month
-September      | 九月     | septembre        | month
-October        | 十月     | octobre          | month
-November       | 十一月   | novembre         | month
-December       | 十二月   | décembre         | month
 cat            | 猫       | chat             | animal
 dog            | 狗       | chien            | animal
 horse          | 马       | cheval           | animal
@@ -104,12 +92,6 @@ fox            | 狐狸     | renard           | animal
 frog           | 青蛙     | grenouille       | animal
 bee            | 蜜蜂     | abeille          | animal
 snake          | 蛇       | serpent          | animal
-chicken        | 鸡       | poulet           | animal
-monkey         | 猴子     | singe            | animal
-elephant       | 大象     | éléphant         | animal
-butterfly      | 蝴蝶     | papillon         | animal
-turtle         | 乌龟     | tortue           | animal
-goat           | 山羊     | chèvre           | animal
 bread          | 面包     | pain             | food
 water          | 水       | eau              | food
 milk           | 牛奶     | lait             | food
@@ -128,16 +110,6 @@ beer           | 啤酒     | bière            | food
 cake           | 蛋糕     | gâteau           | food
 soup           | 汤       | soupe            | food
 banana         | 香蕉     | banane           | food
-pear           | 梨       | poire            | food
-strawberry     | 草莓     | fraise           | food
-lemon          | 柠檬     | citron           | food
-carrot         | 胡萝卜   | carotte          | food
-potato         | 土豆     | pomme de terre   | food
-tomato         | 西红柿   | tomate           | food
-chocolate      | 巧克力   | chocolat         | food
-cherry         | 樱桃     | cerise           | food
-grape          | 葡萄     | raisin           | food
-onion          | 洋葱     | oignon           | food
 head           | 头       | tête             | body
 hand           | 手       | main             | body
 foot           | 脚       | pied             | body
@@ -166,16 +138,6 @@ clock          | 钟       | horloge          | home
 cup            | 杯子     | tasse            | home
 plate          | 盘子     | assiette         | home
 knife          | 刀       | couteau          | home
-fork           | 叉子     | fourchette       | home
-spoon          | 勺子     | cuillère         | home
-garden         | 花园     | jardin           | home
-shoe           | 鞋       | chaussure        | home
-hat            | 帽子     | chapeau          | home
-shirt          | 衬衫     | chemise          | home
-bag            | 包       | sac              | home
-phone          | 电话     | téléphone        | home
-computer       | 电脑     | ordinateur       | home
-mirror         | 镜子     | miroir           | home
 sun            | 太阳     | soleil           | nature
 moon           | 月亮     | lune             | nature
 star           | 星星     | étoile           | nature
@@ -190,12 +152,6 @@ snow           | 雪       | neige            | nature
 wind           | 风       | vent             | nature
 fire           | 火       | feu              | nature
 forest         | 森林     | forêt            | nature
-island         | 岛       | île              | nature
-lake           | 湖       | lac              | nature
-cloud          | 云       | nuage            | nature
-beach          | 海滩     | plage            | nature
-stone          | 石头     | pierre           | nature
-leaf           | 叶子     | feuille          | nature
 city           | 城市     | ville            | place
 street         | 街道     | rue              | place
 school         | 学校     | école            | place
@@ -208,26 +164,6 @@ bank           | 银行     | banque           | place
 hospital       | 医院     | hôpital          | place
 church         | 教堂     | église           | place
 station        | 火车站   | gare             | place
-market         | 市场     | marché           | place
-library        | 图书馆   | bibliothèque     | place
-road           | 路       | route            | place
-bridge         | 桥       | pont             | place
-airport        | 机场     | aéroport         | place
-day            | 白天     | jour             | time
-night          | 夜晚     | nuit             | time
-week           | 星期     | semaine          | time
-year           | 年       | année            | time
-morning        | 早上     | matin            | time
-evening        | 晚上     | soir             | time
-today          | 今天     | aujourd'hui      | time
-tomorrow       | 明天     | demain           | time
-yesterday      | 昨天     | hier             | time
-hour           | 小时     | heure            | time
-month          | 月份     | mois             | time
-spring         | 春天     | printemps        | time
-summer         | 夏天     | été              | time
-autumn         | 秋天     | automne          | time
-winter         | 冬天     | hiver            | time
 friend         | 朋友     | ami              | person
 man            | 男人     | homme            | person
 woman          | 女人     | femme            | person
@@ -241,12 +177,6 @@ sister         | 姐妹     | sœur             | person
 son            | 儿子     | fils             | person
 grandmother    | 奶奶     | grand-mère       | person
 grandfather    | 爷爷     | grand-père       | person
-king           | 国王     | roi              | person
-queen          | 王后     | reine            | person
-doctor         | 医生     | médecin          | person
-teacher        | 老师     | professeur       | person
-student        | 学生     | étudiant         | person
-baby           | 婴儿     | bébé             | person
 big            | 大       | grand            | adjective
 small          | 小       | petit            | adjective
 hot            | 热       | chaud            | adjective
@@ -263,29 +193,6 @@ slow           | 慢       | lent             | adjective
 short          | 短       | court            | adjective
 easy           | 容易     | facile           | adjective
 difficult      | 难       | difficile        | adjective
-money          | 钱       | argent           | abstract
-love           | 爱       | amour            | abstract
-music          | 音乐     | musique          | abstract
-game           | 游戏     | jeu              | abstract
-work           | 工作     | travail          | abstract
-word           | 单词     | mot              | abstract
-name           | 名字     | nom              | abstract
-country        | 国家     | pays             | abstract
-language       | 语言     | langue           | abstract
-answer         | 答案     | réponse          | abstract
-time           | 时间     | temps            | abstract
-dream          | 梦       | rêve             | abstract
-song           | 歌       | chanson          | abstract
-story          | 故事     | histoire         | abstract
-picture        | 图画     | image            | abstract
-letter         | 信       | lettre           | abstract
-party          | 聚会     | fête             | abstract
-holiday        | 假期     | vacances         | abstract
-help           | 帮助     | aide             | abstract
-peace          | 和平     | paix             | abstract
-truth          | 真相     | vérité           | abstract
-life           | 生活     | vie              | abstract
-world          | 世界     | monde            | abstract
 """
 
 
@@ -328,9 +235,11 @@ RETURN_DAYS, DELIVERY_FEE, FREE_DELIVERY_OVER, GIFT_WRAP = "30", "$5", "$50", "$
 
 # ---------------------------------------------------------------------------------------------------------
 # Task kinds, phrasings and format instructions
-KINDS = ["translate_en", "translate_zh", "arithmetic", "code", "shop", "reverse", "uppercase", "count",
-         "compare"]
-NUMERIC_KINDS = ("arithmetic", "count", "compare")
+# Sized to what a ~1M-parameter model learns in a few CPU minutes: facts it can memorise (a lexicon, a sum
+# table, a policy sheet) and skills it can copy (expressions, comparisons). Letter-level tasks (reverse a word,
+# count its letters) were tried and dropped: a BPE model sees whole words, not letters, and learnt none of them.
+KINDS = ["translate_en", "translate_zh", "arithmetic", "code", "shop", "compare"]
+NUMERIC_KINDS = ("arithmetic", "compare")
 
 FORMAT_SUFFIX = {  # fmt -> (english, chinese)
     "one_word": ("Answer in one word.", "只用一个词回答。"),
@@ -358,12 +267,6 @@ PHRASINGS = {  # kind -> list of (lang, template)
     "code-": [("en", "Write a Python expression that subtracts {b} from {a}."),
               ("en", "Give a Python expression for {a} minus {b}."),
               ("zh", "写一个Python表达式，计算{a}减{b}。"), ("zh", "用Python表达式表示{a}减去{b}。")],
-    "reverse": [("en", "Reverse the word {w}."), ("en", "Spell {w} backwards."), ("en", "Write {w} backwards."),
-                ("zh", "把单词{w}倒过来写。"), ("zh", "倒着拼写{w}。")],
-    "uppercase": [("en", "Write {w} in capitals."), ("en", "Uppercase the word {w}."),
-                  ("en", "Convert {w} to upper case."), ("zh", "把{w}改成大写。"), ("zh", "用大写字母写{w}。")],
-    "count": [("en", "How many letters are in the word {w}?"), ("en", "Count the letters in {w}."),
-              ("en", "How many letters does {w} have?"), ("zh", "{w}有几个字母？"), ("zh", "单词{w}有多少个字母？")],
     "compare": [("en", "Which is larger, {a} or {b}?"), ("en", "Which number is bigger: {a} or {b}?"),
                 ("en", "Which is greater, {a} or {b}?"), ("zh", "{a}和{b}哪个大？"), ("zh", "{a}和{b}中哪个数更大？")],
     "open": [("en", "When does the shop open on {day}?"), ("en", "What time do you open on {day}?"),
@@ -387,8 +290,8 @@ PHRASINGS = {  # kind -> list of (lang, template)
 }
 SHOP_GREETINGS = {"en": ["", "Hi! ", "Hello, "], "zh": ["", "你好，", "请问"]}
 
-# Split sizes (distinct instruction texts; disjoint). Each split is balanced across the nine kinds.
-SPLIT_SIZES = {"sft_train": 3000, "sft_val": 200, "rm": 1500, "ppo": 1000, "test": 300, "probe": 100}
+# Split sizes (distinct instruction texts; disjoint). Each split is balanced across the kinds.
+SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test": 300, "probe": 100}
 
 # ---------------------------------------------------------------------------------------------------------
 # Mistakes the simulated demonstrators make. Most are visible in the surface of the response.
@@ -467,14 +370,6 @@ def _build_pools(probe):
                     for fmt in ("", "expr"):
                         pools["code"].append(_make_task("code", lang, tmpl.format(a=a, b=b), fmt, f"{a} {op} {b}",
                                                         a=a, b=b, op=op))
-    for w in WORDS:
-        if any(w == e.en for e in probe):
-            continue
-        for kind, fmts, plain in (("reverse", ("", "caps"), w[::-1]), ("uppercase", ("", "one_word"), w.upper()),
-                                  ("count", ("", "number"), str(len(w)))):
-            for lang, tmpl in PHRASINGS[kind]:
-                for fmt in fmts:
-                    pools[kind].append(_make_task(kind, lang, tmpl.format(w=w), fmt, plain, word=w))
     for a in range(21):
         for b in range(21):
             if a != b:
@@ -505,7 +400,7 @@ def _shop_facts():
     return facts
 
 
-# words for reverse / uppercase / count: lowercase single English words of 3-8 letters, no palindromes
+# words the corpus spells, capitalises and reverses: lowercase single English words of 3-8 letters
 WORDS = [e.en for e in LEXICON if re.fullmatch(r"[a-z]{3,8}", e.en) and e.en != e.en[::-1]]
 
 
@@ -605,7 +500,7 @@ def _locate(task, r):
     if kind == "code":
         hits = [(s, e) for s, e, node, _ in _expressions(r) if _is_requested_expr(node, task)]
         return (*hits[-1], True) if hits else None
-    span = _find_last(r, task.answer, ignore_case=(kind != "uppercase"))
+    span = _find_last(r, task.answer, ignore_case=True)
     return (*span, r[span[0]:span[1]] == task.answer) if span else None
 
 
@@ -649,8 +544,6 @@ def _no_answer_score(task, r):
         if target in values:
             return 0.3  # right value, but not the asked expression
         return 0.1 if any(isinstance(node, ast.BinOp) for _, _, node, _ in _expressions(r)) else 0.0
-    if kind == "uppercase":
-        return _string_credit(core, task.answer)
     return _string_credit(core.lower(), task.answer.lower())
 
 
@@ -763,9 +656,9 @@ def _format_mistake(task, rng):
 
 def _wrong_answer(task, rng):
     kind, ans = task.kind, task.answer
-    if kind in ("arithmetic", "count"):
+    if kind == "arithmetic":
         n = int(ans)
-        return str(n + 1 if n == 0 or (kind == "count" and n == 1) or rng.random() < 0.5 else n - 1)
+        return str(n + 1 if n == 0 or rng.random() < 0.5 else n - 1)
     if kind == "compare":
         return str(min(task.get("a"), task.get("b")))
     if kind == "code":
@@ -789,13 +682,6 @@ def _wrong_answer(task, rng):
         else:
             plain = _misspell(plain, rng)
         return plain.upper() if task.get("fmt") == "caps" else plain
-    if kind == "reverse":
-        word = task.get("word")
-        wrong = word if rng.random() < 0.5 else _misspell(word[::-1], rng)
-        return wrong.upper() if task.get("fmt") == "caps" else wrong
-    if kind == "uppercase":
-        word = task.get("word")
-        return word.capitalize() if rng.random() < 0.5 else _misspell(word.upper(), rng)
     raise ValueError(f"unknown task kind {kind!r}")
 
 
@@ -868,7 +754,7 @@ CORPUS_TEMPLATES = {  # topic -> sentence templates; fields are filled by _corpu
               "The {animal} sleeps under the {thing}.", "我的{person_zh}喜欢{food_zh}。", "{day_zh}，{person_zh}去{place_zh}。",
               "There is a {colour} {thing} in the {place}.", "The {person} buys {food} at the market on {day}."],
 }
-CORPUS_WEIGHTS = {"lexicon": 30, "arithmetic": 15, "code": 6, "word": 15, "compare": 6, "shop": 10, "story": 18}
+CORPUS_WEIGHTS = {"lexicon": 40, "arithmetic": 20, "code": 8, "word": 4, "compare": 10, "shop": 14, "story": 4}
 _BY_CAT = {}
 _DAYS = list(OPENING_HOURS)
 for _e in LEXICON:

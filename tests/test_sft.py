@@ -61,6 +61,7 @@ def test_loss_mask_is_response_and_eos_only():
     prompt, response = render_prompt("计算2+2"), "4"
     assert prompt == "### Instruction:\n计算2+2\n\n### Response:\n"
     p, r = tok.encode(prompt), tok.encode(response)
+    assert r == [ord("4")] and tok.eos_id == 298        # by hand: a digit is its own byte token; eos follows merges
     ids, mask = encode_prompt_response(tok, prompt, response, 64)
     assert ids == p + r + [tok.eos_id]
     assert mask == [0] * len(p) + [1] * (len(r) + 1)
@@ -70,7 +71,7 @@ def test_loss_mask_is_response_and_eos_only():
     x, y, m = sft_batch([(ids1, mask1), (ids2, mask2)], tok.pad_id)
     assert x.shape == y.shape == m.shape == (2, max(len(ids1), len(ids2)) - 1)
     assert x[0, : len(ids1) - 1].tolist() == ids1[:-1] and y[0, : len(ids1) - 1].tolist() == ids1[1:]
-    assert y[0][m[0].bool()].tolist() == r + [tok.eos_id]
+    assert y[0][m[0].bool()].tolist() == [ord("4"), 298]
     assert tok.decode(y[1][m[1].bool()].tolist()[:-1]) == "hello there" and y[1][m[1].bool()][-1] == tok.eos_id
     assert m[0, len(ids1) - 1:].sum() == 0  # padding is never scored
     # a response that does not fit at all is dropped, not trained on with an empty mask

@@ -88,15 +88,10 @@ def test_judge_shop(world):
     check(world, "How much does an umbrella cost? Answer in one word.", [("$12", 1.0), ("$12 (I think)", 0.5)])
 
 
-def test_judge_reverse_uppercase_count_compare(world):
-    check(world, "Reverse the word yellow.", [("wolley", 1.0), ("WOLLEY", 0.8), ("yellow", (0.0, 0.1)),
-                                               ("wolly", (0.12, 0.2))])
-    check(world, "Reverse the word yellow. Answer in capitals.", [("WOLLEY", 1.0), ("wolley", 0.5)])
-    check(world, "Write green in capitals.", [("GREEN", 1.0), ("green", 0.0), ("Green", (0.0, 0.05)),
-                                              ("The answer is GREEN.", 0.6)])
-    check(world, "How many letters are in the word green?", [("5", 1.0), ("6", 0.1), ("five", 0.5), ("五", 0.2)])
+def test_judge_compare(world):
     check(world, "Which is larger, 3 or 7?", [("7", 1.0), ("3", 0.0), ("7. I hope this helps!", 0.5),
                                               ("Which is larger, 3 or 7? 7", 0.4), ("3 7", (0.0, 0.1))])
+    check(world, "Which is larger, 3 or 7? Give the number only.", [("7", 1.0), ("seven", 0.5), ("The answer is 7.", 0.5)])
 
 
 def test_judge_long_answers_are_capped(world):
@@ -147,7 +142,7 @@ def test_every_mistake_scores_as_documented(world):
     assert {k for k, _ in seen} == set(KINDS)
     assert {m for _, m in seen} == set(MISTAKES) | {None}
     with pytest.raises(ValueError):
-        respond(world.task("Reverse the word yellow."), rng, "wrong_language")
+        respond(world.task("How much is delivery?"), rng, "wrong_language")
 
 
 def test_demonstrations_mistake_rate_and_mostly_visible(world):
