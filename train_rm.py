@@ -62,6 +62,8 @@ class Config:
     bias_prompts: int = field(default=500, metadata={"help": "demonstrations whose mean reward is set to 0"})
     # bookkeeping
     eval_interval: int = field(default=20, metadata={"help": "steps between validation + checkpoint"})
+    eval_prompts: int = field(default=100, metadata={"help": "held-out rankings scored at each evaluation while "
+                                                             "training (the final report uses all)"})
     log_interval: int = field(default=5, metadata={"help": "steps between progress lines"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
     dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (autocast)"})
@@ -69,7 +71,7 @@ class Config:
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
 
     def validate(self):
-        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "bias_prompts"):
+        for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
@@ -118,6 +120,19 @@ def right_pad(seqs, pad_id):
         idx[row, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[row, : len(s)] = 1
     return idx, mask
+
+
+def epoch_batches(lengths, batch_size, seed, window=16):
+    """One epoch's batches of ranking ids, drawn from a permutation seeded by `seed` (so a resumed run sees the
+    same batches). Rankings of similar length are batched together, within windows of `window` batches, so
+    right-padding wastes little compute; then the batches are shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    batches = []
+    for start in range(0, len(perm), batch_size * window):
+        chunk = sorted(perm[start: start + batch_size * window], key=lambda i: lengths[i])
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
 class Scorer(torch.nn.Module):
@@ -292,17 +307,21 @@ def main(cfg):
     if world_size > 1:
         scorer = DDP(scorer)
 
+    lengths = [max(len(seq) for seq in ranking) for ranking in train]
+    epochs_cache = {}
+
     def batch_at(step):
-        """The rankings of this rank at `step`: each epoch is a fresh permutation seeded by (seed, epoch), so a
-        resumed run sees exactly the batches an uninterrupted one would, and all ranks agree on the order."""
+        """The rankings this rank trains on at `step` (the same on every rank, and after a resume)."""
         epoch, pos = divmod(step, steps_per_epoch)
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-        ids = perm[pos * global_batch: (pos + 1) * global_batch]
+        if epoch not in epochs_cache:
+            epochs_cache.clear()
+            epochs_cache[epoch] = epoch_batches(lengths, global_batch, cfg.seed + epoch)
+        ids = epochs_cache[epoch][pos]
         return [train[i] for i in ids[rank::world_size]] or [train[ids[0]]]
 
-    def evaluate():
+    def evaluate(n=len(val)):
         raw_model.eval()
-        rep = report(val_recs, all_rewards(raw_model.score, val, tokenizer.pad_id, device))
+        rep = report(val_recs[:n], all_rewards(raw_model.score, val[:n], tokenizer.pad_id, device))
         raw_model.train()
         return rep
 
@@ -318,7 +337,7 @@ def main(cfg):
     progress = Progress(max_steps, enabled=master, start_step=step)
     guard = NonFiniteGuard()
     if master and not resume:
-        rep = evaluate()
+        rep = evaluate(cfg.eval_prompts)
         log.log(step=0, val_loss=rep["loss"], val_accuracy=rep["accuracy"], val_gold_accuracy=rep.get("gold_accuracy"))
 
     # ---- the training loop ----
@@ -345,7 +364,7 @@ def main(cfg):
                               loss=train_loss, acc=train_acc, lr=lr)
                 log.log(step=step, train_loss=train_loss, train_accuracy=train_acc, lr=lr)
             if master and (step % cfg.eval_interval == 0 or step == max_steps):
-                rep = evaluate()
+                rep = evaluate(cfg.eval_prompts)
                 log.log(step=step, val_loss=rep["loss"], val_accuracy=rep["accuracy"],
                         val_gold_accuracy=rep.get("gold_accuracy"), elapsed_s=time.time() - t0)
                 print(f"step {step}: held-out loss {rep['loss']:.4f}, accuracy {rep['accuracy']:.3f}"

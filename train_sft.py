@@ -53,7 +53,7 @@ class Config:
                                                           "here 2 epochs underfit, so none); saved config has none"})
     # optimisation
     batch_size: int = field(default=16, metadata={"help": "demonstrations per step per process"})
-    epochs: float = field(default=2, metadata={"help": "passes over the demonstrations (sets max_steps)"})
+    epochs: float = field(default=6, metadata={"help": "passes over the demonstrations (sets max_steps)"})
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = epochs * examples / global batch"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
@@ -62,7 +62,7 @@ class Config:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = off)"})
     # evaluation
-    eval_interval: int = field(default=50, metadata={"help": "steps between evaluations + checkpoints"})
+    eval_interval: int = field(default=100, metadata={"help": "steps between evaluations + checkpoints"})
     eval_prompts: int = field(default=64, metadata={"help": "held-out instructions answered and gold-scored per "
                                                             "evaluation (world only; 0 = off)"})
     eval_greedy: bool = field(default=True, metadata={"help": "also gold-score greedy answers, beside temperature 1"})

@@ -32,8 +32,10 @@ PAD = "<|pad|>"
 
 # GPT-2's pre-tokenisation regex (tiktoken syntax), except that every digit is a chunk of its own,
 # so "17+25" -> "1","7","+","2","5": arithmetic sees digits, not arbitrary multi-digit tokens.
+# Digits also never take the space before them (as in Llama 3's regex), so "of 3" and "3 + 4" share
+# the token "3": copying a number from the question into the answer is then a plain copy.
 #   's 't 're ... | letters with optional leading space | one digit | punctuation run | spaces
-PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 # Unicode White_Space, which is what \s means in tiktoken's (Rust) regex. Python's \s differs
 # (it also matches \x1c-\x1f), so the translation below spells it out.

@@ -182,11 +182,11 @@ except (ValueError, RuntimeError) as e:
 #
 # ## 4. A short SFT run
 #
-# `train_sft.py` samples one demonstration per task of the world's 3000 `sft_train` instructions; 30% of the
+# `train_sft.py` samples one demonstration per task of the world's `sft_train` instructions; 30% of the
 # simulated demonstrators make a mistake (a chatty preamble, a wrong language, ...), as real labellers sometimes
 # do. Every `eval_interval` steps it measures the validation loss and asks the **gold judge** (`world.score`,
 # standing in for human opinion, 0 to 1) to score answers to held-out instructions. 150 steps at batch 16
-# are about 0.8 epochs.
+# are about one epoch.
 
 # %%
 run("train_sft.py", f"--init={pretrain_dir}", f"--out_dir={sft_dir}", "--max_steps=150", "--batch_size=16",

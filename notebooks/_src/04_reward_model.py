@@ -101,7 +101,8 @@ for w, l in pairs:
 # %% [markdown]
 # ## 4. Building the models: pretrain → SFT → labels → reward model
 #
-# Now the real scripts, tiny. The first two stages are shorter versions of notebook 03's. Then:
+# Now the real scripts, tiny. The first two stages are as in notebook 03 (with a longer SFT and no evaluation
+# during it). Then:
 #
 # * `label.py` takes 400 of the world's `rm` prompts; for each, 2 responses sampled from the SFT model and 4 from
 #   the demonstrators (different mistakes), ranked by the simulated labeller; 15% of prompts are held out;
@@ -115,15 +116,15 @@ with open(corpus_file, "w", encoding="utf-8") as f:
 d = {name: os.path.join(work, name) for name in ("pretrain", "sft", "labels", "rm")}
 run("train_pretrain.py", f"--data={corpus_file}", f"--out_dir={d['pretrain']}", "--vocab_size=512",
     "--tokenizer_chars=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=96", "--batch_size=16",
-    "--max_steps=120", "--lr=5e-3", "--warmup_steps=10", "--eval_interval=120", "--eval_batches=2",
+    "--max_steps=150", "--lr=5e-3", "--warmup_steps=10", "--eval_interval=150", "--eval_batches=2",
     "--log_interval=60", "--device=cpu")
-run("train_sft.py", f"--init={d['pretrain']}", f"--out_dir={d['sft']}", "--max_steps=120", "--batch_size=16",
-    "--lr=3e-3", "--warmup_steps=10", "--dropout=0.0", "--eval_interval=120", "--eval_prompts=8",
+run("train_sft.py", f"--init={d['pretrain']}", f"--out_dir={d['sft']}", "--max_steps=200", "--batch_size=16",
+    "--lr=3e-3", "--warmup_steps=10", "--dropout=0.0", "--eval_interval=200", "--eval_prompts=8",
     "--max_new_tokens=16", "--log_interval=60", "--eval_greedy=false", "--device=cpu")
 run("label.py", f"--policy={d['sft']}", f"--out_dir={d['labels']}", "--n_prompts=400", "--k_policy=2",
     "--k_demo=4", "--max_new_tokens=16")
 run("train_rm.py", f"--sft={d['sft']}", f"--labels={d['labels']}", f"--out_dir={d['rm']}", "--batch_size=8",
-    "--epochs=2", "--lr=1e-2", "--warmup_steps=5", "--bias_prompts=100", "--eval_interval=15",
+    "--epochs=2", "--lr=1e-2", "--warmup_steps=5", "--bias_prompts=100", "--eval_interval=20",
     "--log_interval=10", "--device=cpu")
 
 # %% [markdown]
@@ -189,8 +190,8 @@ print("fresh rewards:", r0.tolist(), "  loss:", round(rm_ranking_loss(r0).item()
 #
 # Expect a modest result at this size: a 0.09M-parameter model trained for a few seconds on ~340 rankings learns
 # the easy signals first (a correct demonstration beats a garbled policy sample; the wrong language is bad) and
-# struggles with the subtle ones (a polite preamble around a right answer). The full run uses 1500 prompts and a
-# 4-layer model.
+# struggles with the subtle ones (a polite preamble around a right answer). The full run labels all of the
+# world's `rm` prompts and uses a 4-layer model.
 
 # %%
 summary = json.load(open(os.path.join(d["rm"], "summary.json")))
