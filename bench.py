@@ -7,18 +7,12 @@ Everything is measured in this one run: the matmul rate is the ceiling, training
 against it (not against a datasheet), and the KV cache is compared with recomputing the prefix.
 """
 
-import json
-import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from minigpt.checkpoint import save_model
 from minigpt.cli import check, run
 from minigpt.losses import sft_loss
 from minigpt.model import GPT, GPTConfig, RewardModel
@@ -109,20 +103,46 @@ def generation_speed(device, batch=16, prompt_len=128, new_tokens=256):
 
 
 def ppo_iteration(device):
-    """One default PPO iteration on freshly initialised models, split into rollout / score / update."""
-    with tempfile.TemporaryDirectory() as tmp:
-        world = World(0)
-        tokenizer = Tokenizer.train(world.corpus()[:200_000], 2048)
-        policy = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, flash=True))
-        save_model(os.path.join(tmp, "sft"), policy, tokenizer, "lm")
-        save_model(os.path.join(tmp, "rm"), RewardModel.from_gpt(policy), tokenizer, "reward")
-        out = os.path.join(tmp, "ppo")
-        cmd = [sys.executable, "train_ppo.py", f"--sft={tmp}/sft", f"--rm={tmp}/rm", f"--out_dir={out}",
-               "--iterations=1", f"--device={device}"]
-        subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-        with open(os.path.join(out, "metrics.jsonl")) as f:
-            row = [json.loads(line) for line in f if "rollout_s" in line][-1]
-        return {k: row[k] for k in ("rollout_s", "score_s", "update_s")}
+    """One PPO iteration at train_ppo.py's default config, on freshly initialised models, timed in its
+    three parts: rollout (sampling), scoring (policy, reference, value and reward forwards), update."""
+    import copy
+
+    import train_ppo
+    from minigpt.ppo import kl_penalty_rewards
+    from minigpt.training import NonFiniteGuard
+
+    cfg = train_ppo.Config()
+    world = World(0)
+    tokenizer = Tokenizer.train(world.corpus()[:200_000], 2048)
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, flash=True)).to(device).eval()
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    reward_model = RewardModel.from_gpt(policy).to(device).eval().requires_grad_(False)
+    value_model = copy.deepcopy(reward_model).requires_grad_(True)
+    policy_opt = make_adamw(policy, cfg.lr, weight_decay=0.0, eps=1e-5)
+    value_opt = make_adamw(value_model, cfg.value_lr, weight_decay=0.0, eps=1e-5)
+    tasks = world.split("ppo")[: cfg.batch_size]
+    generator = torch.Generator(device=device).manual_seed(0)
+    t0 = time.perf_counter()
+    batch = train_ppo.rollout(policy, tokenizer, tasks, cfg.max_new_tokens, cfg.temperature, generator)
+    sync(device)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        logprobs = train_ppo.response_logprobs(policy, batch, cfg.temperature)
+        ref_logprobs = train_ppo.response_logprobs(reference, batch, cfg.temperature)
+        values = train_ppo.response_values(value_model, batch)
+        scores, _ = train_ppo.score(reward_model, batch, cfg.no_eos_penalty)
+        rewards, _ = kl_penalty_rewards(logprobs, ref_logprobs, scores, batch["mask"], cfg.kl_coef)
+        advantages, returns = train_ppo.compute_advantages(rewards, values, batch["mask"], cfg.gamma, cfg.lam)
+    batch.update(logprobs=logprobs, values=values, advantages=advantages, returns=returns)
+    sync(device)
+    t2 = time.perf_counter()
+    train_ppo.ppo_update(policy, value_model, policy_opt, value_opt, batch, cfg, torch.Generator().manual_seed(0),
+                         None, NonFiniteGuard())
+    sync(device)
+    t3 = time.perf_counter()
+    return {"rollout_s": t1 - t0, "score_s": t2 - t1, "update_s": t3 - t2, "batch_size": cfg.batch_size,
+            "max_new_tokens": cfg.max_new_tokens, "ppo_epochs": cfg.ppo_epochs}
 
 
 def main(cfg):

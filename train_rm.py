@@ -15,6 +15,7 @@ same template as SFT. After training, the head's bias is shifted so the demonstr
 """
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -100,6 +101,18 @@ def load_rankings(cfg):
     return load_comparisons(paths[0]), load_comparisons(paths[1])
 
 
+def world_of(cfg, records):
+    """The built-in world, if every prompt is one of its instructions (label.py's output given as --data too);
+    None for other data: then the bias uses the chosen responses, and no labeller agreement is computed."""
+    world = World(cfg.world_seed)
+    try:
+        for r in records:
+            world.task(r["prompt"])
+    except KeyError:
+        return None
+    return world
+
+
 def encode(tokenizer, prompt, response, block_size):
     """render_prompt(prompt) + response + eos (the SFT template) as token ids. Too long: the prompt's start is
     cut, never the end-of-text the reward is read at (PPO keeps a prompt's last tokens too)."""
@@ -183,8 +196,8 @@ def center_on_demonstrations(reward_model, tokenizer, prompts, responses, device
 
 
 def demonstrations_for_bias(cfg, world, train):
-    """InstructGPT: the labellers' demonstrations. The world's demonstrators on SFT prompts; with --data the
-    chosen (best) response of each training ranking."""
+    """InstructGPT: the labellers' demonstrations. The world's demonstrators on SFT prompts; without the world,
+    the chosen (best) response of each training ranking."""
     if world is None:
         picked = train[: cfg.bias_prompts]
         return [r["prompt"] for r in picked], [r["responses"][0] for r in picked]
@@ -231,14 +244,15 @@ def report(records, rewards):
     return out
 
 
-def two_labeller_agreement(world, records, seed):
-    """Two fresh, independent simulated labellers ranking the held-out responses (world prompts only)."""
-    try:
-        tasks = [world.task(r["prompt"]) for r in records]
-    except KeyError:
-        return None
-    return labeler_agreement(world, tasks, [r["responses"] for r in records], SimulatedLabeler(seed + 1),
-                             SimulatedLabeler(seed + 2))
+def two_labeller_agreement(cfg, world, records):
+    """How often two independent simulated labellers order a held-out pair the same way: label.py's number
+    when it labelled these comparisons, else two fresh labellers on the held-out responses (world prompts)."""
+    path = os.path.join(cfg.labels, "summary.json")
+    if not cfg.data and os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f).get("labeler_agreement")
+    return labeler_agreement(world, [r["prompt"] for r in records], [r["responses"] for r in records],
+                             SimulatedLabeler(cfg.seed + 1), SimulatedLabeler(cfg.seed + 2))
 
 
 def plot_scatter(path, rep):
@@ -274,7 +288,7 @@ def main(cfg):
     train_recs, val_recs = load_rankings(cfg)
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
-    world = None if cfg.data else World(cfg.world_seed)
+    world = world_of(cfg, train_recs + val_recs)
     sft, tokenizer, _ = load_model(cfg.sft, "lm")
     gpt = GPT(dataclasses.replace(sft.config, dropout=cfg.dropout))
     gpt.load_state_dict(sft.state_dict())
@@ -392,7 +406,7 @@ def main(cfg):
             plot_scatter(os.path.join(cfg.out_dir, "reward_vs_gold.png"), rep)
         summary = {
             "accuracy": rep["accuracy"], "gold_accuracy": rep.get("gold_accuracy"),
-            "labeler_agreement": two_labeller_agreement(world, val_recs, cfg.seed) if world else None,
+            "labeler_agreement": two_labeller_agreement(cfg, world, val_recs) if world else None,
             "ceiling": rep.get("ceiling"), "spearman": rep.get("spearman"),
             "per_mistake_accuracy": rep.get("per_mistake_accuracy"), "per_mistake_pairs": rep.get("per_mistake_pairs"),
             "val_loss": rep["loss"], "bias": shift, "bias_demonstrations": len(demos),
