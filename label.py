@@ -34,7 +34,7 @@ import torch
 from minigpt.checkpoint import config_dict, load_model, write_json
 from minigpt.cli import UserError, check, run
 from minigpt.respond import respond
-from minigpt.world import SimulatedLabeler, World, applicable_mistakes, labeler_agreement
+from minigpt.world import SURFACE_MISTAKES, SimulatedLabeler, World, applicable_mistakes, decorate, labeler_agreement
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Config:
     val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts held out as validation "
                                                                 "comparisons (spread evenly over the prompts)"})
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
+    k_decorated: int = field(default=2, metadata={"help": "policy samples also shown wrapped in a surface mistake "
+                             "(preamble, rambling, repeated question): style compared with content held fixed"})
     k_demo: int = field(default=4, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
                                                      "or the right answer)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the policy"})
@@ -98,10 +100,18 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
                             generator=generator, batch_size=cfg.batch_size).texts
         for n, task in enumerate(part):
             cands = []
-            for r in texts[n * cfg.k_policy: (n + 1) * cfg.k_policy]:
+            samples = texts[n * cfg.k_policy: (n + 1) * cfg.k_policy]
+            for r in samples:
                 gold = world.score(task, r)
                 cands.append({"response": r, "mistake": None if gold == 1.0 else "policy", "source": "policy",
                               "gold": gold})
+            # Without these, every preamble the RM sees sits on a demonstrator's (right) answer and every bare
+            # answer on a policy sample (often wrong): it would learn "a preamble means a right answer".
+            rng = random.Random(f"decorate-{cfg.seed}-{task.instruction}")
+            for r in [s for s in samples if s][: cfg.k_decorated]:
+                mistake = rng.choice(SURFACE_MISTAKES)
+                d = decorate(task, r, rng, mistake)
+                cands.append({"response": d, "mistake": mistake, "source": "decorated", "gold": world.score(task, d)})
             for r, kind in demo_responses(world, task, cfg.k_demo, cfg.seed):
                 cands.append({"response": r, "mistake": kind, "source": "demo", "gold": world.score(task, r)})
             random.Random(f"order-{cfg.seed}-{task.instruction}").shuffle(cands)  # sources mixed, position random
@@ -282,9 +292,9 @@ def main(cfg):
         os.remove(summary_path)                   # the stage is in progress until summary.json is back
     write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
     generator = torch.Generator().manual_seed(cfg.seed)
-    K = cfg.k_policy + cfg.k_demo
-    print(f"labelling {len(tasks)} prompts x K={K} responses ({cfg.k_policy} from {cfg.policy}, {cfg.k_demo} from "
-          f"the demonstrators); labeller {identity}")
+    K = cfg.k_policy + min(cfg.k_decorated, cfg.k_policy) + cfg.k_demo
+    print(f"labelling {len(tasks)} prompts x K={K} responses ({cfg.k_policy} from {cfg.policy}, up to "
+          f"{cfg.k_decorated} of them decorated, {cfg.k_demo} from the demonstrators); labeller {identity}")
 
     skipped, quit_early, dropped = 0, False, 0
     if cfg.labeler == "simulated":

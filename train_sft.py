@@ -50,7 +50,8 @@ class Config:
     max_chars: int = field(default=2000, metadata={"help": "drop demonstrations longer than this (instruction + output)"})
     seed: int = field(default=1337, metadata={"help": "seed for demonstrations, data order and dropout"})
     dropout: float = field(default=0.0, metadata={"help": "dropout while fine-tuning (InstructGPT: 0.2 over 16 epochs; "
-                                                          "here 2 epochs underfit, so none); saved config has none"})
+                                                          "here val loss still falls at the end, so none); saved "
+                                                          "config has none"})
     # optimisation
     batch_size: int = field(default=16, metadata={"help": "demonstrations per step per process"})
     epochs: float = field(default=6, metadata={"help": "passes over the demonstrations (sets max_steps)"})

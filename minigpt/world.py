@@ -642,6 +642,25 @@ def respond(task, rng, mistake=None):
     return _wrong_answer(task, rng)
 
 
+SURFACE_MISTAKES = (PREAMBLE, RAMBLING, REPEAT_QUESTION)
+
+
+def decorate(task, text, rng, mistake):
+    """Wrap ANY answer text (say, a policy sample) in a surface mistake: a preamble, a rambling tail or the
+    question repeated. Labellers comparing y with decorate(y) see a pure style difference with the content held
+    fixed, which is how a reward model learns the style preference without confusing it with correctness."""
+    lang, en = task.get("lang"), task.get("lang") == "en"
+    if mistake == PREAMBLE:
+        pre = rng.choice(PREAMBLES[lang])
+        return f"{pre} {text}." if en else f"{pre}{text}。"
+    if mistake == RAMBLING:
+        tail = rng.choice(TAILS[lang])
+        return f"{text}. {tail}" if en else f"{text}。{tail}"
+    if mistake == REPEAT_QUESTION:
+        return task.get("question") + rng.choice([" ", "\n"]) + text
+    raise ValueError(f"decorate() takes one of {SURFACE_MISTAKES}, got {mistake!r}")
+
+
 def _format_mistake(task, rng):
     fmt, ans, lang = task.get("fmt"), task.answer, task.get("lang")
     if fmt == "caps":

@@ -112,8 +112,8 @@ print("merges -> characters per token:", [(k, round(c, 2)) for k, c in compressi
 #
 # `train_pretrain.py` trains the tokenizer (vocabulary 512, including the end-of-text and pad specials) and
 # then a 2-layer GPT of width 48 for 150 steps. Its defaults describe a real run (4 layers, width 128, a
-# vocabulary of 2048, a few minutes); the flags below shrink it to something a notebook can afford. The script writes a
-# *stage folder*: `model.pt`, `tokenizer.json`, `metrics.jsonl`, and `summary.json` last.
+# vocabulary of 2048, a few minutes); the flags below shrink it to something a notebook can afford. The script
+# writes a *stage folder*: `model.pt`, `tokenizer.json`, `metrics.jsonl`, and `summary.json` last.
 
 # %%
 corpus_file = os.path.join(work, "corpus.txt")
@@ -158,9 +158,9 @@ print("\nspecial tokens: eos_id =", tok.eos_id, " pad_id =", tok.pad_id, " vocab
 #
 # `minigpt.sampling.generate` continues a prompt token by token (temperature 0.8 here). A freshly initialised
 # model with the same shape produces byte noise. After only 150 tiny steps the pretrained one is far from
-# fluent, but it has picked up the corpus's words and shapes — `The French`, `In Chinese`, sentence ends,
-# numbers where numbers belong. The full-size run (`python train_pretrain.py`: 4 layers of width 128, more steps)
-# gets much further. Note also what pretraining alone never teaches: to *answer* an instruction rather than
+# fluent, and few if any of its facts are right, but it has picked up pieces of the corpus: frequent words and
+# phrases, both kinds of full stop (`.` and `。`), numbers and little sums. The full-size run
+# (`python train_pretrain.py`: 4 layers of width 128, more steps) gets much further. Note also what pretraining alone never teaches: to *answer* an instruction rather than
 # continue text. That is the job of supervised fine-tuning (监督学习, notebook 03).
 
 # %%

@@ -224,8 +224,9 @@ for name, r in results.items():
 # What to expect at this size: a 0.09M-parameter model after 150 pretraining and 150 SFT steps learns the
 # **form** of an answer long before its **content**. The pretrained model rambles until it runs out of tokens;
 # after SFT almost every answer is short and ends with end-of-text, the way demonstrations do. Look at *which*
-# short answers: the same `1 + 2` for every code question, `10` for most numbers — the most typical answer of
-# each kind of task, which is what a model that has learnt the format but not yet the facts should say. The gold score is
+# short answers: mostly an answer of the right *kind* (an expression for a code question, a number for a sum, a
+# French-looking word for a translation), often the same one for many questions — the typical answer of each kind
+# of task, which is what a model that has learnt the format but not yet the facts should say. The gold score is
 # only a little above zero, because getting the French word or the sum *right* needs far more capacity and
 # training than a notebook minute — the full `python pipeline.py` run (about 15 minutes) is where those scores
 # move. InstructGPT also observed that the validation loss is a poor guide to quality: they kept training SFT
