@@ -244,13 +244,20 @@ def report(records, rewards):
     return out
 
 
+def label_summary(cfg):
+    """label.py's summary.json for --labels (K, the labellers' agreement), or {} with --data."""
+    path = os.path.join(cfg.labels, "summary.json")
+    if cfg.data or not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def two_labeller_agreement(cfg, world, records):
     """How often two independent simulated labellers order a held-out pair the same way: label.py's number
     when it labelled these comparisons, else two fresh labellers on the held-out responses (world prompts)."""
-    path = os.path.join(cfg.labels, "summary.json")
-    if not cfg.data and os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f).get("labeler_agreement")
+    if "labeler_agreement" in label_summary(cfg):
+        return label_summary(cfg)["labeler_agreement"]
     return labeler_agreement(world, [r["prompt"] for r in records], [r["responses"] for r in records],
                              SimulatedLabeler(cfg.seed + 1), SimulatedLabeler(cfg.seed + 2))
 
@@ -410,7 +417,8 @@ def main(cfg):
             "ceiling": rep.get("ceiling"), "spearman": rep.get("spearman"),
             "per_mistake_accuracy": rep.get("per_mistake_accuracy"), "per_mistake_pairs": rep.get("per_mistake_pairs"),
             "val_loss": rep["loss"], "bias": shift, "bias_demonstrations": len(demos),
-            "n_train_prompts": len(train), "n_val_prompts": len(val), "K": K,
+            "n_train_prompts": len(train), "n_val_prompts": len(val), "K": label_summary(cfg).get("K", K),
+            "mean_ranked": sum(map(len, train)) / len(train),
             "n_train_pairs": sum(len(r) * (len(r) - 1) // 2 for r in train), "epochs": cfg.epochs, "steps": step,
             "seconds": time.time() - t0, "params": raw_model.gpt.num_params(), "skipped_steps": guard.skipped,
         }

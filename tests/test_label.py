@@ -58,18 +58,21 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path):
     train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert len(train) + len(val) + summary["dropped_all_tied"] == 24 and len(val) >= 4
-    assert summary["K"] == 5 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
+    assert summary["K"] == 7 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
     for r in train + val:
         assert r["labeler"] == "simulated-1337" and r["seed"] == 1337
-        assert 2 <= len(r["responses"]) <= 5
+        assert 2 <= len(r["responses"]) <= 7
         assert r["gold"] == [world.score(r["prompt"], y) for y in r["responses"]]
         assert len(set(r["gold"])) == len(r["gold"])            # ties (and duplicates) dropped
-        assert sorted(r["sources"].count(s) for s in ("demo", "policy")) and set(r["sources"]) <= {"demo", "policy"}
-        assert all(m is None or m == "policy" or s == "demo" for m, s in zip(r["mistakes"], r["sources"]))
+        assert set(r["sources"]) <= {"demo", "policy", "decorated"}
+        assert all(m is None or m == "policy" or s in ("demo", "decorated") for m, s in zip(r["mistakes"], r["sources"]))
+    # decorated responses: policy samples wrapped in a surface mistake (a preamble, a tail, the question)
+    decorated = [m for r in train + val for m, s in zip(r["mistakes"], r["sources"]) if s == "decorated"]
+    assert decorated and set(decorated) <= {"preamble", "rambling", "repeat_question"}
     assert load_comparisons(os.path.join(out, "train.jsonl"))[0]["responses"] == train[0]["responses"]
 
     # a noise-free labeller ranks exactly by gold: the ceiling is 1
-    label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=3, max_new_tokens=6,
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=3, k_decorated=0, max_new_tokens=6,
                             labeler_temperature=0))
     for r in read(os.path.join(out, "train.jsonl")) + read(os.path.join(out, "val.jsonl")):
         assert r["gold"] == sorted(r["gold"], reverse=True)
@@ -78,7 +81,7 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path):
 
 def human(policy, out, keys, *extra):
     return subprocess.run([sys.executable, os.path.join(ROOT, "label.py"), "--labeler=human", f"--policy={policy}",
-                           f"--out_dir={out}", "--n_prompts=8", "--k_policy=1", "--k_demo=2", "--max_new_tokens=6",
+                           f"--out_dir={out}", "--n_prompts=8", "--k_policy=1", "--k_demo=2", "--k_decorated=0", "--max_new_tokens=6",
                            "--val_fraction=0.5", *extra], input=keys, capture_output=True, text=True, cwd=ROOT,
                           timeout=60)
 
@@ -130,7 +133,7 @@ def test_human_session_from_keystrokes(policy, tmp_path):
 
     # simulated labels never overwrite a person's work
     with pytest.raises(UserError, match="human labels"):
-        label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=2, max_new_tokens=6))
+        label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=2, k_decorated=0, max_new_tokens=6))
 
 
 def test_unfinished_last_line_is_dropped(tmp_path):

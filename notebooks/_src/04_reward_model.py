@@ -104,8 +104,9 @@ for w, l in pairs:
 # Now the real scripts, tiny. The first two stages are as in notebook 03 (with a longer SFT and no evaluation
 # during it). Then:
 #
-# * `label.py` takes 800 of the world's `rm` prompts; for each, 2 responses sampled from the SFT model and 4 from
-#   the demonstrators (different mistakes), ranked by the simulated labeller; 15% of prompts are held out;
+# * `label.py` takes 400 of the world's `rm` prompts; for each, 2 responses sampled from the SFT model and 4 from
+#   the demonstrators (different mistakes), ranked by the simulated labeller; 15% of prompts are held out
+#   (`--k_decorated`, policy samples wrapped in a preamble or a rambling tail, is switched off to keep it small);
 # * `train_rm.py` starts the reward model from the SFT weights (the head at zero, so every reward starts at 0)
 #   and trains it for one epoch on the rankings (as InstructGPT did: a second pass over the same comparisons
 #   over-fits).
@@ -122,10 +123,10 @@ run("train_pretrain.py", f"--data={corpus_file}", f"--out_dir={d['pretrain']}", 
 run("train_sft.py", f"--init={d['pretrain']}", f"--out_dir={d['sft']}", "--max_steps=200", "--batch_size=16",
     "--lr=3e-3", "--warmup_steps=10", "--dropout=0.0", "--eval_interval=200", "--eval_prompts=8",
     "--max_new_tokens=16", "--log_interval=60", "--eval_greedy=false", "--device=cpu")
-run("label.py", f"--policy={d['sft']}", f"--out_dir={d['labels']}", "--n_prompts=800", "--k_policy=2",
-    "--k_demo=4", "--max_new_tokens=16")
+run("label.py", f"--policy={d['sft']}", f"--out_dir={d['labels']}", "--n_prompts=400", "--k_policy=2",
+    "--k_decorated=0", "--k_demo=4", "--max_new_tokens=16")
 run("train_rm.py", f"--sft={d['sft']}", f"--labels={d['labels']}", f"--out_dir={d['rm']}", "--batch_size=8",
-    "--epochs=1", "--lr=3e-3", "--warmup_steps=5", "--bias_prompts=50", "--eval_interval=20",
+    "--epochs=1", "--lr=3e-3", "--warmup_steps=5", "--bias_prompts=50", "--eval_interval=10",
     "--log_interval=10", "--device=cpu")
 
 # %% [markdown]
@@ -189,7 +190,7 @@ print("fresh rewards:", r0.tolist(), "  loss:", round(rm_ranking_loss(r0).item()
 # orders a held-out pair like the labeller did) next to two reference numbers: how often the labels themselves
 # agree with gold (the **ceiling** — a reward model learns from noisy labels), and 0.5 (a coin).
 #
-# Expect a modest result at this size: a 0.09M-parameter model trained for a few seconds on ~680 rankings learns
+# Expect a modest result at this size: a 0.09M-parameter model trained for a few seconds on ~340 rankings learns
 # the easy signals first (a correct demonstration beats a garbled policy sample; the wrong language is bad) and
 # struggles with the subtle ones (a polite preamble around a right answer). The full run labels all of the
 # world's `rm` prompts and uses a 4-layer model.

@@ -69,7 +69,7 @@ run("train_sft.py", f"--init={d['pretrain']}", f"--out_dir={d['sft']}", "--max_s
     "--lr=3e-3", "--warmup_steps=10", "--dropout=0.0", "--eval_interval=80", "--eval_prompts=8",
     "--eval_greedy=false", "--max_new_tokens=12", "--log_interval=40", "--device=cpu")
 run("label.py", f"--policy={d['sft']}", f"--out_dir={d['labels']}", "--n_prompts=160", "--k_policy=2",
-    "--k_demo=4", "--max_new_tokens=12")
+    "--k_decorated=0", "--k_demo=4", "--max_new_tokens=12")
 run("train_rm.py", f"--sft={d['sft']}", f"--labels={d['labels']}", f"--out_dir={d['rm']}", "--batch_size=8",
     "--epochs=2", "--lr=1e-2", "--warmup_steps=5", "--bias_prompts=50", "--eval_interval=100",
     "--log_interval=25", "--device=cpu")
