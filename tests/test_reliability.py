@@ -26,8 +26,8 @@ def losses(folder, key="train_loss"):
         return [(row["step"], row[key]) for row in map(json.loads, f) if key in row]
 
 
-def kill_when(cmd, path, min_step, timeout=240):
-    """Start cmd, SIGKILL it as soon as `path` (a last.pt) holds step >= min_step."""
+def kill_when(cmd, path, min_step, timeout=240, key="step"):
+    """Start cmd, SIGKILL it as soon as `path` (a last.pt) holds key >= min_step."""
     import torch
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -39,7 +39,7 @@ def kill_when(cmd, path, min_step, timeout=240):
                 raise AssertionError("the run finished before it could be killed")
             if os.path.exists(path):
                 try:
-                    if torch.load(path, weights_only=True)["step"] >= min_step:
+                    if torch.load(path, weights_only=True)[key] >= min_step:
                         proc.send_signal(signal.SIGKILL)
                         proc.wait()
                         return
@@ -62,6 +62,54 @@ def test_pretraining_resumes_exactly_after_sigkill(tmp_path):
     assert "resumed from" in r.stdout
     assert losses(cut) == losses(full)                      # every step, bit for bit
     assert losses(cut, "val_loss") == losses(full, "val_loss")
+
+
+@pytest.fixture(scope="module")
+def tiny_stages(tmp_path_factory):
+    """Tiny pretrain -> SFT -> labels -> RM folders for the resume tests of the later stages."""
+    base = tmp_path_factory.mktemp("stages")
+    steps = [("train_pretrain.py", [f"--out_dir={base}/pretrain", *TINY_PRETRAIN, "--block_size=96", "--max_steps=10",
+                                    "--eval_interval=5"]),
+             ("train_sft.py", [f"--init={base}/pretrain", f"--out_dir={base}/sft", "--max_steps=6", "--batch_size=8",
+                               "--eval_interval=3", "--eval_prompts=4", "--max_new_tokens=8"]),
+             ("label.py", [f"--policy={base}/sft", f"--out_dir={base}/labels", "--n_prompts=40", "--k_policy=2",
+                           "--k_demo=3", "--max_new_tokens=8"])]
+    for name, args in steps:
+        r = script(name, *args)
+        assert r.returncode == 0, r.stderr[-2000:]
+    r = script("train_rm.py", f"--sft={base}/sft", f"--labels={base}/labels", f"--out_dir={base}/rm", "--batch_size=4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return base
+
+
+def resumed_equals_uninterrupted(tmp_path, name, args, min_step, key="step", series=("train_loss",)):
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    r = script(name, f"--out_dir={full}", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    kill_when([sys.executable, name, f"--out_dir={cut}", *args], os.path.join(cut, "last.pt"), min_step, key=key)
+    r = script(name, f"--out_dir={cut}", *args, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for k in series:
+        assert losses(cut, k) == losses(full, k) and losses(full, k), k
+
+
+def test_sft_resumes_exactly_after_sigkill(tmp_path, tiny_stages):
+    resumed_equals_uninterrupted(tmp_path, "train_sft.py", [
+        f"--init={tiny_stages}/pretrain", "--max_steps=16", "--batch_size=8", "--eval_interval=4", "--eval_prompts=2",
+        "--max_new_tokens=4", "--log_interval=1"], 8)
+
+
+def test_reward_model_resumes_exactly_after_sigkill(tmp_path, tiny_stages):
+    resumed_equals_uninterrupted(tmp_path, "train_rm.py", [
+        f"--sft={tiny_stages}/sft", f"--labels={tiny_stages}/labels", "--batch_size=2", "--eval_interval=4",
+        "--log_interval=1", "--epochs=2"], 8)
+
+
+def test_ppo_resumes_exactly_after_sigkill(tmp_path, tiny_stages):
+    resumed_equals_uninterrupted(tmp_path, "train_ppo.py", [
+        f"--sft={tiny_stages}/sft", f"--rm={tiny_stages}/rm", "--iterations=8", "--batch_size=8",
+        "--minibatch_size=4", "--ppo_epochs=1", "--eval_interval=2", "--val_prompts=4", "--max_new_tokens=8"],
+        4, key="iteration", series=("score", "kl", "pg_loss"))
 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path):
