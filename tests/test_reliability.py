@@ -245,3 +245,33 @@ def test_bad_input_is_one_clear_line(name, args, needle, folders, tmp_path, caps
     assert "Traceback" not in err
     assert not out.exists() and os.listdir(tmp_path) == []     # nothing written
     assert sorted(os.listdir(folders)) == before                # nothing clobbered
+
+
+# --- numerical safety --------------------------------------------------------------------------
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run():
+    from minigpt.cli import UserError
+    from minigpt.training import NonFiniteGuard, make_adamw
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = make_adamw(model, 0.1)
+    guard = NonFiniteGuard(limit=3)
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):
+        loss = model(torch.tensor([[float("nan"), 1.0, 2.0]])).sum()
+        loss.backward()
+        if guard.ok(loss, model):
+            optimizer.step()
+        optimizer.zero_grad()
+    assert guard.skipped == 2 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    loss = model(torch.ones(1, 3)).sum()          # a good step resets the run of bad ones
+    loss.backward()
+    assert guard.ok(loss, model) and guard.in_a_row == 0
+    model.zero_grad()
+    with pytest.raises(UserError, match="3 non-finite steps in a row"):
+        for _ in range(3):
+            loss = model(torch.tensor([[float("inf"), 0.0, 0.0]])).sum() * 0
+            loss.backward()
+            guard.ok(loss, model)
+            model.zero_grad()
