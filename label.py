@@ -1,8 +1,11 @@
 """Stage 3: collecting comparisons (数据标注). For each prompt, show K responses to a labeller and ask
 for a ranking, best first. The reward model learns from these rankings.
 
-The K candidates are k_policy samples from the SFT model (temperature 1) plus k_demo responses by the
-world's demonstrators (the right answer or one showing a named kind of mistake), shuffled together.
+The K candidates, shuffled together, are
+  * k_policy samples from the SFT model (temperature 1): what PPO will later ask the reward model about;
+  * k_decorated of those samples wrapped in a surface mistake (a preamble, a rambling tail, the question
+    repeated): the same content in a worse style, so style is never confused with correctness;
+  * k_demo responses by the world's demonstrators: the right answer or one named kind of mistake each.
 InstructGPT's labellers also ranked responses from several sources; the demonstrators' responses make
 the reward model see both very good and typically bad answers to every prompt.
 
@@ -12,7 +15,8 @@ the reward model see both very good and typically bad answers to every prompt.
 
 Writes out/labels/{train,val}.jsonl, one ranked list per line:
     {"prompt": ..., "responses": [best, ..., worst], "labeler": "simulated-1337", "seed": 1337,
-     "gold": [gold score of each response], "mistakes": [mistake kind or null], "sources": ["policy"|"demo"]}
+     "gold": [gold score of each response], "mistakes": [mistake kind or null],
+     "sources": ["policy" | "decorated" | "demo"], "kind": task kind}
 and summary.json with how far the labels can be trusted: their agreement with the noise-free gold
 ranking (the ceiling for any reward model) and the agreement of two independent simulated labellers.
 
@@ -54,7 +58,7 @@ class Config:
     k_demo: int = field(default=4, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
                                                      "or the right answer)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the policy"})
-    max_new_tokens: int = field(default=32, metadata={"help": "longest sampled response"})
+    max_new_tokens: int = field(default=24, metadata={"help": "longest sampled response (as in PPO's rollouts)"})
     labeler_temperature: float = field(default=0.27, metadata={"help": "noise of the simulated labeller "
                                                                        "(0 = always the gold order)"})
     batch_size: int = field(default=512, metadata={"help": "responses sampled at once"})
@@ -66,7 +70,8 @@ class Config:
         check(self.labeler in ("simulated", "human"), f"--labeler must be simulated or human, got {self.labeler!r}")
         check(self.n_prompts >= 0, f"--n_prompts must be >= 0, got {self.n_prompts}")
         check(0 <= self.val_fraction < 1, f"--val_fraction must be in [0, 1), got {self.val_fraction}")
-        check(self.k_policy >= 0 and self.k_demo >= 0, "--k_policy and --k_demo must be >= 0")
+        check(self.k_policy >= 0 and self.k_demo >= 0 and self.k_decorated >= 0,
+              "--k_policy, --k_decorated and --k_demo must be >= 0")
         check(self.k_policy + self.k_demo >= 2, f"need K = k_policy + k_demo >= 2 responses per prompt to rank, "
                                                 f"got {self.k_policy + self.k_demo}")
         check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")

@@ -62,8 +62,8 @@ class Config:
     dropout: float = field(default=0.0, metadata={"help": "dropout while training (saved weights use none)"})
     bias_prompts: int = field(default=500, metadata={"help": "demonstrations whose mean reward is set to 0"})
     # bookkeeping
-    eval_interval: int = field(default=20, metadata={"help": "steps between validation + checkpoint"})
-    eval_prompts: int = field(default=100, metadata={"help": "held-out rankings scored at each evaluation while "
+    eval_interval: int = field(default=25, metadata={"help": "steps between validation + checkpoint"})
+    eval_prompts: int = field(default=60, metadata={"help": "held-out rankings scored at each evaluation while "
                                                              "training (the final report uses all)"})
     log_interval: int = field(default=5, metadata={"help": "steps between progress lines"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
@@ -212,22 +212,28 @@ def pairs_of(n):
     return [(i, j) for i in range(n) for j in range(i + 1, n)]
 
 
+def credit(a, b):
+    """1 if reward a > reward b, 1/2 for a tie (an untrained reward model scores 1/2, not 0), else 0."""
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
 def report(records, rewards):
     """Held-out metrics of rewards (list of (K_b,) tensors) on ranked records (best..worst)."""
-    pairs = [(r[i].item(), r[j].item()) for r in rewards for i, j in pairs_of(len(r))]
-    out = {"accuracy": sum(a > b for a, b in pairs) / max(len(pairs), 1),    # vs the held-out labels
+    hits = [credit(r[i].item(), r[j].item()) for r in rewards for i, j in pairs_of(len(r))]
+    out = {"accuracy": sum(hits) / max(len(hits), 1),                       # vs the held-out labels
            "loss": rm_batch_loss(rewards)[0].item() if rewards else float("nan")}
     if not records or "gold" not in records[0]:
         return out
     gold_hits, per_mistake, ceiling = [], {}, []
     for rec, r in zip(records, rewards):
-        g, mistakes = rec["gold"], rec.get("mistakes") or [None] * len(g)
+        g = rec["gold"]
+        mistakes = rec.get("mistakes") or [None] * len(g)
         for i, j in pairs_of(len(g)):
             if g[i] == g[j]:
                 continue
             ceiling.append(g[i] > g[j])                        # label order agrees with gold
             win, lose = (i, j) if g[i] > g[j] else (j, i)
-            hit = r[win].item() > r[lose].item()                # reward orders the pair like gold
+            hit = credit(r[win].item(), r[lose].item())         # reward orders the pair like gold
             gold_hits.append(hit)
             per_mistake.setdefault(mistakes[lose] or "none", []).append(hit)
     xs = [x.item() for r in rewards for x in r]
@@ -414,7 +420,8 @@ def main(cfg):
         summary = {
             "accuracy": rep["accuracy"], "gold_accuracy": rep.get("gold_accuracy"),
             "labeler_agreement": two_labeller_agreement(cfg, world, val_recs) if world else None,
-            "ceiling": rep.get("ceiling"), "spearman": rep.get("spearman"),
+            "ceiling": rep.get("ceiling"),
+            "spearman": None if rep.get("spearman") != rep.get("spearman") else rep.get("spearman"),  # NaN -> None
             "per_mistake_accuracy": rep.get("per_mistake_accuracy"), "per_mistake_pairs": rep.get("per_mistake_pairs"),
             "val_loss": rep["loss"], "bias": shift, "bias_demonstrations": len(demos),
             "n_train_prompts": len(train), "n_val_prompts": len(val), "K": label_summary(cfg).get("K", K),

@@ -16,7 +16,7 @@
 import sys, os
 sys.path.insert(0, os.path.abspath(".."))  # the repository root, so `import minigpt` works from notebooks/
 
-import subprocess, tempfile, time
+import shutil, subprocess, tempfile, time
 import torch
 import matplotlib.pyplot as plt
 
@@ -198,3 +198,4 @@ axes[1].axhline(torch.log(torch.tensor(float(tok.vocab_size))).item(), ls="--", 
 axes[1].set_xlabel("step"); axes[1].set_ylabel("cross-entropy (nats)")
 axes[1].set_title("pretraining loss"); axes[1].legend()
 plt.tight_layout(); plt.show()
+shutil.rmtree(work, ignore_errors=True)  # the temporary stage folders are no longer needed

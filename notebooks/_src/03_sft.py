@@ -14,7 +14,7 @@
 import sys, os
 sys.path.insert(0, os.path.abspath(".."))  # the repository root, so `import minigpt` works from notebooks/
 
-import random, subprocess, tempfile, time
+import random, shutil, subprocess, tempfile, time
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
@@ -260,3 +260,4 @@ axes[2].bar([p + 0.2 for p in pos], vals_eos, width=0.4, label="ends with end-of
 axes[2].set_xticks(list(pos)); axes[2].set_xticklabels(names); axes[2].set_ylim(0, 1.05)
 axes[2].set_title(f"{len(tests)} test instructions, greedy"); axes[2].legend()
 plt.tight_layout(); plt.show()
+shutil.rmtree(work, ignore_errors=True)  # the temporary stage folders are no longer needed

@@ -14,7 +14,7 @@
 import sys, os
 sys.path.insert(0, os.path.abspath(".."))  # the repository root, so `import minigpt` works from notebooks/
 
-import itertools, json, math, random, subprocess, tempfile, time
+import itertools, json, math, random, shutil, subprocess, tempfile, time
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
@@ -240,3 +240,4 @@ axes[1].set_xlabel("gold score (jittered)"); axes[1].set_ylabel("reward r(x, y)"
 axes[1].set_title(f"held-out responses: Spearman {spearman(rewards, golds):.2f}")
 axes[1].legend(fontsize=7, markerscale=1.5, ncol=2); axes[1].grid(alpha=0.3)
 plt.tight_layout(); plt.show()
+shutil.rmtree(work, ignore_errors=True)  # the temporary stage folders are no longer needed

@@ -16,7 +16,7 @@
 import sys, os
 sys.path.insert(0, os.path.abspath(".."))  # the repository root, so `import minigpt` works from notebooks/
 
-import copy, json, subprocess, tempfile, time
+import copy, json, shutil, subprocess, tempfile, time
 import torch
 import matplotlib.pyplot as plt
 
@@ -272,3 +272,4 @@ axes[2].set_title("KL to the SFT model (nats per response)")
 for ax in axes:
     ax.set_xlabel("PPO iteration"); ax.legend(fontsize=8); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()
+shutil.rmtree(work, ignore_errors=True)  # the temporary stage folders are no longer needed
