@@ -31,7 +31,8 @@ from minigpt.losses import sft_loss
 from minigpt.model import GPT
 from minigpt.respond import respond
 from minigpt.tokenizer import Tokenizer
-from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
+from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, all_reduce_sum, autocast,
+                              cleanup_distributed,
                               cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
 from minigpt.world import World
 
@@ -183,7 +184,7 @@ def next_batch(order, n, global_batch, generator):
 
 @torch.no_grad()
 def validation_loss(model, examples, pad_id, batch_size, device, dtype):
-    """Mean cross-entropy per response token over all validation examples."""
+    """Mean cross-entropy per response token over all validation examples (each rank scores its share)."""
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         x, y, mask = sft_batch(examples[i: i + batch_size], pad_id)
@@ -192,7 +193,7 @@ def validation_loss(model, examples, pad_id, batch_size, device, dtype):
         n = int(mask.sum())
         total += sft_loss(logits.float(), y.to(device), mask.to(device)).item() * n
         count += n
-    return total / max(count, 1)
+    return all_reduce_sum(total) / max(all_reduce_sum(count), 1)
 
 
 def gold_score(model, tokenizer, world, tasks, temperature, max_new_tokens, seed):
@@ -269,8 +270,8 @@ def main(cfg):
     def evaluate():
         """Validation loss, and the gold judge's mean score of sampled (and greedy) answers."""
         raw_model.eval()
-        row = {"val_loss": all_reduce_mean(validation_loss(raw_model, val[rank::world_size] or val,
-                                                           tokenizer.pad_id, cfg.batch_size, device, cfg.dtype))}
+        row = {"val_loss": validation_loss(raw_model, val[rank::world_size], tokenizer.pad_id, cfg.batch_size,
+                                           device, cfg.dtype)}
         texts = []
         if world and eval_tasks:
             mine = eval_tasks[rank::world_size] or eval_tasks
@@ -341,10 +342,13 @@ def main(cfg):
                 group["lr"] = lr
             idx = next_batch(order, len(train), global_batch, data_rng)[rank::world_size]
             x, y, mask = sft_batch([train[i] for i in idx], tokenizer.pad_id)   # (B, T) each
+            # N processes: DDP averages their N gradients, so each divides its summed loss by (response tokens
+            # over ALL processes) / N; the average is then the gradient of one process's global-batch mean.
+            n_tokens = all_reduce_sum(float(mask.sum())) / world_size
             with autocast(device, cfg.dtype):
                 logits = model(x.to(device))
                 # L_SFT = -(1/|response|) Σ_{t in response + eos} log p(y_t | x_≤t); the prompt is not scored
-                loss = sft_loss(logits.float(), y.to(device), mask.to(device))
+                loss = sft_loss(logits.float(), y.to(device), mask.to(device), n_tokens)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

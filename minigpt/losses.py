@@ -23,17 +23,18 @@ def token_logprobs(logits, tokens, temperature=1.0):
 
 
 # L_SFT = sum_t CE(logits_t, target_t) * mask_t / sum_t mask_t
-def sft_loss(logits, targets, loss_mask):
+def sft_loss(logits, targets, loss_mask, n_tokens=None):
     """Mean next-token cross-entropy over the positions where loss_mask is 1 (the response).
 
     logits (B, T, V), targets (B, T) long, loss_mask (B, T) 0/1 -> scalar. Masked positions
-    contribute nothing, whatever their targets (pad ids) or logits hold.
+    contribute nothing, whatever their targets (pad ids) or logits hold. n_tokens, if given, replaces
+    sum_t mask_t as the divisor (data parallel training passes a count taken over all processes).
     """
     keep = loss_mask.bool()                                                 # (B, T)
     targets = torch.where(keep, targets, torch.zeros_like(targets))         # any valid id at pads
     ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
     ce = torch.where(keep.flatten(), ce, torch.zeros_like(ce))              # (B*T,)
-    return ce.sum() / keep.sum().clamp(min=1)
+    return ce.sum() / (keep.sum().clamp(min=1) if n_tokens is None else n_tokens)
 
 
 # L_RM(x) = -1/C(K,2) * sum_{i<j} log sigmoid(r_i - r_j),   responses ranked best (i=0) -> worst

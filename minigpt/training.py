@@ -63,14 +63,18 @@ def is_distributed():
     return dist.is_available() and dist.is_initialized()
 
 
-def all_reduce_mean(x):
-    """Average a float (or tensor) over ranks; identity when not distributed."""
+def all_reduce_sum(x):
+    """Sum a float (or tensor) over ranks, in float64; identity when not distributed."""
     if not is_distributed():
         return x
     t = torch.as_tensor(x, dtype=torch.float64).clone()
     dist.all_reduce(t)
-    t /= dist.get_world_size()
     return t.item() if t.dim() == 0 else t
+
+
+def all_reduce_mean(x):
+    """Average a float (or tensor) over ranks; identity when not distributed."""
+    return all_reduce_sum(x) / dist.get_world_size() if is_distributed() else x
 
 
 def cleanup_distributed():

@@ -34,3 +34,60 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert max(abs(a - b) for a, b in zip(train_one, train_two)) < 1e-4
     assert max(abs(a - b) for a, b in zip(val_one, val_two)) < 1e-4
     assert train_one[0] != train_one[-1]        # it did train
+
+
+# ---- the later stages: SFT and the reward model match too; PPO runs with each rank rolling out its own prompts ----
+
+QUICK_PRETRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=96", "--vocab_size=400",
+                  "--tokenizer_chars=60000", "--max_steps=10", "--batch_size=8", "--eval_interval=10",
+                  "--eval_batches=1", "--log_interval=10", "--device=cpu"]
+
+
+def script(args, ranks=1):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+                if ranks > 1 else [sys.executable])
+    r = subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    return r.stdout
+
+
+def rows(folder, key):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line)[key] for line in f if key in json.loads(line)]
+
+
+def test_sft_rm_and_ppo_under_torchrun(tmp_path):
+    t = str(tmp_path)
+    script(["train_pretrain.py", f"--out_dir={t}/pretrain", *QUICK_PRETRAIN])
+
+    # SFT: demonstrations of unequal length, so each rank holds a different number of response tokens; the loss
+    # is normalised by the count over both ranks and must follow the single-process curve
+    sft = ["train_sft.py", f"--init={t}/pretrain", "--max_steps=6", "--eval_interval=3", "--log_interval=1",
+           "--eval_prompts=0", "--device=cpu"]
+    script(sft + [f"--out_dir={t}/sft1", "--batch_size=8"])
+    script(sft + [f"--out_dir={t}/sft2", "--batch_size=4"], ranks=2)
+    for key in ("train_loss", "val_loss"):
+        one, two = rows(f"{t}/sft1", key), rows(f"{t}/sft2", key)
+        assert len(one) == len(two) > 1 and one[0] != one[-1]
+        assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (key, one, two)
+
+    # the reward model: each rank scores half of the rankings of the global batch
+    script(["label.py", f"--policy={t}/sft1", f"--out_dir={t}/labels", "--n_prompts=24", "--k_policy=2",
+            "--k_demo=2", "--device=cpu"])
+    rm = ["train_rm.py", f"--sft={t}/sft1", f"--labels={t}/labels", "--log_interval=1", "--bias_prompts=8",
+          "--device=cpu"]
+    script(rm + [f"--out_dir={t}/rm1", "--batch_size=4"])
+    script(rm + [f"--out_dir={t}/rm2", "--batch_size=2"], ranks=2)
+    one, two = rows(f"{t}/rm1", "train_loss"), rows(f"{t}/rm2", "train_loss")
+    assert len(one) == len(two) > 1
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
+
+    # PPO: two ranks, each rolling out 4 prompts; rank 0 alone writes the metrics and checkpoints
+    out = script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/ppo", "--iterations=2",
+                  "--batch_size=4", "--minibatch_size=2", "--val_prompts=8", "--eval_interval=1", "--device=cpu",
+                  "--debug=true"], ranks=2)
+    summary = json.load(open(f"{t}/ppo/summary.json"))
+    assert summary["episodes"] == 2 * 2 * 4                      # iterations x ranks x prompts per rank
+    assert len(rows(f"{t}/ppo", "score")) == 2                  # one row per iteration, not one per rank
+    assert os.path.exists(f"{t}/ppo/model.pt")
