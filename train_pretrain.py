@@ -37,6 +37,8 @@ class Config:
     seed: int = field(default=1337, metadata={"help": "seed for initialisation and data order"})
     # tokenizer
     vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size, the two special tokens included"})
+    tokenizer: str = field(default="", metadata={"help": "empty = train our BPE on the corpus; gpt2 = GPT-2's 50,257 "
+                                                       "tokens (tiktoken downloads them once); or a tokenizer.json"})
     tokenizer_chars: int = field(default=1_000_000, metadata={"help": "characters of the corpus the BPE is trained on"})
     # model
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
@@ -102,6 +104,13 @@ def main(cfg):
         train_text, val_text = world.corpus(), world.corpus_val()
     if resume:
         tokenizer = load_tokenizer(cfg.out_dir)
+    elif cfg.tokenizer == "gpt2":
+        tokenizer = Tokenizer.gpt2()
+    elif cfg.tokenizer:
+        try:
+            tokenizer = Tokenizer.load(cfg.tokenizer)
+        except ValueError as e:
+            raise UserError(f"--tokenizer: {e}") from None
     else:
         tokenizer = Tokenizer.train(train_text[: cfg.tokenizer_chars], cfg.vocab_size)
         if master:

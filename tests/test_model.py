@@ -176,6 +176,16 @@ def test_num_params_and_flops():
     assert model.flops_per_token() == 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
 
+def test_gpt2_small_preset_is_gpt2_sized():
+    """The README's one-GPU preset (12 layers, 12 heads, 768 wide, 1,024 context) with GPT-2's 50,257 tokens
+    has GPT-2 small's published 124,439,808 parameters; our pad token adds one row of 768."""
+    with torch.device("meta"):                 # shapes only: no 500 MB of memory, no initialisation time
+        gpt2 = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257))
+        ours = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50258))
+    assert gpt2.num_params() == 124_439_808
+    assert ours.num_params() == 124_439_808 + 768
+
+
 def test_dropout_only_in_training():
     model = tiny_model(dropout=0.5)
     idx = torch.randint(0, TINY["vocab_size"], (1, 8))

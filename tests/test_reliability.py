@@ -196,6 +196,8 @@ BAD_INPUT = [
     ("train_pretrain.py", ["--data={d}/empty.txt"], "empty.txt"),
     ("train_pretrain.py", ["--data={d}/empty_dir"], "empty_dir"),
     ("train_pretrain.py", ["--resume"], "last.pt"),
+    ("train_pretrain.py", ["--tokenizer={d}/nothing.json"], "nothing.json"),
+    ("train_pretrain.py", ["--tokenizer={d}/latin1.txt"], "not a valid tokenizer file"),
     ("train_sft.py", ["--init={d}/missing"], "missing"),
     ("train_sft.py", ["--init={d}/rm"], "expected a language model"),
     ("train_sft.py", ["--init={d}/evil"], "refused to load"),

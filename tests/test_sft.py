@@ -156,6 +156,17 @@ def test_seed_two_examples(pretrained, tmp_path, capsys):
     assert summary["n_train"] == summary["n_val"] == 1 and summary["best_gold"] is None
 
 
+def test_pretraining_reuses_a_given_tokenizer(pretrained, tmp_path):
+    """--tokenizer=FILE skips BPE training: the new stage holds the very same tokenizer."""
+    given = os.path.join(pretrained, "tokenizer.json")
+    out = str(tmp_path / "again")
+    train_pretrain.main(train_pretrain.Config(
+        out_dir=out, tokenizer=given, n_layer=1, n_head=2, n_embd=32, max_steps=2, block_size=64, batch_size=4,
+        eval_interval=2, eval_batches=1, log_interval=1, device="cpu"))
+    assert json.load(open(os.path.join(out, "tokenizer.json"))) == json.load(open(given))
+    assert load_model(out)[0].config.vocab_size == Tokenizer.load(given).vocab_size
+
+
 def test_bad_init_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run(train_sft.main, train_sft.Config, [f"--init={tmp_path / 'nope'}", f"--out_dir={tmp_path / 'o'}"])
