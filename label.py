@@ -5,6 +5,7 @@ The K candidates, shuffled together, are
   * k_policy samples from the SFT model (temperature 1): what PPO will later ask the reward model about;
   * k_decorated of those samples wrapped in a surface mistake (a preamble, a rambling tail, the question
     repeated): the same content in a worse style, so style is never confused with correctness;
+  * k_other samples the policy gave to OTHER prompts (of another task kind): fluent, but off-topic here;
   * k_demo responses by the world's demonstrators: the right answer or one named kind of mistake each.
 InstructGPT's labellers also ranked responses from several sources; the demonstrators' responses make
 the reward model see both very good and typically bad answers to every prompt.
@@ -16,7 +17,7 @@ the reward model see both very good and typically bad answers to every prompt.
 Writes out/labels/{train,val}.jsonl, one ranked list per line:
     {"prompt": ..., "responses": [best, ..., worst], "labeler": "simulated-1337", "seed": 1337,
      "gold": [gold score of each response], "mistakes": [mistake kind or null],
-     "sources": ["policy" | "decorated" | "demo"], "kind": task kind}
+     "sources": ["policy" | "decorated" | "other" | "demo"], "kind": task kind}
 and summary.json with how far the labels can be trusted: their agreement with the noise-free gold
 ranking (the ceiling for any reward model) and the agreement of two independent simulated labellers.
 
@@ -55,6 +56,8 @@ class Config:
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
     k_decorated: int = field(default=2, metadata={"help": "policy samples also shown wrapped in a surface mistake "
                              "(preamble, rambling, repeated question): style compared with content held fixed"})
+    k_other: int = field(default=1, metadata={"help": "samples for other prompts (another task kind) shown as "
+                                                      "responses to this one: fluent but off-topic"})
     k_demo: int = field(default=4, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
                                                      "or the right answer)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the policy"})
@@ -70,8 +73,8 @@ class Config:
         check(self.labeler in ("simulated", "human"), f"--labeler must be simulated or human, got {self.labeler!r}")
         check(self.n_prompts >= 0, f"--n_prompts must be >= 0, got {self.n_prompts}")
         check(0 <= self.val_fraction < 1, f"--val_fraction must be in [0, 1), got {self.val_fraction}")
-        check(self.k_policy >= 0 and self.k_demo >= 0 and self.k_decorated >= 0,
-              "--k_policy, --k_decorated and --k_demo must be >= 0")
+        check(min(self.k_policy, self.k_decorated, self.k_other, self.k_demo) >= 0,
+              "--k_policy, --k_decorated, --k_other and --k_demo must be >= 0")
         check(self.k_policy + self.k_demo >= 2, f"need K = k_policy + k_demo >= 2 responses per prompt to rank, "
                                                 f"got {self.k_policy + self.k_demo}")
         check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
@@ -117,6 +120,13 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
                 mistake = rng.choice(SURFACE_MISTAKES)
                 d = decorate(task, r, rng, mistake)
                 cands.append({"response": d, "mistake": mistake, "source": "decorated", "gold": world.score(task, d)})
+            # A fluent answer to another question: another prompt's sample (of a different kind) shown here. With
+            # none of these the RM never saw an off-topic answer, and PPO learnt to answer "3 * 1" to everything.
+            rng = random.Random(f"other-{cfg.seed}-{task.instruction}")
+            others = [m for m, t in enumerate(part) if t.kind != task.kind and texts[m * cfg.k_policy]] if texts else []
+            for m in rng.sample(others, min(cfg.k_other, len(others))):
+                r = texts[m * cfg.k_policy]
+                cands.append({"response": r, "mistake": "off_topic", "source": "other", "gold": world.score(task, r)})
             for r, kind in demo_responses(world, task, cfg.k_demo, cfg.seed):
                 cands.append({"response": r, "mistake": kind, "source": "demo", "gold": world.score(task, r)})
             random.Random(f"order-{cfg.seed}-{task.instruction}").shuffle(cands)  # sources mixed, position random
@@ -297,9 +307,10 @@ def main(cfg):
         os.remove(summary_path)                   # the stage is in progress until summary.json is back
     write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
     generator = torch.Generator().manual_seed(cfg.seed)
-    K = cfg.k_policy + min(cfg.k_decorated, cfg.k_policy) + cfg.k_demo
+    K = cfg.k_policy + (min(cfg.k_decorated, cfg.k_policy) + cfg.k_other if cfg.k_policy else 0) + cfg.k_demo
     print(f"labelling {len(tasks)} prompts x K={K} responses ({cfg.k_policy} from {cfg.policy}, up to "
-          f"{cfg.k_decorated} of them decorated, {cfg.k_demo} from the demonstrators); labeller {identity}")
+          f"{cfg.k_decorated} of them decorated, {cfg.k_other} off-topic, {cfg.k_demo} from the demonstrators); "
+          f"labeller {identity}")
 
     skipped, quit_early, dropped = 0, False, 0
     if cfg.labeler == "simulated":
@@ -344,7 +355,7 @@ def main(cfg):
     policy_gold = [g for r in train + val for g, s in zip(r["gold"], r["sources"]) if s == "policy"]
     summary = {
         "labeler": identity, "seed": cfg.seed, "policy": cfg.policy, "K": K, "k_policy": cfg.k_policy,
-        "k_demo": cfg.k_demo, "n_train": len(train), "n_val": len(val), "dropped_all_tied": dropped,
+        "k_other": cfg.k_other, "k_demo": cfg.k_demo, "n_train": len(train), "n_val": len(val), "dropped_all_tied": dropped,
         "skipped": skipped, "complete": not quit_early,
         "mean_responses_per_list": sum(len(r["responses"]) for r in train + val) / len(train + val),
         "ceiling": gold_agreement_of(held_out), "labeler_agreement": agreement,

@@ -58,17 +58,23 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path):
     train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert len(train) + len(val) + summary["dropped_all_tied"] == 24 and len(val) >= 4
-    assert summary["K"] == 7 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
+    assert summary["K"] == 2 + 2 + 1 + 3 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
     for r in train + val:
         assert r["labeler"] == "simulated-1337" and r["seed"] == 1337
-        assert 2 <= len(r["responses"]) <= 7
+        assert 2 <= len(r["responses"]) <= 8
         assert r["gold"] == [world.score(r["prompt"], y) for y in r["responses"]]
         assert len(set(r["gold"])) == len(r["gold"])            # ties (and duplicates) dropped
-        assert set(r["sources"]) <= {"demo", "policy", "decorated"}
-        assert all(m is None or m == "policy" or s in ("demo", "decorated") for m, s in zip(r["mistakes"], r["sources"]))
+        assert set(r["sources"]) <= {"demo", "policy", "decorated", "other"}
+        assert all(m is None or m == "policy" or s in ("demo", "decorated") or (s, m) == ("other", "off_topic")
+                   for m, s in zip(r["mistakes"], r["sources"]))
     # decorated responses: policy samples wrapped in a surface mistake (a preamble, a tail, the question)
     decorated = [m for r in train + val for m, s in zip(r["mistakes"], r["sources"]) if s == "decorated"]
     assert decorated and set(decorated) <= {"preamble", "rambling", "repeat_question"}
+    # off-topic responses: what the policy said to a prompt of another kind
+    samples = {y: r["prompt"] for r in train + val for y, s in zip(r["responses"], r["sources"]) if s == "policy"}
+    kind = {r["prompt"]: r["kind"] for r in train + val}
+    other = [(r, y) for r in train + val for y, s in zip(r["responses"], r["sources"]) if s == "other"]
+    assert other and all(kind[samples[y]] != r["kind"] for r, y in other if y in samples)
     assert load_comparisons(os.path.join(out, "train.jsonl"))[0]["responses"] == train[0]["responses"]
 
     # a noise-free labeller ranks exactly by gold: the ceiling is 1
