@@ -154,7 +154,7 @@ def test_end_to_end_on_labels(sft, tmp_path):
     for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "per_mistake_accuracy", "bias",
                 "n_train_prompts", "K", "seconds"):
         assert summary[key] is not None, key
-    assert 0 <= summary["accuracy"] <= 1 and -1 <= summary["spearman"] <= 1 and summary["K"] == 8
+    assert 0 <= summary["accuracy"] <= 1 and -1 <= summary["spearman"] <= 1 and summary["K"] == 2 + 2 + 1 + 4
     for name in ("model.pt", "last.pt", "tokenizer.json", "config.json", "metrics.jsonl", "loss.png",
                  "reward_vs_gold.png"):
         assert os.path.isfile(os.path.join(out, name)), name
