@@ -117,7 +117,9 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "train_pretrain.py", f"--out_dir={out}", *TINY_PRETRAIN,
                              "--max_steps=100000", "--eval_interval=100000"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored, and Python then keeps it ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not os.path.exists(os.path.join(out, "metrics.jsonl")) or os.path.getsize(os.path.join(out, "metrics.jsonl")) == 0:
         assert time.time() - t0 < 120 and proc.poll() is None
