@@ -705,9 +705,11 @@ def _wrong_answer(task, rng):
 
 
 def _misspell(word, rng):
-    """Drop, double or swap one letter; always returns something different from word."""
+    """Drop, double or swap one letter; always returns something the judge reads as different from word
+    (a doubled space, say, would not be: the judge ignores it)."""
+    letters = [i for i, c in enumerate(word) if c.isalpha()] or list(range(len(word)))
     for _ in range(20):
-        i = rng.randrange(len(word))
+        i = rng.choice(letters)
         choice = rng.randrange(3)
         if choice == 0 and len(word) > 2:
             out = word[:i] + word[i + 1:]
@@ -716,7 +718,7 @@ def _misspell(word, rng):
         else:
             j = min(i + 1, len(word) - 1)
             out = word[:i] + word[j] + word[i] + word[j + 1:] if j > i else word
-        if out.lower() != word.lower():
+        if " ".join(out.lower().split()) != " ".join(word.lower().split()):
             return out
     return word + word[-1]
 

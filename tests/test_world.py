@@ -251,3 +251,13 @@ def test_task_is_hashable_and_meta_readable(world):
     assert isinstance(task, Task) and hash(task)
     assert task.get("fmt") == "caps" and task.get("plain") == "rouge" and task.get("missing", 1) == 1
     assert re.fullmatch(r"[A-Z]+", task.answer)
+
+
+def test_misspelling_never_reads_as_the_right_answer():
+    """A 'wrong answer' that the judge scores as right would teach the reward model nonsense."""
+    from minigpt.world import LEXICON, _misspell
+    rng = random.Random(0)
+    for e in LEXICON:
+        for _ in range(300):                    # "Bonne nuit" -> "Bonne  nuit" came up ~3% of the time
+            wrong = _misspell(e.fr, rng)
+            assert " ".join(wrong.lower().split()) != " ".join(e.fr.lower().split()), (e.fr, wrong)
