@@ -355,7 +355,8 @@ def main(cfg):
     policy_gold = [g for r in train + val for g, s in zip(r["gold"], r["sources"]) if s == "policy"]
     summary = {
         "labeler": identity, "seed": cfg.seed, "policy": cfg.policy, "K": K, "k_policy": cfg.k_policy,
-        "k_other": cfg.k_other, "k_demo": cfg.k_demo, "n_train": len(train), "n_val": len(val), "dropped_all_tied": dropped,
+        "k_other": cfg.k_other, "k_demo": cfg.k_demo, "n_train": len(train), "n_val": len(val),
+        "dropped_all_tied": dropped,
         "skipped": skipped, "complete": not quit_early,
         "mean_responses_per_list": sum(len(r["responses"]) for r in train + val) / len(train + val),
         "ceiling": gold_agreement_of(held_out), "labeler_agreement": agreement,

@@ -7,7 +7,8 @@
     tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> evaluation -> report
 
 Every command is printed before it runs, so any stage can be rerun by hand. A stage whose folder
-holds its last file (summary.json; eval.json for evaluation) is complete and is skipped, so an interrupted pipeline continues where it stopped.
+holds its last file (summary.json; eval.json for evaluation) is complete and is skipped, so an
+interrupted pipeline continues where it stopped.
 """
 
 import json

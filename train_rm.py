@@ -15,6 +15,7 @@ same template as SFT. After training, the head's bias is shifted so the demonstr
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -262,8 +263,9 @@ def label_summary(cfg):
 def two_labeller_agreement(cfg, world, records):
     """How often two independent simulated labellers order a held-out pair the same way: label.py's number
     when it labelled these comparisons, else two fresh labellers on the held-out responses (world prompts)."""
-    if "labeler_agreement" in label_summary(cfg):
-        return label_summary(cfg)["labeler_agreement"]
+    labelled = label_summary(cfg)
+    if "labeler_agreement" in labelled:
+        return labelled["labeler_agreement"]
     return labeler_agreement(world, [r["prompt"] for r in records], [r["responses"] for r in records],
                              SimulatedLabeler(cfg.seed + 1), SimulatedLabeler(cfg.seed + 2))
 
@@ -335,15 +337,15 @@ def main(cfg):
         scorer = DDP(scorer)
 
     lengths = [max(len(seq) for seq in ranking) for ranking in train]
-    epochs_cache = {}
+
+    @functools.lru_cache(maxsize=1)
+    def batches_of(epoch):
+        return epoch_batches(lengths, global_batch, cfg.seed + epoch)
 
     def batch_at(step):
         """The rankings this rank trains on at `step` (the same on every rank, and after a resume)."""
         epoch, pos = divmod(step, steps_per_epoch)
-        if epoch not in epochs_cache:
-            epochs_cache.clear()
-            epochs_cache[epoch] = epoch_batches(lengths, global_batch, cfg.seed + epoch)
-        ids = epochs_cache[epoch][pos]
+        ids = batches_of(epoch)[pos]
         return [train[i] for i in ids[rank::world_size]] or [train[ids[0]]]
 
     def evaluate(n=len(val)):
@@ -421,7 +423,7 @@ def main(cfg):
             "accuracy": rep["accuracy"], "gold_accuracy": rep.get("gold_accuracy"),
             "labeler_agreement": two_labeller_agreement(cfg, world, val_recs) if world else None,
             "ceiling": rep.get("ceiling"),
-            "spearman": None if rep.get("spearman") != rep.get("spearman") else rep.get("spearman"),  # NaN -> None
+            "spearman": None if math.isnan(rep.get("spearman", math.nan)) else rep["spearman"],
             "per_mistake_accuracy": rep.get("per_mistake_accuracy"), "per_mistake_pairs": rep.get("per_mistake_pairs"),
             "val_loss": rep["loss"], "bias": shift, "bias_demonstrations": len(demos),
             "n_train_prompts": len(train), "n_val_prompts": len(val), "K": label_summary(cfg).get("K", K),

@@ -2,7 +2,7 @@
 and a good answer), rendered through the one prompt template, and train it to produce the answer:
 the same next-token loss as pretraining, counted only on the response and its end-of-text.
 
-    python train_sft.py                                  # the world's demonstrations, under 2 minutes on a CPU
+    python train_sft.py                                  # the world's demonstrations, ~3 minutes on 2 cores
     python train_sft.py --data=demos.json                # your own file (seed JSON list, Alpaca, JSONL)
     python train_sft.py --init=gpt2/ --tokenizer=gpt2    # start from a Hugging Face GPT-2 folder
     torchrun --standalone --nproc_per_node=2 train_sft.py
@@ -32,8 +32,8 @@ from minigpt.model import GPT
 from minigpt.respond import respond
 from minigpt.tokenizer import Tokenizer
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, all_reduce_sum, autocast,
-                              cleanup_distributed,
-                              cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
+                              cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics,
+                              setup_distributed)
 from minigpt.world import World
 
 

@@ -616,32 +616,6 @@ def applicable_mistakes(task):
     return [m for m in MISTAKES if m in kinds]
 
 
-def respond(task, rng, mistake=None):
-    """A response to task: the right answer (mistake=None) or one showing the given kind of mistake."""
-    if mistake is None:
-        return task.answer
-    if mistake not in applicable_mistakes(task):
-        raise ValueError(f"mistake {mistake!r} does not apply to a {task.kind} task {task.instruction!r}")
-    lang, ans, en = task.get("lang"), task.answer, task.get("lang") == "en"
-    if mistake == PREAMBLE:
-        pre = rng.choice(PREAMBLES[lang])
-        return f"{pre} {ans}." if en else f"{pre}{ans}。"
-    if mistake == RAMBLING:
-        tail = rng.choice(TAILS[lang])
-        return f"{ans}. {tail}" if en else f"{ans}。{tail}"
-    if mistake == REPEAT_QUESTION:
-        return task.get("question") + rng.choice([" ", "\n"]) + ans
-    if mistake == FORMAT:
-        return _format_mistake(task, rng)
-    if mistake == WRONG_LANGUAGE:
-        if task.kind.startswith("translate"):
-            word = rng.choice([task.get("en"), task.get("zh")])
-            return word.upper() if task.get("fmt") == "caps" else word
-        n = int(ans)  # a number word in another language (not "six" for an English prompt: same in French)
-        return rng.choice([NUMBER_WORDS[x][n] for x in NUMBER_WORDS if NUMBER_WORDS[x][n] != NUMBER_WORDS[lang][n]])
-    return _wrong_answer(task, rng)
-
-
 SURFACE_MISTAKES = (PREAMBLE, RAMBLING, REPEAT_QUESTION)
 
 
@@ -659,6 +633,26 @@ def decorate(task, text, rng, mistake):
     if mistake == REPEAT_QUESTION:
         return task.get("question") + rng.choice([" ", "\n"]) + text
     raise ValueError(f"decorate() takes one of {SURFACE_MISTAKES}, got {mistake!r}")
+
+
+def respond(task, rng, mistake=None):
+    """A response to task: the right answer (mistake=None) or one showing the given kind of mistake."""
+    if mistake is None:
+        return task.answer
+    if mistake not in applicable_mistakes(task):
+        raise ValueError(f"mistake {mistake!r} does not apply to a {task.kind} task {task.instruction!r}")
+    lang, ans = task.get("lang"), task.answer
+    if mistake in SURFACE_MISTAKES:
+        return decorate(task, ans, rng, mistake)
+    if mistake == FORMAT:
+        return _format_mistake(task, rng)
+    if mistake == WRONG_LANGUAGE:
+        if task.kind.startswith("translate"):
+            word = rng.choice([task.get("en"), task.get("zh")])
+            return word.upper() if task.get("fmt") == "caps" else word
+        n = int(ans)  # a number word in another language (not "six" for an English prompt: same in French)
+        return rng.choice([NUMBER_WORDS[x][n] for x in NUMBER_WORDS if NUMBER_WORDS[x][n] != NUMBER_WORDS[lang][n]])
+    return _wrong_answer(task, rng)
 
 
 def _format_mistake(task, rng):

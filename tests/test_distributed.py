@@ -1,5 +1,5 @@
 """Data parallel training with torchrun: 2 CPU processes (gloo) follow the same loss curve as one process
-with the same global batch."""
+with the same global batch (pretraining, SFT, the reward model), and PPO runs with each rank rolling out."""
 
 import json
 import os
@@ -12,24 +12,27 @@ TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_
         "--max_steps=6", "--eval_interval=3", "--eval_batches=1", "--log_interval=1", "--device=cpu"]
 
 
-def curve(folder):
+def rows(folder, key):
+    """The logged values of `key`, in order, from a stage folder's metrics.jsonl."""
     with open(os.path.join(folder, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [r["train_loss"] for r in rows if "train_loss" in r], [r["val_loss"] for r in rows if "val_loss" in r]
+        return [row[key] for row in map(json.loads, f) if key in row]
+
+
+def script(args, ranks=1):
+    """Run a script as one process, or as `ranks` processes under torchrun; it must succeed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+                if ranks > 1 else [sys.executable])
+    r = subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    r = subprocess.run([sys.executable, "train_pretrain.py", f"--out_dir={one}", "--batch_size=8", *TINY],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "train_pretrain.py", f"--out_dir={two}", "--batch_size=4", *TINY],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    train_one, val_one = curve(one)
-    train_two, val_two = curve(two)
+    script(["train_pretrain.py", f"--out_dir={one}", "--batch_size=8", *TINY])
+    script(["train_pretrain.py", f"--out_dir={two}", "--batch_size=4", *TINY], ranks=2)
+    train_one, val_one = rows(one, "train_loss"), rows(one, "val_loss")
+    train_two, val_two = rows(two, "train_loss"), rows(two, "val_loss")
     assert len(train_one) == len(train_two) == 6
     assert max(abs(a - b) for a, b in zip(train_one, train_two)) < 1e-4
     assert max(abs(a - b) for a, b in zip(val_one, val_two)) < 1e-4
@@ -41,20 +44,6 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 QUICK_PRETRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=96", "--vocab_size=400",
                   "--tokenizer_chars=60000", "--max_steps=10", "--batch_size=8", "--eval_interval=10",
                   "--eval_batches=1", "--log_interval=10", "--device=cpu"]
-
-
-def script(args, ranks=1):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-                if ranks > 1 else [sys.executable])
-    r = subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
-    return r.stdout
-
-
-def rows(folder, key):
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        return [json.loads(line)[key] for line in f if key in json.loads(line)]
 
 
 def test_sft_rm_and_ppo_under_torchrun(tmp_path):
@@ -84,7 +73,7 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
 
     # PPO: two ranks, each rolling out 4 prompts; rank 0 alone writes the metrics and checkpoints
-    out = script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/ppo", "--iterations=2",
+    script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/ppo", "--iterations=2",
                   "--batch_size=4", "--minibatch_size=2", "--val_prompts=8", "--eval_interval=1", "--device=cpu",
                   "--debug=true"], ranks=2)
     summary = json.load(open(f"{t}/ppo/summary.json"))
