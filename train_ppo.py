@@ -38,6 +38,7 @@ import torch.distributed as dist
 from minigpt.checkpoint import (check_same_tokenizer, config_dict, load_checkpoint, load_model, model_state,
                                 rng_state, save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
+from minigpt.data import lm_windows
 from minigpt.losses import sft_loss, token_logprobs
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance, gae,
                          kl_penalty_rewards, masked_whiten, policy_loss, value_loss)
@@ -63,7 +64,8 @@ class Config:
     no_eos_penalty: float = field(default=-1.0, metadata={"help": "score given instead of the RM's to a response without end-of-text "
                                                                "(RM scores of SFT samples: mean 0, std ~0.2, 1st percentile ~-0.5)"})
     # reward: r = RM score - beta * KL
-    kl_coef: float = field(default=0.02, metadata={"help": "beta, the per-token KL penalty to the SFT model (InstructGPT 0.02)"})
+    kl_coef: float = field(default=0.1, metadata={"help": "beta, the per-token KL penalty to the SFT model (InstructGPT 0.02; "
+                                                          "here 0.02 lets PPO find the reward model's holes within 10 iterations)"})
     adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta towards --kl_target (Ziegler et al.)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive KL: target KL per response, nats"})
     kl_horizon: int = field(default=1000, metadata={"help": "adaptive KL: horizon in episodes (Ziegler: 10000 of ~1M episodes; "
@@ -212,13 +214,6 @@ def average_gradients(model):
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
             p.grad /= dist.get_world_size()
-
-
-def lm_windows(tokens, block_size, n, generator):
-    """n random windows of a token stream -> (x, y) (n, block_size), y the next tokens."""
-    starts = torch.randint(len(tokens) - block_size - 1, (n,), generator=generator)
-    return (torch.stack([tokens[s: s + block_size] for s in starts]),
-            torch.stack([tokens[s + 1: s + 1 + block_size] for s in starts]))
 
 
 def ppo_update(policy, value_model, policy_optimizer, value_optimizer, batch, cfg, generator,

@@ -2,7 +2,7 @@
 predict the next token. On the built-in world the corpus states the world's facts in plain
 sentences, so the model learns *what* is true here; SFT later teaches it *how to answer*.
 
-    python train_pretrain.py                      # the world's corpus, ~3 minutes on 2 CPU cores
+    python train_pretrain.py                      # the world's corpus, ~6 minutes on 2 CPU cores
     python train_pretrain.py --data=my_texts/     # your own .txt file or folder
     torchrun --standalone --nproc_per_node=2 train_pretrain.py   # data parallel
 """
@@ -50,7 +50,7 @@ class Config:
     # optimisation
     batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_steps: int = field(default=600, metadata={"help": "optimizer steps"})
+    max_steps: int = field(default=1200, metadata={"help": "optimizer steps (the lexicon is learnt between 700 and 1000)"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr"})

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
                                 save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import clean_demonstrations, encode_prompt_response, load_demonstrations, render_prompt, sft_batch
+from minigpt.data import (clean_demonstrations, encode_prompt_response, lm_windows, load_demonstrations, load_text,
+                          render_prompt, sft_batch)
 from minigpt.losses import sft_loss
 from minigpt.model import GPT
 from minigpt.respond import respond
@@ -55,14 +57,19 @@ class Config:
                                                           "config has none"})
     # optimisation
     batch_size: int = field(default=16, metadata={"help": "demonstrations per step per process"})
-    epochs: float = field(default=6, metadata={"help": "passes over the demonstrations (sets max_steps)"})
+    epochs: float = field(default=4, metadata={"help": "passes over the demonstrations (sets max_steps)"})
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = epochs * examples / global batch"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr "
                                                                "(InstructGPT: 10%)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = off)"})
+    ptx_coef: float = field(default=1.0, metadata={"help": "weight of the pretraining LM loss added to each step, "
+                                                           "so SFT keeps the facts pretraining taught (0 = off)"})
+    ptx_data: str = field(default="", metadata={"help": "pretraining text for --ptx_coef (.txt file or folder); "
+                                                        "empty = the world's corpus, or no mix with --data"})
+    ptx_batch_size: int = field(default=8, metadata={"help": "pretraining windows per step"})
     # evaluation
     eval_interval: int = field(default=100, metadata={"help": "steps between evaluations + checkpoints"})
     eval_prompts: int = field(default=64, metadata={"help": "held-out instructions answered and gold-scored per "
@@ -238,6 +245,15 @@ def main(cfg):
               + (f", {mistakes / len(train_pairs):.0%} of train demonstrations contain a mistake" if world else "")
               + (f"; {dropped} dropped (no room for the response in {block_size} tokens)" if dropped else ""))
 
+    # The pretraining mix: in a model this small, SFT alone overwrites what pretraining taught (the pretraining
+    # loss climbs from ~1 to ~8 nats) and the reward model, initialised from SFT, inherits the loss.
+    ptx_text = load_text(cfg.ptx_data) if cfg.ptx_data else world.corpus() if world else None
+    ptx_tokens = None
+    if cfg.ptx_coef > 0 and ptx_text:
+        ptx_tokens = torch.tensor(tokenizer.encode(ptx_text), dtype=torch.long)
+        check(len(ptx_tokens) > block_size + 1, f"{cfg.ptx_data}: too little text for one {block_size}-token window")
+    if master:
+        print(f"pretraining mix: {f'{cfg.ptx_coef} x LM loss on {len(ptx_tokens):,} tokens' if ptx_tokens is not None else 'off'}")
     global_batch = cfg.batch_size * world_size
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / global_batch))
     model = model.to(device)
@@ -345,14 +361,26 @@ def main(cfg):
             # N processes: DDP averages their N gradients, so each divides its summed loss by (response tokens
             # over ALL processes) / N; the average is then the gradient of one process's global-batch mean.
             n_tokens = all_reduce_sum(float(mask.sum())) / world_size
-            with autocast(device, cfg.dtype):
-                logits = model(x.to(device))
-                # L_SFT = -(1/|response|) Σ_{t in response + eos} log p(y_t | x_≤t); the prompt is not scored
-                loss = sft_loss(logits.float(), y.to(device), mask.to(device), n_tokens)
-            loss.backward()
+            # With a pretraining mix, the two losses go backward one after the other (DDP syncs on the second).
+            with model.no_sync() if world_size > 1 and ptx_tokens is not None else nullcontext():
+                with autocast(device, cfg.dtype):
+                    logits = model(x.to(device))
+                    # L_SFT = -(1/|response|) Σ_{t in response + eos} log p(y_t | x_≤t); the prompt is not scored
+                    loss = sft_loss(logits.float(), y.to(device), mask.to(device), n_tokens)
+                loss.backward()
+            total = loss.detach()
+            if ptx_tokens is not None:
+                # + γ · L_LM on pretraining windows: one global batch per step (seeded by the step), sliced by rank
+                g = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (step + 1))
+                px, py = lm_windows(ptx_tokens, block_size, cfg.ptx_batch_size * world_size, g)
+                px, py = px[rank::world_size].to(device), py[rank::world_size].to(device)
+                with autocast(device, cfg.dtype):
+                    ptx_loss = sft_loss(model(px).float(), py, torch.ones_like(py))
+                (cfg.ptx_coef * ptx_loss).backward()
+                total = total + cfg.ptx_coef * ptx_loss.detach()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if guard.ok(loss.detach(), raw_model):
+            if guard.ok(total, raw_model):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -361,8 +389,9 @@ def main(cfg):
 
             if step % cfg.log_interval == 0 or step == max_steps:
                 train_loss = all_reduce_mean(loss.item())
-                progress.line(step, tokens * world_size / cfg.log_interval, loss=train_loss, lr=lr)
-                log.log(step=step, train_loss=train_loss, lr=lr)
+                ptx = {"ptx_loss": all_reduce_mean(ptx_loss.item())} if ptx_tokens is not None else {}
+                progress.line(step, tokens * world_size / cfg.log_interval, loss=train_loss, lr=lr, **ptx)
+                log.log(step=step, train_loss=train_loss, lr=lr, **ptx)
                 tokens = 0
             if step % cfg.eval_interval == 0 or step == max_steps:
                 after_eval(*evaluate())

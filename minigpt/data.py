@@ -48,6 +48,16 @@ def encode_prompt_response(tokenizer, prompt_text, response_text, block_size):
     return ids[:block_size], mask[:block_size]
 
 
+def lm_windows(tokens, block_size, n, generator):
+    """n random windows of a token stream (1-D long tensor) -> (x, y) (n, block_size), y the next tokens:
+    pretraining text mixed into SFT and PPO-ptx."""
+    import torch
+
+    starts = torch.randint(len(tokens) - block_size - 1, (n,), generator=generator)
+    return (torch.stack([tokens[s: s + block_size] for s in starts]),
+            torch.stack([tokens[s + 1: s + 1 + block_size] for s in starts]))
+
+
 def sft_batch(examples_ids_masks, pad_id):
     """[(ids, mask), ...] -> x (B,T), y (B,T), mask (B,T) float: next-token targets, right-padded.
 

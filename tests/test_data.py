@@ -5,7 +5,7 @@ import pytest
 
 from minigpt.cli import UserError
 from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text, encode_prompt_response,
-                          load_comparisons, load_demonstrations, load_text, render_prompt, sft_batch)
+                          lm_windows, load_comparisons, load_demonstrations, load_text, render_prompt, sft_batch)
 
 SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"}, {"instruction": "计算2+2", "output": "4"}]
 
@@ -163,3 +163,16 @@ def test_cleaning_counts_and_normalises(capsys):
 def test_all_filtered_is_an_error():
     with pytest.raises(DataError, match="no examples left after cleaning"):
         clean_demonstrations([{"instruction": "", "output": ""}], max_chars=100, source="seed.json")
+
+
+def test_lm_windows_are_next_token_pairs_inside_the_stream():
+    import torch
+
+    tokens = torch.arange(100, 150)                    # token i has id 100 + i: a window's start is readable
+    x, y = lm_windows(tokens, 8, 64, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (64, 8)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert torch.equal(x - x[:, :1], torch.arange(8).expand(64, 8))   # contiguous windows
+    assert x.min() >= 100 and y.max() <= 149                           # never past the end
+    starts = set((x[:, 0] - 100).tolist())
+    assert len(starts) > 20 and max(starts) <= 50 - 8 - 1

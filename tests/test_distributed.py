@@ -51,12 +51,13 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     script(["train_pretrain.py", f"--out_dir={t}/pretrain", *QUICK_PRETRAIN])
 
     # SFT: demonstrations of unequal length, so each rank holds a different number of response tokens; the loss
-    # is normalised by the count over both ranks and must follow the single-process curve
+    # is normalised by the count over both ranks and must follow the single-process curve. The pretraining mix
+    # (on by default) is one global batch of windows too, each rank taking half.
     sft = ["train_sft.py", f"--init={t}/pretrain", "--max_steps=6", "--eval_interval=3", "--log_interval=1",
            "--eval_prompts=0", "--device=cpu"]
-    script(sft + [f"--out_dir={t}/sft1", "--batch_size=8"])
-    script(sft + [f"--out_dir={t}/sft2", "--batch_size=4"], ranks=2)
-    for key in ("train_loss", "val_loss"):
+    script(sft + [f"--out_dir={t}/sft1", "--batch_size=8", "--ptx_batch_size=4"])
+    script(sft + [f"--out_dir={t}/sft2", "--batch_size=4", "--ptx_batch_size=2"], ranks=2)
+    for key in ("train_loss", "ptx_loss", "val_loss"):
         one, two = rows(f"{t}/sft1", key), rows(f"{t}/sft2", key)
         assert len(one) == len(two) > 1 and one[0] != one[-1]
         assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (key, one, two)

@@ -108,8 +108,11 @@ def test_memorises_a_handful(pretrained, tmp_path):
 
 def test_ctrl_c_then_resume_is_exact(pretrained, tmp_path, monkeypatch):
     data = write_demos(tmp_path, DEMOS)
+    text = tmp_path / "pretraining.txt"   # the pretraining mix is drawn at random too: resuming must redraw it
+    text.write_text("The French word for cat is chat. 2 plus 3 is 5. The shop opens at 9am on Monday.\n" * 20)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train_sft.main(tiny(pretrained, a, data=data, max_steps=8, dropout=0.1))
+    data = dict(data=data, ptx_data=str(text))
+    train_sft.main(tiny(pretrained, a, **data, max_steps=8, dropout=0.1))
 
     real = train_sft.cosine_lr
     def interrupt_at_5(step, *args):
@@ -118,13 +121,14 @@ def test_ctrl_c_then_resume_is_exact(pretrained, tmp_path, monkeypatch):
         return real(step, *args)
     monkeypatch.setattr(train_sft, "cosine_lr", interrupt_at_5)
     with pytest.raises(SystemExit) as e:
-        train_sft.main(tiny(pretrained, b, data=data, max_steps=8, dropout=0.1))
+        train_sft.main(tiny(pretrained, b, **data, max_steps=8, dropout=0.1))
     assert e.value.code == 130 and not os.path.exists(os.path.join(b, "summary.json"))
     monkeypatch.setattr(train_sft, "cosine_lr", real)
-    train_sft.main(tiny(pretrained, b, data=data, max_steps=8, dropout=0.1, resume=True))
+    train_sft.main(tiny(pretrained, b, **data, max_steps=8, dropout=0.1, resume=True))
 
     ra, rb = read_metrics(os.path.join(a, "metrics.jsonl")), read_metrics(os.path.join(b, "metrics.jsonl"))
-    assert [r["train_loss"] for r in ra if "train_loss" in r] == [r["train_loss"] for r in rb if "train_loss" in r]
+    for key in ("train_loss", "ptx_loss"):
+        assert [r[key] for r in ra if key in r] == [r[key] for r in rb if key in r] != []
     wa, wb = load_model(a)[0].state_dict(), load_model(b)[0].state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
