@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (config_dict, load_checkpoint, load_tokenizer, model_state, rng_state,
+from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, load_tokenizer, model_state, rng_state,
                                 save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import load_text
 from minigpt.losses import sft_loss
 from minigpt.model import GPT, GPTConfig
+from minigpt.sampling import generate
 from minigpt.tokenizer import Tokenizer
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
                               cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
@@ -85,6 +86,16 @@ def get_batch(tokens, block_size, global_batch, rank, world_size, generator):
     x = torch.stack([tokens[s: s + block_size] for s in starts])          # (B, T)
     y = torch.stack([tokens[s + 1: s + 1 + block_size] for s in starts])  # (B, T) next tokens
     return x, y
+
+
+@torch.no_grad()
+def fact_recall(model, tokenizer, probes):
+    """Fraction of (sentence start, word) probes whose greedy continuation starts with the word."""
+    prompts = [tokenizer.encode(start) for start, _ in probes]
+    tokens, _ = generate(model, prompts, 8, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, temperature=0.0)
+    special = (tokenizer.eos_id, tokenizer.pad_id)
+    texts = [tokenizer.decode([t for t in row if t not in special]) for row in tokens.tolist()]
+    return sum(text.strip().startswith(word) for text, (_, word) in zip(texts, probes)) / len(probes)
 
 
 def main(cfg):
@@ -224,9 +235,13 @@ def main(cfg):
         rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
         plot_metrics(os.path.join(cfg.out_dir, "loss.png"), rows, "step",
                      {"pretraining loss": ["train_loss", "val_loss"]}, title="pretraining")
-        write_json(os.path.join(cfg.out_dir, "summary.json"), {
-            "best_val_loss": best_val, "steps": step, "seconds": time.time() - start_time,
-            "params": raw_model.num_params(), "train_tokens": len(train_tokens), "skipped_steps": guard.skipped})
+        summary = {"best_val_loss": best_val, "steps": step, "seconds": time.time() - start_time,
+                   "params": raw_model.num_params(), "train_tokens": len(train_tokens), "skipped_steps": guard.skipped}
+        if not cfg.data:   # the world's lexicon: learnt only late (at the default size, between steps 700 and 1000)
+            best_model = load_model(cfg.out_dir)[0].to(device)
+            summary["fact_recall"] = fact_recall(best_model, tokenizer, World.fact_probes())
+            print(f"facts recalled: {summary['fact_recall']:.0%} of \"The French word for <english> is\" sentences")
+        write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         print(f"done: best validation loss {best_val:.4f}; weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()
 

@@ -253,7 +253,8 @@ def main(cfg):
         ptx_tokens = torch.tensor(tokenizer.encode(ptx_text), dtype=torch.long)
         check(len(ptx_tokens) > block_size + 1, f"{cfg.ptx_data}: too little text for one {block_size}-token window")
     if master:
-        print(f"pretraining mix: {f'{cfg.ptx_coef} x LM loss on {len(ptx_tokens):,} tokens' if ptx_tokens is not None else 'off'}")
+        mix = f"{cfg.ptx_coef} x LM loss on {len(ptx_tokens):,} tokens" if ptx_tokens is not None else "off"
+        print(f"pretraining mix: {mix}")
     global_batch = cfg.batch_size * world_size
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / global_batch))
     model = model.to(device)

@@ -896,6 +896,12 @@ class World:
     def corpus_val(self, n_chars=200_000):
         return make_corpus(random.Random(f"corpus-val-{self.seed}"), n_chars)
 
+    @staticmethod
+    def fact_probes():
+        """(start of a corpus sentence, the word that ends it) for every lexicon entry: has pretraining learnt
+        the facts, or only the shape of the sentences? ("The French word for cat is", "chat")"""
+        return [(f"The French word for {e.en} is", e.fr) for e in LEXICON]
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Simulated labellers

@@ -177,3 +177,23 @@ def test_bad_init_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error:") and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_fact_recall_counts_greedy_continuations_that_start_with_the_word(pretrained):
+    from minigpt.sampling import generate
+
+    model, tok, _ = load_model(pretrained)
+    starts = [start for start, _ in World.fact_probes()[:12]]
+    tokens, _ = generate(model, [tok.encode(s) for s in starts], 8, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                         temperature=0.0)
+    said = [tok.decode([t for t in row if t not in (tok.eos_id, tok.pad_id)]).strip() for row in tokens.tolist()]
+    assert all(said)
+    # the model's own greedy words are recalled, a word it never says is not, and a half-half mix counts half
+    assert train_pretrain.fact_recall(model, tok, list(zip(starts, said))) == 1.0
+    assert train_pretrain.fact_recall(model, tok, [(s, "zzzzqq") for s in starts]) == 0.0
+    mixed = [(s, w if i % 2 else "zzzzqq") for i, (s, w) in enumerate(zip(starts, said))]
+    assert train_pretrain.fact_recall(model, tok, mixed) == 0.5
+    # and the probes are sentences the corpus really writes
+    from minigpt.world import CORPUS_TEMPLATES, LEXICON
+    assert [f"{start} {word}." for start, word in World.fact_probes()] == \
+        [CORPUS_TEMPLATES["lexicon"][0].format(en=e.en, fr=e.fr) for e in LEXICON]
