@@ -51,7 +51,7 @@ class Config:
     # optimisation
     batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_steps: int = field(default=1200, metadata={"help": "optimizer steps (the lexicon is learnt between 700 and 1000)"})
+    max_steps: int = field(default=1200, metadata={"help": "optimizer steps (the lexicon is learnt between 600 and 1000)"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr"})
@@ -237,7 +237,7 @@ def main(cfg):
                      {"pretraining loss": ["train_loss", "val_loss"]}, title="pretraining")
         summary = {"best_val_loss": best_val, "steps": step, "seconds": time.time() - start_time,
                    "params": raw_model.num_params(), "train_tokens": len(train_tokens), "skipped_steps": guard.skipped}
-        if not cfg.data:   # the world's lexicon: learnt only late (at the default size, between steps 700 and 1000)
+        if not cfg.data:   # the world's lexicon: learnt only late (at the default size, between steps 600 and 1000)
             best_model = load_model(cfg.out_dir)[0].to(device)
             summary["fact_recall"] = fact_recall(best_model, tokenizer, World.fact_probes())
             print(f"facts recalled: {summary['fact_recall']:.0%} of \"The French word for <english> is\" sentences")

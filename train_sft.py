@@ -7,6 +7,9 @@ the same next-token loss as pretraining, counted only on the response and its en
     python train_sft.py --init=gpt2/ --tokenizer=gpt2    # start from a Hugging Face GPT-2 folder
     torchrun --standalone --nproc_per_node=2 train_sft.py
 
+Each step also adds the next-token loss on a few windows of pretraining text (--ptx_coef, like PPO-ptx
+later): InstructGPT's SFT did not use it, but a model this small otherwise forgets what pretraining taught.
+
 On the built-in world every evaluation also samples answers to held-out instructions and asks the gold
 judge (world.score) how good they are. InstructGPT saw the validation loss bottom out after about one
 epoch while human preference kept rising; summary.json reports where each peaked here.
