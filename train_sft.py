@@ -88,7 +88,7 @@ class Config:
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
 
     def validate(self):
-        for key in ("batch_size", "eval_interval", "log_interval", "max_new_tokens", "max_chars"):
+        for key in ("batch_size", "eval_interval", "log_interval", "max_new_tokens", "max_chars", "ptx_batch_size"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         check(self.epochs > 0 or self.max_steps > 0, "--epochs or --max_steps must be > 0")
@@ -96,6 +96,7 @@ class Config:
               "--max_steps, --eval_prompts, --warmup_steps and --grad_clip must be >= 0")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         check(0 <= self.error_rate <= 1, f"--error_rate must be in [0, 1], got {self.error_rate}")
+        check(self.ptx_coef >= 0, f"--ptx_coef must be >= 0, got {self.ptx_coef}")
         check(self.tokenizer in ("", "gpt2"), f"--tokenizer must be empty or gpt2, got {self.tokenizer!r}")
         check(self.select in ("val_loss", "gold"), f"--select must be val_loss or gold, got {self.select!r}")
 
@@ -250,11 +251,15 @@ def main(cfg):
 
     # The pretraining mix: in a model this small, SFT alone overwrites what pretraining taught (the pretraining
     # loss climbs from ~1 to ~8 nats) and the reward model, initialised from SFT, inherits the loss.
-    ptx_text = load_text(cfg.ptx_data) if cfg.ptx_data else world.corpus() if world else None
+    # L = L_SFT + γ · L_LM(pretraining text), γ = --ptx_coef
+    ptx_text = None
+    if cfg.ptx_coef > 0:
+        ptx_text = load_text(cfg.ptx_data) if cfg.ptx_data else world.corpus() if world else None
     ptx_tokens = None
-    if cfg.ptx_coef > 0 and ptx_text:
+    if ptx_text:
         ptx_tokens = torch.tensor(tokenizer.encode(ptx_text), dtype=torch.long)
-        check(len(ptx_tokens) > block_size + 1, f"{cfg.ptx_data}: too little text for one {block_size}-token window")
+        check(len(ptx_tokens) > block_size + 1,
+              f"{cfg.ptx_data or 'corpus'}: too little text for one {block_size}-token window")
     if master:
         mix = f"{cfg.ptx_coef} x LM loss on {len(ptx_tokens):,} tokens" if ptx_tokens is not None else "off"
         print(f"pretraining mix: {mix}")
