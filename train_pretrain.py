@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, load_tokenizer, model_state, rng_state,
                                 save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import load_text
+from minigpt.data import lm_windows, load_text
 from minigpt.losses import sft_loss
 from minigpt.model import GPT, GPTConfig
 from minigpt.sampling import generate
@@ -78,14 +78,11 @@ class Config:
 
 
 def get_batch(tokens, block_size, global_batch, rank, world_size, generator):
-    """Random windows of the token stream. The *global* batch is drawn with a generator shared by
-    all ranks and each rank takes its own slice, so N processes see exactly what one process with
-    N times the batch would see."""
-    starts = torch.randint(len(tokens) - block_size - 1, (global_batch,), generator=generator)
-    starts = starts[rank::world_size]
-    x = torch.stack([tokens[s: s + block_size] for s in starts])          # (B, T)
-    y = torch.stack([tokens[s + 1: s + 1 + block_size] for s in starts])  # (B, T) next tokens
-    return x, y
+    """Random windows of the token stream, x (B, T) and the next tokens y (B, T). The *global* batch is drawn
+    with a generator shared by all ranks and each rank takes its own slice, so N processes see exactly what
+    one process with N times the batch would see."""
+    x, y = lm_windows(tokens, block_size, global_batch, generator)
+    return x[rank::world_size], y[rank::world_size]
 
 
 @torch.no_grad()

@@ -382,9 +382,9 @@ def main(cfg):
                 # + γ · L_LM on pretraining windows: one global batch per step (seeded by the step), sliced by rank
                 g = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (step + 1))
                 px, py = lm_windows(ptx_tokens, block_size, cfg.ptx_batch_size * world_size, g)
-                px, py = px[rank::world_size].to(device), py[rank::world_size].to(device)
+                px, py = px[rank::world_size].to(device), py[rank::world_size].to(device)   # (b, T) each
                 with autocast(device, cfg.dtype):
-                    ptx_loss = sft_loss(model(px).float(), py, torch.ones_like(py))
+                    ptx_loss = sft_loss(model(px).float(), py, torch.ones_like(py))         # every token scored
                 (cfg.ptx_coef * ptx_loss).backward()
                 total = total + cfg.ptx_coef * ptx_loss.detach()
             if cfg.grad_clip > 0:

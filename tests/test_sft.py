@@ -10,7 +10,7 @@ import torch
 
 import train_pretrain
 import train_sft
-from minigpt.checkpoint import load_model
+from minigpt.checkpoint import load_checkpoint, load_model
 from minigpt.cli import run
 from minigpt.data import encode_prompt_response, render_prompt, sft_batch
 from minigpt.model import GPT, GPTConfig
@@ -194,6 +194,35 @@ def test_fact_recall_counts_greedy_continuations_that_start_with_the_word(pretra
     mixed = [(s, w if i % 2 else "zzzzqq") for i, (s, w) in enumerate(zip(starts, said))]
     assert train_pretrain.fact_recall(model, tok, mixed) == 0.5
     # and the probes are sentences the corpus really writes
-    from minigpt.world import CORPUS_TEMPLATES, LEXICON
+    from minigpt.facts import LEXICON
+    from minigpt.world import CORPUS_TEMPLATES
     assert [f"{start} {word}." for start, word in World.fact_probes()] == \
         [CORPUS_TEMPLATES["lexicon"][0].format(en=e.en, fr=e.fr) for e in LEXICON]
+
+
+def test_pretraining_mix_keeps_the_pretraining_loss_down(pretrained, tmp_path):
+    from minigpt.data import lm_windows
+    from minigpt.losses import sft_loss
+
+    text = tmp_path / "pretraining.txt"
+    text.write_text(World(0).corpus(20_000), encoding="utf-8")
+    data = write_demos(tmp_path, DEMOS)
+
+    def lm_loss(folder):   # of the weights after the last step (model.pt keeps the best validation loss)
+        model, tok, _ = load_model(folder)
+        model.load_state_dict(load_checkpoint(os.path.join(folder, "last.pt"))["model"])
+        tokens = torch.tensor(tok.encode(text.read_text(encoding="utf-8")), dtype=torch.long)
+        x, y = lm_windows(tokens, 64, 32, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return sft_loss(model(x), y, torch.ones_like(y)).item()
+
+    losses = {}
+    for coef in (0.0, 1.0):
+        out = str(tmp_path / f"sft_{coef}")
+        train_sft.main(tiny(pretrained, out, data=data, ptx_data=str(text), ptx_coef=coef, max_steps=30, lr=1e-2,
+                            eval_interval=30, warmup_steps=2))
+        losses[coef] = lm_loss(out)
+    rows = read_metrics(os.path.join(str(tmp_path / "sft_1.0"), "metrics.jsonl"))
+    assert any("ptx_loss" in r for r in rows)
+    # SFT alone drifts away from the pretraining text; with the mix the same steps also fit it
+    assert losses[1.0] < losses[0.0] - 0.2, losses

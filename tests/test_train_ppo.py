@@ -1,4 +1,4 @@
-"""train_ppo.py on tiny random models: the PPO sanity checks (ratio 1 at the start, recomputed log-probs equal
+"""train_ppo.py and minigpt/rollout.py on tiny random models: the PPO sanity checks (ratio 1 at the start, recomputed log-probs equal
 the sampled ones, padding changes nothing, the no-EOS penalty, the value's off-by-one) and an end-to-end run."""
 
 import json
@@ -15,6 +15,7 @@ from minigpt.checkpoint import save_model
 from minigpt.cli import run
 from minigpt.model import GPT, GPTConfig, RewardModel
 from minigpt.ppo import kl_penalty_rewards
+from minigpt.rollout import response_logprobs, response_values, rollout, score
 from minigpt.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,14 +59,14 @@ def end_early(batch, lengths, tokenizer):
 def rolled_out(tiny, cfg, seed=0, lengths=None):
     """A full rollout batch as main() builds it: logprobs, values, advantages, returns."""
     policy, value_model = tiny.policy, tiny.reward_model
-    batch = train_ppo.rollout(policy, tiny.tokenizer, TASKS, cfg.max_new_tokens, cfg.temperature,
+    batch = rollout(policy, tiny.tokenizer, TASKS, cfg.max_new_tokens, cfg.temperature,
                               torch.Generator().manual_seed(seed))
     if lengths:
         end_early(batch, lengths, tiny.tokenizer)
     with torch.no_grad():
-        logprobs = train_ppo.response_logprobs(policy, batch, cfg.temperature)
-        values = train_ppo.response_values(value_model, batch)
-        scores, _ = train_ppo.score(tiny.reward_model, batch, cfg.no_eos_penalty)
+        logprobs = response_logprobs(policy, batch, cfg.temperature)
+        values = response_values(value_model, batch)
+        scores, _ = score(tiny.reward_model, batch, cfg.no_eos_penalty)
         rewards, _ = kl_penalty_rewards(logprobs, logprobs - 0.1, scores, batch["mask"], 0.02)
         advantages, returns = train_ppo.compute_advantages(rewards, values, batch["mask"])
     batch.update(logprobs=logprobs, values=values, advantages=advantages, returns=returns)
@@ -75,16 +76,16 @@ def rolled_out(tiny, cfg, seed=0, lengths=None):
 def test_recomputed_logprobs_equal_the_sampled_ones(tiny):
     """Rollout (KV cache, left-padded prompts) and scoring (one forward) see one distribution (detail 12)."""
     for temperature in (1.0, 0.7):
-        batch = train_ppo.rollout(tiny.policy, tiny.tokenizer, TASKS, 10, temperature, torch.Generator().manual_seed(1))
+        batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 10, temperature, torch.Generator().manual_seed(1))
         assert batch["attention_mask"][:, : batch["P"]].min() == 0       # prompts of different lengths: left padding
         with torch.no_grad():
-            recomputed = train_ppo.response_logprobs(tiny.policy, batch, temperature)
+            recomputed = response_logprobs(tiny.policy, batch, temperature)
         real = batch["mask"].bool()
         assert real.sum() > len(TASKS)
         torch.testing.assert_close(recomputed[real], batch["sample_logprobs"][real], atol=1e-4, rtol=0)
         # and with a different temperature they would NOT match: the check has teeth
         with torch.no_grad():
-            other = train_ppo.response_logprobs(tiny.policy, batch, temperature * 2)
+            other = response_logprobs(tiny.policy, batch, temperature * 2)
         assert (other[real] - batch["sample_logprobs"][real]).abs().max() > 1e-2
 
 
@@ -96,11 +97,11 @@ def test_a_sampled_pad_token_mid_response_counts_as_real(tiny):
         u = torch.full((tiny.config.n_embd,), 0.15)
         policy.transformer.ln_f.bias.copy_(u)
         policy.transformer.wte.weight[tiny.tokenizer.pad_id] = 10 * u
-    batch = train_ppo.rollout(policy, tiny.tokenizer, TASKS, 8, 1.0, torch.Generator().manual_seed(5))
+    batch = rollout(policy, tiny.tokenizer, TASKS, 8, 1.0, torch.Generator().manual_seed(5))
     sampled_pad = (batch["response"] == tiny.tokenizer.pad_id) & batch["mask"].bool()
     assert sampled_pad.any()
     with torch.no_grad():
-        recomputed = train_ppo.response_logprobs(policy, batch, 1.0)
+        recomputed = response_logprobs(policy, batch, 1.0)
     real = batch["mask"].bool()
     torch.testing.assert_close(recomputed[real], batch["sample_logprobs"][real], atol=1e-4, rtol=0)
 
@@ -123,9 +124,9 @@ def test_ratio_is_exactly_one_on_the_first_minibatch_then_moves(tiny):
 
 def test_response_without_eos_gets_the_penalty(tiny):
     cfg = make_cfg(no_eos_penalty=-7.5)
-    batch = train_ppo.rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(2))
+    batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(2))
     batch["eos"] = torch.tensor([True, False] * (len(TASKS) // 2))
-    scores, rm_scores = train_ppo.score(tiny.reward_model, batch, cfg.no_eos_penalty)
+    scores, rm_scores = score(tiny.reward_model, batch, cfg.no_eos_penalty)
     assert (scores[~batch["eos"]] == -7.5).all()
     assert torch.equal(scores[batch["eos"]], rm_scores[batch["eos"]])
     # the RM score is read at each row's last real token: the same as scoring prompt + response alone
@@ -137,9 +138,9 @@ def test_response_without_eos_gets_the_penalty(tiny):
 
 
 def test_value_of_the_first_response_token_is_read_at_the_last_prompt_token(tiny):
-    batch = train_ppo.rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(3))
+    batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(3))
     with torch.no_grad():
-        values = train_ppo.response_values(tiny.reward_model, batch)               # (B, N)
+        values = response_values(tiny.reward_model, batch)               # (B, N)
         for b, task in enumerate(TASKS):
             prompt = batch["query_response"][b, : batch["P"]][batch["attention_mask"][b, : batch["P"]].bool()]
             v_prompt = tiny.reward_model(prompt[None])[0, -1]                      # V(x): before any response token

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from minigpt import world as W
-from minigpt.world import (KINDS, LEXICON, MISTAKES, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
+from minigpt.facts import LEXICON
+from minigpt.world import (KINDS, MISTAKES, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
                            demonstration, gold_agreement, gold_score, labeler_agreement, respond)
 
 
@@ -255,7 +256,8 @@ def test_task_is_hashable_and_meta_readable(world):
 
 def test_misspelling_never_reads_as_the_right_answer():
     """A 'wrong answer' that the judge scores as right would teach the reward model nonsense."""
-    from minigpt.world import LEXICON, _misspell
+    from minigpt.facts import LEXICON
+    from minigpt.world import _misspell
     rng = random.Random(0)
     for e in LEXICON:
         for _ in range(300):                    # "Bonne nuit" -> "Bonne  nuit" came up ~3% of the time

@@ -28,8 +28,8 @@ from minigpt.world import World
 from minigpt.checkpoint import load_model, load_checkpoint
 from minigpt.ppo import kl_penalty_rewards, gae, masked_whiten, masked_mean, policy_loss
 from minigpt.training import read_metrics
-# The rollout and the column bookkeeping (which logits predict which response token) are the script's own:
-from train_ppo import rollout, response_logprobs, response_values, score as final_score
+# The rollout and the column bookkeeping (which logits predict which response token), as train_ppo.py uses them:
+from minigpt.rollout import rollout, response_logprobs, response_values, score as final_score
 
 REPO = os.path.abspath("..")
 work = tempfile.mkdtemp(prefix="minigpt_nb05_")   # every output of this notebook goes here
