@@ -62,7 +62,7 @@ class Config:
     batch_size: int = field(default=16, metadata={"help": "demonstrations per step per process"})
     epochs: float = field(default=4, metadata={"help": "passes over the demonstrations (sets max_steps)"})
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = epochs * examples / global batch"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr "
                                                                "(InstructGPT: 10%)"})
