@@ -219,3 +219,23 @@ def test_real_gpt2_offline_or_working():
         return
     assert (g.eos_id, g.pad_id, g.vocab_size) == (50256, 50257, 50258)
     assert g.decode(g.encode("Hello world")) == "Hello world"
+
+
+def test_pretraining_bpe_learns_the_chat_template_from_training_prompts_only():
+    """train_pretrain.instruction_text: the BPE also sees the SFT training prompts in the chat template, so a
+    rendered test prompt takes far fewer tokens than with a corpus-only BPE; no test prompt is in that text."""
+    import train_pretrain
+    from minigpt.data import render_prompt
+    from minigpt.world import World
+
+    world = World(0)
+    extra = train_pretrain.instruction_text(world)
+    assert extra.count("### Instruction:\n") == len(world.split("sft_train"))
+    assert not any(render_prompt(t.instruction) in extra for t in world.split("test"))
+    corpus = world.corpus(120_000)
+    plain, with_prompts = Tokenizer.train(corpus, 600), Tokenizer.train(corpus + extra, 600)
+    test = [render_prompt(t.instruction) for t in world.split("test")]
+    n_plain = sum(len(plain.encode(p)) for p in test)
+    n_with = sum(len(with_prompts.encode(p)) for p in test)
+    assert n_with < 0.7 * n_plain, (n_with, n_plain)
+    assert with_prompts.decode(with_prompts.encode(test[0])) == test[0]
