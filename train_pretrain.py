@@ -1,4 +1,5 @@
-"""Stage 1: pretraining (预训练). Train a BPE tokenizer on the corpus, then a GPT from scratch to
+"""Stage 1: pretraining (预训练). Train a BPE tokenizer on the corpus (on the built-in world, plus the SFT
+training prompts in the chat template: see instruction_text), then a GPT from scratch to
 predict the next token. On the built-in world the corpus states the world's facts in plain
 sentences, so the model learns *what* is true here; SFT later teaches it *how to answer*.
 
