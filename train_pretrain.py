@@ -43,7 +43,8 @@ class Config:
                                                        "tokens (tiktoken downloads them once); or a tokenizer.json"})
     tokenizer_chars: int = field(default=1_000_000, metadata={"help": "characters of the corpus the BPE is trained on"})
     tokenizer_instructions: bool = field(default=True, metadata={"help": "built-in world: the BPE also sees the SFT "
-                                                                         "training prompts in the chat template"})
+                                                                         "training prompts in the chat template (up to "
+                                                                         "a fifth of --tokenizer_chars)"})
     # model
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
     n_head: int = field(default=4, metadata={"help": "attention heads"})
@@ -133,7 +134,7 @@ def main(cfg):
     else:
         bpe_text = train_text[: cfg.tokenizer_chars]
         if not cfg.data and cfg.tokenizer_instructions:
-            bpe_text += instruction_text(world)
+            bpe_text += instruction_text(world)[: cfg.tokenizer_chars // 5]  # the corpus still decides most merges
         tokenizer = Tokenizer.train(bpe_text, cfg.vocab_size)
         if master:
             print(f"tokenizer: {tokenizer.vocab_size} tokens trained on {len(bpe_text):,} characters in "
