@@ -91,9 +91,10 @@ def get_batch(tokens, block_size, global_batch, rank, world_size, generator):
 
 def instruction_text(world):
     """The world's SFT training prompts in the chat template, one per line. Trained on the corpus alone, the BPE
-    splits "### Instruction:" and "Translate" into letters (the corpus never says them): a prompt took 42 tokens;
-    with these it takes 22, so every later stage runs on half the tokens. (Real tokenizers are trained on text
-    that includes chat-formatted data for the same reason.) Only training prompts: no test prompt is seen."""
+    splits "### Instruction:" and "Translate" into letters (the corpus never says them): a test prompt with its
+    answer took 42 tokens; with these it takes 22, so every later stage runs on half the tokens. (Real
+    tokenizers are trained on text that includes chat-formatted data for the same reason.) Only training
+    prompts: no test prompt is seen."""
     return "".join(render_prompt(task.instruction) + "\n" for task in world.split("sft_train"))
 
 
