@@ -195,7 +195,7 @@ def test_fact_recall_counts_greedy_continuations_that_start_with_the_word(pretra
     assert train_pretrain.fact_recall(model, tok, mixed) == 0.5
     # and the probes are sentences the corpus really writes
     from minigpt.facts import LEXICON
-    from minigpt.world import CORPUS_TEMPLATES
+    from minigpt.corpus import CORPUS_TEMPLATES
     assert [f"{start} {word}." for start, word in World.fact_probes()] == \
         [CORPUS_TEMPLATES["lexicon"][0].format(en=e.en, fr=e.fr) for e in LEXICON]
 

@@ -114,7 +114,7 @@ def test_judge_survives_arbitrary_text(world):
 def test_world_and_data_import_without_torch():
     import subprocess
     import sys
-    code = "import sys, minigpt.world, minigpt.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, minigpt.world, minigpt.corpus, minigpt.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     repo_root = __file__.rsplit("/tests/", 1)[0]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
 
