@@ -111,8 +111,8 @@ class Config:
         check(self.max_kl > 0 and self.kl_budget > 0, "--max_kl and --kl_budget must be > 0")
 
 
-# ---- the pieces of one iteration (each used by main and by tests/test_train_ppo.py); the rollout and the
-# ---- per-token log-probs, values and scores it feeds are in minigpt/rollout.py -----------------------------
+# ---- the pieces of one iteration (each used by main and by tests/test_train_ppo.py) -------------------------
+# The rollout, and the per-token log-probs, values and scores read from it, are in minigpt/rollout.py.
 
 def whiten(x, mask):
     """masked_whiten over the whole batch: with several processes the mean and variance are those of ALL

@@ -1,5 +1,5 @@
 """Stage 1: pretraining (预训练). Train a BPE tokenizer on the corpus (on the built-in world, plus the SFT
-training prompts in the chat template: see instruction_text), then a GPT from scratch to
+training prompts in the chat template: see bpe_text), then a GPT from scratch to
 predict the next token. On the built-in world the corpus states the world's facts in plain
 sentences, so the model learns *what* is true here; SFT later teaches it *how to answer*.
 
@@ -41,10 +41,8 @@ class Config:
     vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size, the two special tokens included"})
     tokenizer: str = field(default="", metadata={"help": "empty = train our BPE on the corpus; gpt2 = GPT-2's 50,257 "
                                                        "tokens (tiktoken downloads them once); or a tokenizer.json"})
-    tokenizer_chars: int = field(default=1_000_000, metadata={"help": "characters of the corpus the BPE is trained on"})
-    tokenizer_instructions: bool = field(default=True, metadata={"help": "built-in world: the BPE also sees the SFT "
-                                                                         "training prompts in the chat template (up to "
-                                                                         "a fifth of --tokenizer_chars)"})
+    tokenizer_chars: int = field(default=1_000_000, metadata={"help": "characters of the corpus the BPE is trained on "
+                                                             "(the world's SFT prompts add up to a fifth more)"})
     # model
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
     n_head: int = field(default=4, metadata={"help": "attention heads"})
@@ -89,13 +87,18 @@ def get_batch(tokens, block_size, global_batch, rank, world_size, generator):
     return x[rank::world_size], y[rank::world_size]
 
 
-def instruction_text(world):
-    """The world's SFT training prompts in the chat template, one per line. Trained on the corpus alone, the BPE
-    splits "### Instruction:" and "Translate" into letters (the corpus never says them): a test prompt with its
-    answer took 42 tokens; with these it takes 22, so every later stage runs on half the tokens. (Real
-    tokenizers are trained on text that includes chat-formatted data for the same reason.) Only training
-    prompts: no test prompt is seen."""
-    return "".join(render_prompt(task.instruction) + "\n" for task in world.split("sft_train"))
+def bpe_text(train_text, n_chars, world=None):
+    """The text the BPE is trained on: the corpus's first n_chars characters and, on the built-in world, its SFT
+    training prompts in the chat template (at most n_chars / 5 of them, so the corpus still decides most merges).
+
+    Trained on the corpus alone, the BPE splits "### Instruction:" and "Translate" into letters (the corpus never
+    says them): a test prompt with its answer took 42 tokens; with the prompts it takes 22, so every later stage
+    runs on half the tokens. (Real tokenizers are trained on text that includes chat-formatted data for the same
+    reason.) Only training prompts: no test prompt is seen."""
+    if world is None:
+        return train_text[:n_chars]
+    prompts = "".join(render_prompt(task.instruction) + "\n" for task in world.split("sft_train"))
+    return train_text[:n_chars] + prompts[: n_chars // 5]
 
 
 @torch.no_grad()
@@ -116,6 +119,7 @@ def main(cfg):
 
     # ---- data and tokenizer ----
     t0 = time.time()
+    world = None
     if cfg.data:
         text = load_text(cfg.data)
         cut = int(len(text) * 0.95)
@@ -133,12 +137,10 @@ def main(cfg):
         except ValueError as e:
             raise UserError(f"--tokenizer: {e}") from None
     else:
-        bpe_text = train_text[: cfg.tokenizer_chars]
-        if not cfg.data and cfg.tokenizer_instructions:
-            bpe_text += instruction_text(world)[: cfg.tokenizer_chars // 5]  # the corpus still decides most merges
-        tokenizer = Tokenizer.train(bpe_text, cfg.vocab_size)
+        tokenizer_text = bpe_text(train_text, cfg.tokenizer_chars, world)
+        tokenizer = Tokenizer.train(tokenizer_text, cfg.vocab_size)
         if master:
-            print(f"tokenizer: {tokenizer.vocab_size} tokens trained on {len(bpe_text):,} characters in "
+            print(f"tokenizer: {tokenizer.vocab_size} tokens trained on {len(tokenizer_text):,} characters in "
                   f"{time.time() - t0:.1f}s")
     train_tokens = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
     val_tokens = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
@@ -250,7 +252,7 @@ def main(cfg):
                      {"pretraining loss": ["train_loss", "val_loss"]}, title="pretraining")
         summary = {"best_val_loss": best_val, "steps": step, "seconds": time.time() - start_time,
                    "params": raw_model.num_params(), "train_tokens": len(train_tokens), "skipped_steps": guard.skipped}
-        if not cfg.data:   # the world's lexicon: learnt only late (at the default size, between steps 600 and 1000)
+        if world is not None:   # the world's lexicon: learnt only late (at the default size, between steps 600 and 1000)
             best_model = load_model(cfg.out_dir)[0].to(device)
             summary["fact_recall"] = fact_recall(best_model, tokenizer, World.fact_probes())
             print(f"facts recalled: {summary['fact_recall']:.0%} of \"The French word for <english> is\" sentences")

@@ -222,19 +222,23 @@ def test_real_gpt2_offline_or_working():
 
 
 def test_pretraining_bpe_learns_the_chat_template_from_training_prompts_only():
-    """train_pretrain.instruction_text: the BPE also sees the SFT training prompts in the chat template, so a
-    rendered test prompt takes far fewer tokens than with a corpus-only BPE; no test prompt is in that text."""
-    import train_pretrain
+    """train_pretrain.bpe_text: on the built-in world the BPE also sees the SFT training prompts in the chat template
+    (at most a fifth of the corpus sample, no test prompt), so a rendered test prompt takes far fewer tokens than
+    with a corpus-only BPE; on the user's own text (no world) it is the corpus sample alone."""
+    from train_pretrain import bpe_text
     from minigpt.data import render_prompt
     from minigpt.world import World
 
     world = World(0)
-    extra = train_pretrain.instruction_text(world)
-    assert extra.count("### Instruction:\n") == len(world.split("sft_train"))
-    assert not any(render_prompt(t.instruction) in extra for t in world.split("test"))
     corpus = world.corpus(120_000)
-    plain, with_prompts = Tokenizer.train(corpus, 600), Tokenizer.train(corpus + extra, 600)
+    assert bpe_text(corpus, 100_000) == corpus[:100_000]
+    text = bpe_text(corpus, 100_000, world)
+    assert text.startswith(corpus[:100_000]) and len(text) == 120_000            # capped at 100,000 / 5
+    everything = bpe_text(corpus, 10_000_000, world)[len(corpus):]              # no cap: all the prompts
+    assert everything.count("### Instruction:\n") == len(world.split("sft_train"))
     test = [render_prompt(t.instruction) for t in world.split("test")]
+    assert not any(p in everything for p in test)
+    plain, with_prompts = Tokenizer.train(corpus, 600), Tokenizer.train(bpe_text(corpus, 120_000, world), 600)
     n_plain = sum(len(plain.encode(p)) for p in test)
     n_with = sum(len(with_prompts.encode(p)) for p in test)
     assert n_with < 0.7 * n_plain, (n_with, n_plain)

@@ -1,5 +1,6 @@
-"""train_ppo.py and minigpt/rollout.py on tiny random models: the PPO sanity checks (ratio 1 at the start, recomputed log-probs equal
-the sampled ones, padding changes nothing, the no-EOS penalty, the value's off-by-one) and an end-to-end run."""
+"""train_ppo.py and minigpt/rollout.py on tiny random models: the PPO sanity checks (ratio 1 at the start,
+recomputed log-probs equal the sampled ones, padding changes nothing, the no-EOS penalty, the value's off-by-one)
+and an end-to-end run."""
 
 import json
 import os
@@ -60,7 +61,7 @@ def rolled_out(tiny, cfg, seed=0, lengths=None):
     """A full rollout batch as main() builds it: logprobs, values, advantages, returns."""
     policy, value_model = tiny.policy, tiny.reward_model
     batch = rollout(policy, tiny.tokenizer, TASKS, cfg.max_new_tokens, cfg.temperature,
-                              torch.Generator().manual_seed(seed))
+                    torch.Generator().manual_seed(seed))
     if lengths:
         end_early(batch, lengths, tiny.tokenizer)
     with torch.no_grad():
