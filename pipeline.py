@@ -133,6 +133,8 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
         "models": models,
         "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman")},
         "rm_per_mistake_accuracy": rm.get("per_mistake_accuracy"),
+        "rm_on_policy": {"pairs": rm.get("on_policy_pairs"), "reward_model": rm.get("on_policy_gold_accuracy"),
+                         "sft_likelihood": (rm.get("sft_likelihood") or {}).get("on_policy_gold_accuracy")},
         "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
         "seed": seed, "ptx_coef": ptx_coef, "kl_coef": ppo.get("kl_coef"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
@@ -160,6 +162,11 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
     if report["rm_per_mistake_accuracy"]:
         lines += ["| the worse response's mistake | RM accuracy |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in report["rm_per_mistake_accuracy"].items()] + [""]
+    o = report["rm_on_policy"]
+    if o["pairs"]:
+        lines += [f"On the {o['pairs']} held-out pairs of two SFT samples (what PPO will see), the reward model "
+                  f"orders {_fmt(o['reward_model'])} of them like the gold judge; the SFT model's own log-likelihood, "
+                  f"used as the ranker, {_fmt(o['sft_likelihood'])}.", ""]
     lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     lines += ["", "## Plots", ""]

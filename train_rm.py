@@ -32,7 +32,7 @@ from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_prompt_response, load_comparisons, render_prompt
 from minigpt.evaluation import spearman
-from minigpt.losses import rm_batch_loss
+from minigpt.losses import rm_batch_loss, token_logprobs
 from minigpt.model import GPT, RewardModel
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
                               cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
@@ -208,6 +208,22 @@ def demonstrations_for_bias(cfg, world, train):
     return [t.instruction for t in tasks], [world.demonstration(t, rng)[0] for t in tasks]
 
 
+@torch.no_grad()
+def sft_loglikelihoods(sft, tokenizer, records, rankings, device):
+    """log π_SFT(y | x) = Σ_t log π_SFT(y_t | x, y_<t) of each response (its end-of-text included), one (K_b,)
+    tensor per ranking, like all_rewards: the SFT model's own opinion of each response, set beside the RM's."""
+    out = []
+    for rec, seqs in zip(records, rankings):
+        idx, _ = right_pad(seqs, tokenizer.pad_id)                                     # (K, T)
+        logp = token_logprobs(sft(idx[:, :-1].to(device)), idx[:, 1:].to(device))   # (K, T-1): predicts idx[:, 1:]
+        response = torch.zeros_like(logp)
+        for k, (seq, y) in enumerate(zip(seqs, rec["responses"])):
+            n = min(len(tokenizer.encode(y)) + 1, len(seq) - 1)                    # response + eos: the last n ids
+            response[k, len(seq) - 1 - n: len(seq) - 1] = 1
+        out.append((logp * response).sum(1).cpu())
+    return out
+
+
 # ---- held-out report ------------------------------------------------------------------------------------
 
 def pairs_of(n):
@@ -226,10 +242,11 @@ def report(records, rewards):
            "loss": rm_batch_loss(rewards)[0].item() if rewards else float("nan")}
     if not records or "gold" not in records[0]:
         return out
-    gold_hits, per_mistake, ceiling = [], {}, []
+    gold_hits, per_mistake, ceiling, on_policy = [], {}, [], []
     for rec, r in zip(records, rewards):
         g = rec["gold"]
         mistakes = rec.get("mistakes") or [None] * len(g)
+        sources = rec.get("sources") or [None] * len(g)
         for i, j in pairs_of(len(g)):
             if g[i] == g[j]:
                 continue
@@ -238,6 +255,8 @@ def report(records, rewards):
             hit = credit(r[win].item(), r[lose].item())         # reward orders the pair like gold
             gold_hits.append(hit)
             per_mistake.setdefault(mistakes[lose] or "none", []).append(hit)
+            if sources[i] == sources[j] == "policy":            # two of the policy's own samples: what PPO sees
+                on_policy.append(hit)
     xs = [x.item() for r in rewards for x in r]
     gs = [g for rec in records for g in rec["gold"]]
     out.update({
@@ -246,6 +265,8 @@ def report(records, rewards):
         "spearman": spearman(xs, gs),
         "per_mistake_accuracy": {k: sum(v) / len(v) for k, v in sorted(per_mistake.items())},
         "per_mistake_pairs": {k: len(v) for k, v in sorted(per_mistake.items())},
+        "on_policy_gold_accuracy": sum(on_policy) / len(on_policy) if on_policy else None,
+        "on_policy_pairs": len(on_policy),
         "rewards": xs, "golds": gs,
         "mistakes": [m or "none" for rec in records for m in (rec.get("mistakes") or [None] * len(rec["gold"]))],
     })
@@ -420,12 +441,17 @@ def main(cfg):
                       "pair accuracy": ["train_accuracy", "val_accuracy", "val_gold_accuracy"]}, title="reward model")
         if "spearman" in rep:
             plot_scatter(os.path.join(cfg.out_dir, "reward_vs_gold.png"), rep)
+            # a yardstick: the SFT model's own log-likelihood of each response, used as if it were the reward
+            lik = report(val_recs, sft_loglikelihoods(sft.to(device).eval(), tokenizer, val_recs, val, device))
         summary = {
             "accuracy": rep["accuracy"], "gold_accuracy": rep.get("gold_accuracy"),
             "labeler_agreement": two_labeller_agreement(cfg, world, val_recs) if world else None,
             "ceiling": rep.get("ceiling"),
             "spearman": None if math.isnan(rep.get("spearman", math.nan)) else rep["spearman"],
             "per_mistake_accuracy": rep.get("per_mistake_accuracy"), "per_mistake_pairs": rep.get("per_mistake_pairs"),
+            "on_policy_gold_accuracy": rep.get("on_policy_gold_accuracy"), "on_policy_pairs": rep.get("on_policy_pairs"),
+            "sft_likelihood": {k: lik[k] for k in ("gold_accuracy", "on_policy_gold_accuracy", "spearman")}
+                              if "spearman" in rep else None,
             "val_loss": rep["loss"], "bias": shift, "bias_demonstrations": len(demos),
             "n_train_prompts": len(train), "n_val_prompts": len(val), "K": label_summary(cfg).get("K", K),
             "mean_ranked": sum(map(len, train)) / len(train),
@@ -440,6 +466,11 @@ def main(cfg):
         if summary["per_mistake_accuracy"]:
             print("accuracy by the loser's mistake: " + ", ".join(
                 f"{k} {v:.2f} ({summary['per_mistake_pairs'][k]})" for k, v in summary["per_mistake_accuracy"].items()))
+        if summary["sft_likelihood"] and summary["on_policy_pairs"]:
+            print(f"on pairs of the policy's own samples the reward model orders {fmt(summary['on_policy_gold_accuracy'])} "
+                  f"like gold ({summary['on_policy_pairs']} pairs); the SFT model's log-likelihood as the ranker: "
+                  f"{fmt(summary['sft_likelihood']['on_policy_gold_accuracy'])} (all pairs: "
+                  f"{fmt(summary['sft_likelihood']['gold_accuracy'])})")
         print(f"bias shift {shift:+.4f} (demonstrations now average 0); done in {summary['seconds']:.0f}s; "
               f"weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()

@@ -14,6 +14,7 @@ import label
 import train_rm
 from minigpt.checkpoint import load_model, save_model
 from minigpt.cli import run
+from minigpt.data import render_prompt
 from minigpt.model import GPT, GPTConfig, RewardModel
 from minigpt.sampling import left_pad
 from minigpt.tokenizer import Tokenizer
@@ -115,6 +116,32 @@ def pairs_file(tmp_path):
     return str(path)
 
 
+def test_sft_loglikelihood_matches_token_by_token_reference(tokenizer):
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(block_size=128, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:4]}, {"prompt": PROMPTS[1], "responses": RESPONSES[3:]}]
+    got = train_rm.sft_loglikelihoods(lm, tokenizer, records, train_rm.encode_rankings(tokenizer, records, 128), "cpu")
+    for rec, lls in zip(records, got):
+        for y, ll in zip(rec["responses"], lls):
+            # slow: feed the prompt, then each response token (and the eos) one at a time
+            ids = tokenizer.encode(render_prompt(rec["prompt"]))
+            want = 0.0
+            for t in tokenizer.encode(y) + [tokenizer.eos_id]:
+                with torch.no_grad():
+                    want += torch.log_softmax(lm(torch.tensor([ids]))[0, -1].double(), -1)[t].item()
+                ids = ids + [t]
+            assert ll.item() == pytest.approx(want, abs=1e-4)
+
+
+def test_report_counts_on_policy_pairs_only_between_two_policy_samples():
+    records = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "gold": [1.0, 0.5, 0.2, 0.0],
+                "mistakes": [None, "policy", "format", "policy"], "sources": ["policy", "policy", "demo", "policy"]}]
+    # gold order a > b > c > d; rewards order a > d > c > b: of the policy pairs (a,b) (a,d) (b,d), (b,d) is wrong
+    rep = train_rm.report(records, [torch.tensor([3.0, 0.0, 1.0, 2.0])])
+    assert rep["on_policy_pairs"] == 3 and rep["on_policy_gold_accuracy"] == pytest.approx(2 / 3)
+    assert rep["gold_accuracy"] == pytest.approx(3 / 6)   # right: (a,b) (a,c) (a,d); wrong: (b,c) (b,d) (c,d)
+
+
 def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
     data = pairs_file(tmp_path)
     tiny = dict(sft=sft, data=data, batch_size=4, eval_interval=3, log_interval=1, device="cpu", epochs=2,
@@ -152,7 +179,7 @@ def test_end_to_end_on_labels(sft, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.load(open(os.path.join(out, "summary.json")))
     for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "per_mistake_accuracy", "bias",
-                "n_train_prompts", "K", "seconds"):
+                "n_train_prompts", "K", "seconds", "on_policy_pairs", "sft_likelihood"):
         assert summary[key] is not None, key
     assert 0 <= summary["accuracy"] <= 1 and -1 <= summary["spearman"] <= 1 and summary["K"] == 2 + 2 + 1 + 4
     for name in ("model.pt", "last.pt", "tokenizer.json", "config.json", "metrics.jsonl", "loss.png",
