@@ -19,7 +19,7 @@ that sampled the batch, so one batch can be reused for several epochs.
 Four models: the policy (starts as the SFT model, trained), the reference (a frozen copy of the SFT model),
 the reward model (frozen) and the value model (starts as the reward model, trained).
 
-    python train_ppo.py                                       # out/sft + out/rm -> out/ppo, ~1.5 minutes
+    python train_ppo.py                                       # out/sft + out/rm -> out/ppo, about 1 minute
     python train_ppo.py --ptx_coef=1 --out_dir=out/ppo_ptx    # PPO-ptx
     torchrun --standalone --nproc_per_node=2 train_ppo.py     # each process rolls out its own prompts
 """
