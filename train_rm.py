@@ -9,7 +9,7 @@ element (K forward passes instead of C(K,2); shuffled pairs over-fit in a single
 The reward is read at the last real token (the end-of-text) of prompt ⊕ response ⊕ eos, rendered with the
 same template as SFT. After training, the head's bias is shifted so the demonstrations score 0 on average.
 
-    python train_rm.py                         # out/labels (label.py) -> out/rm, about 80 s on 2 cores
+    python train_rm.py                         # out/labels (label.py) -> out/rm, about 70 s on 2 cores
     python train_rm.py --data=pairs.jsonl      # your comparisons: ranked lists or {"prompt","chosen","rejected"}
     torchrun --standalone --nproc_per_node=2 train_rm.py
 """
