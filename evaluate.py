@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
 from minigpt.cli import UserError, check, run
 from minigpt.evaluation import mean_ci95, win_rate
-from minigpt.losses import token_logprobs
+from minigpt.losses import sequence_logprob
 from minigpt.respond import respond
 from minigpt.training import pick_device
 from minigpt.world import World
@@ -99,16 +99,15 @@ def join_rows(prompts, tokens, pad_id):
 
 
 @torch.no_grad()
-def sequence_logprob(model, prompts, tokens, pad_id, temperature, batch_size):
-    """Σ_t log π(y_t | x, y_<t) over each response's tokens, at `temperature` -> (B,)."""
+def logprob_of_responses(model, prompts, tokens, pad_id, temperature, batch_size):
+    """log π(y | x) of each response (pad removed), at `temperature` -> (B,)."""
     out = []
     device = next(model.parameters()).device
     for i in range(0, len(prompts), batch_size):
         idx, _, response = join_rows(prompts[i: i + batch_size], tokens[i: i + batch_size], pad_id)
         idx, response = idx.to(device), response.to(device)
         logits = model(idx[:, :-1])                                          # (B, T-1, V): predicts idx[:, 1:]
-        lp = token_logprobs(logits, idx[:, 1:], temperature)                 # (B, T-1)
-        out.append((lp * response[:, 1:]).sum(1).cpu())
+        out.append(sequence_logprob(logits, idx[:, 1:], response[:, 1:], temperature).cpu())
     return torch.cat(out)
 
 
@@ -272,8 +271,8 @@ def main(cfg):
         if ref and temperature > 0:
             if n == 1:
                 # KL(π || π_ref) ≈ mean over responses y ~ π of Σ_t [log π(y_t|·) − log π_ref(y_t|·)]
-                logp = sequence_logprob(model, ans["prompts"], ans["tokens"], tok.pad_id, temperature, cfg.batch_size)
-                ref_logp = sequence_logprob(ref[0], ans["prompts"], ans["tokens"], tok.pad_id, temperature,
+                logp = logprob_of_responses(model, ans["prompts"], ans["tokens"], tok.pad_id, temperature, cfg.batch_size)
+                ref_logp = logprob_of_responses(ref[0], ans["prompts"], ans["tokens"], tok.pad_id, temperature,
                                             cfg.batch_size)
                 kl = (logp - ref_logp).mean().item()
             elif os.path.samefile(folder, cfg.ref):

@@ -31,8 +31,8 @@ from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_
                                 save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_prompt_response, load_comparisons, render_prompt
-from minigpt.evaluation import spearman
-from minigpt.losses import rm_batch_loss, token_logprobs
+from minigpt.evaluation import ranking_report
+from minigpt.losses import rm_batch_loss, sequence_logprob
 from minigpt.model import GPT, RewardModel
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
                               cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
@@ -116,14 +116,16 @@ def world_of(cfg, records):
 
 
 def encode(tokenizer, prompt, response, block_size):
-    """render_prompt(prompt) + response + eos (the SFT template) as token ids. Too long: the prompt's start is
-    cut, never the end-of-text the reward is read at (PPO keeps a prompt's last tokens too)."""
-    return encode_prompt_response(tokenizer, render_prompt(prompt), response, sys.maxsize)[0][-block_size:]
+    """render_prompt(prompt) + response + eos (the SFT template) -> (token ids, 1 on the response and its eos).
+    Too long: the prompt's start is cut, never the end-of-text the reward is read at (PPO keeps a prompt's last
+    tokens too)."""
+    ids, mask = encode_prompt_response(tokenizer, render_prompt(prompt), response, sys.maxsize)
+    return ids[-block_size:], mask[-block_size:]
 
 
 def encode_rankings(tokenizer, records, block_size):
     """Each ranking -> list of token-id lists, best..worst."""
-    return [[encode(tokenizer, r["prompt"], y, block_size) for y in r["responses"]] for r in records]
+    return [[encode(tokenizer, r["prompt"], y, block_size)[0] for y in r["responses"]] for r in records]
 
 
 def right_pad(seqs, pad_id):
@@ -187,7 +189,8 @@ def all_rewards(scorer, rankings, pad_id, device, batch=64):
 
 def center_on_demonstrations(reward_model, tokenizer, prompts, responses, device):
     """Shift the head's bias so that the mean reward of (prompt, demonstration) pairs is exactly 0 -> shift."""
-    seqs = [[encode(tokenizer, p, y, reward_model.config.block_size)] for p, y in zip(prompts, responses)]
+    seqs = encode_rankings(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, responses)],
+                           reward_model.config.block_size)
     was_training = reward_model.training
     reward_model.eval()
     mean = torch.cat(all_rewards(reward_model.score, seqs, tokenizer.pad_id, device)).double().mean().item()
@@ -209,67 +212,25 @@ def demonstrations_for_bias(cfg, world, train):
 
 
 @torch.no_grad()
-def sft_loglikelihoods(sft, tokenizer, records, rankings, device):
-    """log π_SFT(y | x) = Σ_t log π_SFT(y_t | x, y_<t) of each response (its end-of-text included), one (K_b,)
-    tensor per ranking, like all_rewards: the SFT model's own opinion of each response, set beside the RM's."""
+def sft_loglikelihoods(sft, tokenizer, records, device):
+    """log π_SFT(y | x) of each response (its end-of-text included), one (K_b,) tensor per ranking, like
+    all_rewards: the SFT model's own opinion of each response, set beside the reward model's."""
     out = []
-    for rec, seqs in zip(records, rankings):
-        idx, _ = right_pad(seqs, tokenizer.pad_id)                                     # (K, T)
-        logp = token_logprobs(sft(idx[:, :-1].to(device)), idx[:, 1:].to(device))   # (K, T-1): predicts idx[:, 1:]
-        response = torch.zeros_like(logp)
-        for k, (seq, y) in enumerate(zip(seqs, rec["responses"])):
-            n = min(len(tokenizer.encode(y)) + 1, len(seq) - 1)                    # response + eos: the last n ids
-            response[k, len(seq) - 1 - n: len(seq) - 1] = 1
-        out.append((logp * response).sum(1).cpu())
+    for rec in records:
+        rows = [encode(tokenizer, rec["prompt"], y, sft.config.block_size) for y in rec["responses"]]
+        idx, _ = right_pad([ids for ids, _ in rows], tokenizer.pad_id)                      # (K, T)
+        response, _ = right_pad([mask for _, mask in rows], 0)                              # (K, T) 1 on y ⊕ eos
+        logits = sft(idx[:, :-1].to(device))                                                # predicts idx[:, 1:]
+        out.append(sequence_logprob(logits, idx[:, 1:].to(device), response[:, 1:].to(device)).cpu())
     return out
 
 
 # ---- held-out report ------------------------------------------------------------------------------------
 
-def pairs_of(n):
-    return [(i, j) for i in range(n) for j in range(i + 1, n)]
-
-
-def credit(a, b):
-    """1 if reward a > reward b, 1/2 for a tie (an untrained reward model scores 1/2, not 0), else 0."""
-    return 1.0 if a > b else 0.5 if a == b else 0.0
-
-
 def report(records, rewards):
-    """Held-out metrics of rewards (list of (K_b,) tensors) on ranked records (best..worst)."""
-    hits = [credit(r[i].item(), r[j].item()) for r in rewards for i, j in pairs_of(len(r))]
-    out = {"accuracy": sum(hits) / max(len(hits), 1),                       # vs the held-out labels
-           "loss": rm_batch_loss(rewards)[0].item() if rewards else float("nan")}
-    if not records or "gold" not in records[0]:
-        return out
-    gold_hits, per_mistake, ceiling, on_policy = [], {}, [], []
-    for rec, r in zip(records, rewards):
-        g = rec["gold"]
-        mistakes = rec.get("mistakes") or [None] * len(g)
-        sources = rec.get("sources") or [None] * len(g)
-        for i, j in pairs_of(len(g)):
-            if g[i] == g[j]:
-                continue
-            ceiling.append(g[i] > g[j])                        # label order agrees with gold
-            win, lose = (i, j) if g[i] > g[j] else (j, i)
-            hit = credit(r[win].item(), r[lose].item())         # reward orders the pair like gold
-            gold_hits.append(hit)
-            per_mistake.setdefault(mistakes[lose] or "none", []).append(hit)
-            if sources[i] == sources[j] == "policy":            # two of the policy's own samples: what PPO sees
-                on_policy.append(hit)
-    xs = [x.item() for r in rewards for x in r]
-    gs = [g for rec in records for g in rec["gold"]]
-    out.update({
-        "gold_accuracy": sum(gold_hits) / max(len(gold_hits), 1),
-        "ceiling": sum(ceiling) / max(len(ceiling), 1),
-        "spearman": spearman(xs, gs),
-        "per_mistake_accuracy": {k: sum(v) / len(v) for k, v in sorted(per_mistake.items())},
-        "per_mistake_pairs": {k: len(v) for k, v in sorted(per_mistake.items())},
-        "on_policy_gold_accuracy": sum(on_policy) / len(on_policy) if on_policy else None,
-        "on_policy_pairs": len(on_policy),
-        "rewards": xs, "golds": gs,
-        "mistakes": [m or "none" for rec in records for m in (rec.get("mistakes") or [None] * len(rec["gold"]))],
-    })
+    """Held-out metrics (minigpt.evaluation.ranking_report) of rewards (list of (K_b,) tensors), plus the loss."""
+    out = ranking_report(records, [r.tolist() for r in rewards])
+    out["loss"] = rm_batch_loss(rewards)[0].item() if rewards else float("nan")
     return out
 
 
@@ -442,7 +403,7 @@ def main(cfg):
         if "spearman" in rep:
             plot_scatter(os.path.join(cfg.out_dir, "reward_vs_gold.png"), rep)
             # a yardstick: the SFT model's own log-likelihood of each response, used as if it were the reward
-            lik = report(val_recs, sft_loglikelihoods(sft.to(device).eval(), tokenizer, val_recs, val, device))
+            lik = report(val_recs, sft_loglikelihoods(sft.to(device).eval(), tokenizer, val_recs, device))
         summary = {
             "accuracy": rep["accuracy"], "gold_accuracy": rep.get("gold_accuracy"),
             "labeler_agreement": two_labeller_agreement(cfg, world, val_recs) if world else None,

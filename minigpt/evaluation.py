@@ -1,9 +1,10 @@
-"""Statistics for evaluation: confidence intervals, win rates, rank correlation, pair accuracy.
+"""Statistics for evaluation: confidence intervals, win rates, rank correlation, how well scores order rankings.
 
 Pure python + numpy (no torch), so evaluate.py and notebooks can use it on plain lists of scores.
 """
 
 import math
+from itertools import combinations
 
 import numpy as np
 
@@ -70,13 +71,49 @@ def spearman(x, y):
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
-# accuracy = mean_i [r_chosen_i > r_rejected_i]
-def pairwise_accuracy(pairs):
-    """Fraction of (r_chosen, r_rejected) pairs the reward model orders correctly (ties are wrong).
+# accuracy = mean over pairs (i above j in a ranking) of [r_i > r_j], a tie counting 1/2
+def ranking_report(records, rewards):
+    """How well scores order ranked responses. records: {"responses": best..worst, optional "gold", "mistakes",
+    "sources"} (label.py's format); rewards: one list of floats per record, in the same order.
 
-    NaN for no pairs.
+    accuracy        pairs ordered like the labels
+    gold_accuracy   pairs of different gold score ordered like gold; ceiling: how often the labels do so
+    per_mistake     gold_accuracy by the worse response's mistake;  on_policy: between two policy samples
+    spearman        rank correlation of every score with its gold score
     """
-    pairs = list(pairs)
-    if not pairs:
-        return float("nan")
-    return sum(1 for chosen, rejected in pairs if chosen > rejected) / len(pairs)
+    def credit(a, b):   # an untrained model that scores everything alike gets 1/2, not 0
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    hits = [credit(r[i], r[j]) for r in rewards for i, j in combinations(range(len(r)), 2)]
+    out = {"accuracy": sum(hits) / max(len(hits), 1)}
+    if not records or "gold" not in records[0]:
+        return out
+    gold_hits, per_mistake, ceiling, on_policy = [], {}, [], []
+    for rec, r in zip(records, rewards):
+        g = rec["gold"]
+        mistakes = rec.get("mistakes") or [None] * len(g)
+        sources = rec.get("sources") or [None] * len(g)
+        for i, j in combinations(range(len(g)), 2):
+            if g[i] == g[j]:
+                continue
+            ceiling.append(g[i] > g[j])                        # label order agrees with gold
+            win, lose = (i, j) if g[i] > g[j] else (j, i)
+            hit = credit(r[win], r[lose])                       # the scores order the pair like gold
+            gold_hits.append(hit)
+            per_mistake.setdefault(mistakes[lose] or "none", []).append(hit)
+            if sources[i] == sources[j] == "policy":            # two of the policy's own samples: what PPO sees
+                on_policy.append(hit)
+    xs = [x for r in rewards for x in r]
+    gs = [g for rec in records for g in rec["gold"]]
+    out.update({
+        "gold_accuracy": sum(gold_hits) / max(len(gold_hits), 1),
+        "ceiling": sum(ceiling) / max(len(ceiling), 1),
+        "spearman": spearman(xs, gs),
+        "per_mistake_accuracy": {k: sum(v) / len(v) for k, v in sorted(per_mistake.items())},
+        "per_mistake_pairs": {k: len(v) for k, v in sorted(per_mistake.items())},
+        "on_policy_gold_accuracy": sum(on_policy) / len(on_policy) if on_policy else None,
+        "on_policy_pairs": len(on_policy),
+        "rewards": xs, "golds": gs,
+        "mistakes": [m or "none" for rec in records for m in (rec.get("mistakes") or [None] * len(rec["gold"]))],
+    })
+    return out

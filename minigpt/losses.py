@@ -22,6 +22,12 @@ def token_logprobs(logits, tokens, temperature=1.0):
     return picked - torch.logsumexp(logits, dim=-1)                        # (B, T)
 
 
+# log π(y | x) = Σ_t log π(y_t | x, y_<t): a whole response's log-probability, summed over its tokens only
+def sequence_logprob(logits, tokens, mask, temperature=1.0):
+    """logits (B, T, V) that predict tokens (B, T); mask (B, T) 1 on the response's tokens -> (B,) float32."""
+    return (token_logprobs(logits, tokens, temperature) * mask).sum(-1)
+
+
 # L_SFT = sum_t CE(logits_t, target_t) * mask_t / sum_t mask_t
 def sft_loss(logits, targets, loss_mask, n_tokens=None):
     """Mean next-token cross-entropy over the positions where loss_mask is 1 (the response).

@@ -2,9 +2,11 @@
 
 InstructGPT needs three things we cannot hire on a laptop: users who write prompts, labellers who write
 demonstrations, and labellers who rank model outputs. This file simulates all three over a toy world whose
-every fact is known (minigpt/facts.py), so the gold judge `gold_score` can say exactly how good any response is.
+every fact is known (minigpt/facts.py), so the gold judge (minigpt/judge.py) can say exactly how good any
+response is.
 
   * tasks        six kinds of short instructions in English and Chinese (KINDS), each a `Task`
+  * gold judge   `gold_score` (minigpt/judge.py): the score in [0, 1] a response deserves
   * corpus       natural-ish pretraining text that teaches the world's facts (minigpt/corpus.py)
   * demonstrator `demonstration`: the right answer, or (30%) a response with a named kind of mistake
   * labeller     `SimulatedLabeler`: ranks responses by gold score plus Gumbel noise (Plackett-Luce)
@@ -13,16 +15,15 @@ every fact is known (minigpt/facts.py), so the gold judge `gold_score` can say e
 Plain Python only (no torch, no numpy); everything is seeded by random.Random, same seed => same output.
 """
 
-import ast
 import math
 import random
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from minigpt.corpus import DEFAULT_CORPUS_CHARS, a_or_an, make_corpus
 from minigpt.facts import (DAYS_ZH, DELIVERY_FEE, FREE_DELIVERY_OVER, GIFT_WRAP, LEXICON, NUMBER_WORDS, OPENING_HOURS,
                            PRODUCTS, RETURN_DAYS)
+from minigpt.judge import NUMERIC_KINDS, gold_score
 
 # probe facts are drawn from these (concrete nouns; never greetings, numbers, days: the seed examples use those)
 PROBE_CATEGORIES = ("animal", "food", "body", "home", "nature", "place")
@@ -35,7 +36,6 @@ N_PROBE_ENTRIES = 25
 # table, a policy sheet) and skills it can copy (expressions, comparisons). Letter-level tasks (reverse a word,
 # count its letters) were tried and dropped: a BPE model sees whole words, not letters, and learnt none of them.
 KINDS = ["translate_en", "translate_zh", "arithmetic", "code", "shop", "compare"]
-NUMERIC_KINDS = ("arithmetic", "compare")
 
 FORMAT_SUFFIX = {  # fmt -> (english, chinese)
     "one_word": ("Answer in one word.", "只用一个词回答。"),
@@ -43,7 +43,6 @@ FORMAT_SUFFIX = {  # fmt -> (english, chinese)
     "number": ("Give the number only.", "只给出数字。"),
     "expr": ("Give the expression only.", "只写表达式。"),
 }
-BARE_FORMATS = ("one_word", "number", "expr")  # these forbid any words around the answer
 
 PHRASINGS = {  # kind -> list of (lang, template)
     "translate_en": [("en", "Translate to French: {en}"), ("en", "What is the French word for {en}?"),
@@ -194,205 +193,6 @@ def _shop_facts():
     facts += [("returns:", {}, RETURN_DAYS), ("delivery:", {}, DELIVERY_FEE),
               ("free_delivery:", {}, FREE_DELIVERY_OVER), ("gift_wrap:", {}, GIFT_WRAP)]
     return facts
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The gold judge
-_LATIN = r"A-Za-z0-9\u00C0-\u024F\u0152\u0153"  # letters/digits that make a word boundary (incl. é, œ)
-_FRENCH_RE = re.compile(r"(?<![%s])(?:%s)(?![%s])" % (
-    _LATIN, "|".join(re.escape(e.fr) for e in sorted(LEXICON, key=lambda e: -len(e.fr))), _LATIN), re.I)
-_END_PUNCT = ("", ".", "!", "。", "！")
-
-
-def _normalise(s):
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", s)).strip()
-
-
-def _find_last(text, target, ignore_case):
-    """Last whole-word occurrence of target in text -> (start, end) or None."""
-    pat = r"(?<![%s])%s(?![%s])" % (_LATIN, re.escape(target), _LATIN)
-    hits = list(re.finditer(pat, text, re.I if ignore_case else 0))
-    return (hits[-1].start(), hits[-1].end()) if hits else None
-
-
-def _numbers(text):
-    return [(m.start(), m.end(), int(m.group())) for m in re.finditer(r"\d+", text)]
-
-
-_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
-
-
-def _eval_arith(node):
-    """Evaluate an AST made ONLY of int literals, unary minus and + - * (never eval on raw text)."""
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_eval_arith(node.operand)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        left, right = _eval_arith(node.left), _eval_arith(node.right)
-        return {"+": left + right, "-": left - right, "*": left * right}[_OPS[type(node.op)]]
-    raise ValueError("not a +-* expression of integer literals")
-
-
-def _expressions(text):
-    """Arithmetic expressions found in text -> list of (start, end, ast node, value)."""
-    found = []
-    for m in re.finditer(r"[\d(][\d\s+\-*()]*", text):
-        s = m.group()
-        for cut in (s.strip(), s.strip().strip("()").strip()):
-            if not cut:
-                continue
-            try:
-                node = ast.parse(cut, mode="eval").body
-                value = _eval_arith(node)
-            except (SyntaxError, ValueError, RecursionError):
-                continue
-            start = m.start() + s.index(cut)
-            found.append((start, start + len(cut), node, value))
-            break
-    return found
-
-
-def _is_requested_expr(node, task):
-    """BinOp with the asked operator over the literals a and b (either order for + and *)."""
-    a, b, op = task.get("a"), task.get("b"), task.get("op")
-    if not (isinstance(node, ast.BinOp) and _OPS.get(type(node.op)) == op):
-        return False
-    if not all(isinstance(n, ast.Constant) and type(n.value) is int for n in (node.left, node.right)):
-        return False
-    pair = (node.left.value, node.right.value)
-    return pair == (a, b) or (op != "-" and pair == (b, a))
-
-
-def _question(task):
-    """The instruction without its format line, normalised, lower case, no final punctuation."""
-    return _normalise(task.get("question")).lower().rstrip(".?!。？！")
-
-
-def _locate(task, r):
-    """Where the right answer sits in response r -> (start, end, case_ok), or None if absent or ambiguous."""
-    kind = task.kind
-    if kind in ("translate_en", "translate_zh"):
-        plain = task.get("plain").lower()
-        matches = [(m.start(), m.end()) for m in _FRENCH_RE.finditer(r)]
-        if not matches or any(r[s:e].lower() != plain for s, e in matches):
-            return None  # no French word, or another lexicon word too (hedging "chat chien" is not an answer)
-        s, e = matches[-1]
-        return s, e, r[s:e] == task.answer
-    if kind in NUMERIC_KINDS or kind == "shop":
-        allowed = {n for _, _, n in _numbers(task.instruction)} | {n for _, _, n in _numbers(task.answer)}
-        if any(n not in allowed for _, _, n in _numbers(r)):
-            return None  # an extra number that is neither the answer nor from the question
-    if kind == "compare" and _question(task) not in r.lower():
-        if any(n != int(task.answer) for _, _, n in _numbers(r)):
-            return None  # both numbers given (and not as a repeated question): a hedge, not an answer
-    if kind in NUMERIC_KINDS:
-        hits = [(s, e) for s, e, n in _numbers(r) if n == int(task.answer)]
-        return (*hits[-1], True) if hits else None
-    if kind == "code":
-        hits = [(s, e) for s, e, node, _ in _expressions(r) if _is_requested_expr(node, task)]
-        return (*hits[-1], True) if hits else None
-    span = _find_last(r, task.answer, ignore_case=True)
-    return (*span, r[span[0]:span[1]] == task.answer) if span else None
-
-
-def _edit_distance(a, b):
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def _string_credit(core, answer):
-    # 0.2 * (1 - normalised edit distance)
-    return 0.2 * (1 - _edit_distance(core, answer) / max(len(core), len(answer), 1))
-
-
-def _no_answer_score(task, r):
-    """Score of a response that does not contain the right answer: wrong language, number words, partial."""
-    core = r.strip(" .!。！")
-    kind, lang = task.kind, task.get("lang")
-    if kind in ("translate_en", "translate_zh"):
-        if core.lower() in (task.get("en").lower(), task.get("zh")):
-            return 0.2  # wrong language: the English or Chinese word instead of the French
-        return _string_credit(core.lower(), task.answer.lower())
-    if kind in NUMERIC_KINDS:
-        n = int(task.answer)
-        if n <= 20 and core.lower() == NUMBER_WORDS[lang][n]:
-            return 0.5  # right number, written as a word
-        if n <= 20 and core.lower() in [NUMBER_WORDS[other][n] for other in NUMBER_WORDS if other != lang]:
-            return 0.2  # right number, in another language
-        if kind == "compare":
-            return 0.0  # the other number of the two: no partial credit
-        asked = {x for _, _, x in _numbers(task.instruction)}
-        guesses = [int(core)] if re.fullmatch(r"\d+", core) else [x for _, _, x in _numbers(r) if x not in asked]
-        return 0.1 if len(guesses) == 1 and abs(guesses[0] - n) == 1 else 0.0  # off by one
-    if kind == "code":
-        target = _eval_arith(ast.parse(task.answer, mode="eval").body)
-        values = [v for _, _, _, v in _expressions(r)]
-        if target in values:
-            return 0.3  # right value, but not the asked expression
-        return 0.1 if any(isinstance(node, ast.BinOp) for _, _, node, _ in _expressions(r)) else 0.0
-    return _string_credit(core.lower(), task.answer.lower())
-
-
-def gold_score(task, response):
-    """The gold judge (stands in for the human labellers' opinion). Returns a score in [0, 1].
-
-    The right answer is looked for inside the response (a whole word; numbers compared as numbers; code
-    parsed with `ast`, only int literals and + - * evaluated). If it is there, the score is the LOWEST
-    cap that applies; if not, the partial-credit rules below apply.
-
-      situation                                                     score   demonstrator mistake
-      ------------------------------------------------------------  -----   --------------------
-      empty response                                                0.0
-      exactly the right answer in the asked format                  1.0     (none)
-      right answer + one trailing "." or "!"                        0.9
-      right answer, letter case differs, no capitals were asked     0.8
-      right answer after a preamble ("Sure! The answer is 7.")      0.6     preamble
-      right answer followed by more text (rambling tail)            0.5     rambling
-      right answer, format broken: capitals asked but not given,    0.5     format
-        or extra words when one word/number/expression asked
-      right answer written as a number word ("eight" for "8")       0.5     format
-      question repeated before the answer                           0.4     repeat_question
-      more than 20 words or 120 characters                    at most 0.3
-      code: right value but not the asked expression ("7")          0.3
-      wrong language (English/Chinese word when French asked,       0.2     wrong_language
-        number word in another language)
-      wrong string answer: 0.2 * (1 - normalised edit distance)   0-0.2     wrong_answer
-      wrong number: 0.1 if off by one (sums, counts), else 0.0     0-0.1     wrong_answer
-      wrong code: 0.1 if some + - * expression, else 0.0          0-0.1     wrong_answer
-      the answer plus another candidate (other French word, other
-        number not from the question): treated as a wrong answer
-    """
-    r = _normalise(response)
-    if not r:
-        return 0.0
-    if r == task.answer:
-        return 1.0
-    found = _locate(task, r)
-    if found is None:
-        return round(_no_answer_score(task, r), 4)
-    start, end, case_ok = found
-    prefix, suffix = r[:start].strip(), r[end:].strip()
-    fmt = task.get("fmt")
-    caps = [1.0]
-    if suffix in _END_PUNCT[1:] and not prefix:
-        caps.append(0.9)
-    if prefix:
-        caps.append(0.4 if _question(task) in prefix.lower() else 0.6)
-    if suffix not in _END_PUNCT:
-        caps.append(0.5)
-    if fmt in BARE_FORMATS and (prefix or suffix not in _END_PUNCT):
-        caps.append(0.5)
-    if not case_ok:
-        caps.append(0.5 if fmt == "caps" else 0.8)
-    if len(r.split()) > 20 or len(r) > 120:
-        caps.append(0.3)
-    return min(caps)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from minigpt.evaluation import mean_ci95, pairwise_accuracy, spearman, win_rate
+from minigpt.evaluation import mean_ci95, ranking_report, spearman, win_rate
 
 
 def test_mean_ci95_hand_computed():
@@ -53,7 +53,7 @@ def test_spearman_ties_use_average_ranks():
     assert math.isnan(spearman([1], [2]))
 
 
-def test_pairwise_accuracy():
-    # (1>0) right, (0<1) wrong, (2=2) tie counts as wrong, (3>-1) right
-    assert pairwise_accuracy([(1, 0), (0, 1), (2, 2), (3, -1)]) == 0.5
-    assert math.isnan(pairwise_accuracy([]))
+def test_ranking_report_counts_pairs_of_each_ranking_ties_as_half():
+    # ranking 1 (best..worst) scored [2, 1, 1]: (0,1) right, (0,2) right, (1,2) tie = 1/2;  ranking 2 [0, 3]: wrong
+    rep = ranking_report([{"responses": ["a", "b", "c"]}, {"responses": ["d", "e"]}], [[2.0, 1.0, 1.0], [0.0, 3.0]])
+    assert rep == {"accuracy": 2.5 / 4}

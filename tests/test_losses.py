@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from minigpt.losses import rm_batch_loss, rm_ranking_loss, sft_loss, token_logprobs
+from minigpt.losses import rm_batch_loss, rm_ranking_loss, sequence_logprob, sft_loss, token_logprobs
 
 
 def test_token_logprobs_matches_loop():
@@ -116,3 +116,15 @@ def test_rm_batch_loss_padded_tensor_with_k_per_row():
     loss, acc = rm_batch_loss(torch.tensor(rows), k=[2, 4])
     ref_loss, ref_acc = rm_batch_loss([torch.tensor(rows[0][:2]), torch.tensor(rows[1])])
     assert loss.item() == pytest.approx(ref_loss.item()) and acc == ref_acc == pytest.approx(1 / 7)
+
+
+def test_sequence_logprob_sums_only_the_masked_tokens():
+    # logits 0 everywhere: every token has log-prob -log V, at any temperature; rows keep 2 and 3 of 4 tokens
+    logits = torch.zeros(2, 4, 5)
+    tokens = torch.tensor([[1, 2, 3, 4], [0, 0, 1, 1]])
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 0]])
+    got = sequence_logprob(logits, tokens, mask, temperature=0.7)
+    assert torch.allclose(got, torch.tensor([-2 * math.log(5), -3 * math.log(5)]))
+    # a token the model prefers: log softmax([2, 0, 0, 0, 0])[0] = 2 - log(e^2 + 4)
+    logits[0, 1, 2] = 2.0
+    assert sequence_logprob(logits, tokens, mask)[0].item() == pytest.approx(2 - math.log(math.e ** 2 + 4) - math.log(5))

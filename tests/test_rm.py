@@ -120,7 +120,7 @@ def test_sft_loglikelihood_matches_token_by_token_reference(tokenizer):
     torch.manual_seed(0)
     lm = GPT(GPTConfig(block_size=128, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
     records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:4]}, {"prompt": PROMPTS[1], "responses": RESPONSES[3:]}]
-    got = train_rm.sft_loglikelihoods(lm, tokenizer, records, train_rm.encode_rankings(tokenizer, records, 128), "cpu")
+    got = train_rm.sft_loglikelihoods(lm, tokenizer, records, "cpu")
     for rec, lls in zip(records, got):
         for y, ll in zip(rec["responses"], lls):
             # slow: feed the prompt, then each response token (and the eos) one at a time

@@ -4,10 +4,12 @@ import time
 
 import pytest
 
+from minigpt import judge
 from minigpt import world as W
 from minigpt.facts import LEXICON
+from minigpt.judge import gold_score
 from minigpt.world import (KINDS, MISTAKES, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
-                           demonstration, gold_agreement, gold_score, labeler_agreement, respond)
+                           demonstration, gold_agreement, labeler_agreement, respond)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_no_french_lexicon_word_hides_in_templates_preambles_or_tails():
     texts += [s for pair in W.FORMAT_SUFFIX.values() for s in pair]
     texts += [g for gs in W.SHOP_GREETINGS.values() for g in gs]
     for text in texts:
-        assert not W._FRENCH_RE.search(text), text
+        assert not judge._FRENCH_RE.search(text), text
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def test_judge_survives_arbitrary_text(world):
 def test_world_and_data_import_without_torch():
     import subprocess
     import sys
-    code = "import sys, minigpt.world, minigpt.corpus, minigpt.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, minigpt.world, minigpt.judge, minigpt.corpus, minigpt.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     repo_root = __file__.rsplit("/tests/", 1)[0]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
 
