@@ -131,7 +131,7 @@ def ppo_iteration(device):
         logprobs = train_ppo.response_logprobs(policy, batch, cfg.temperature)
         ref_logprobs = train_ppo.response_logprobs(reference, batch, cfg.temperature)
         values = train_ppo.response_values(value_model, batch)
-        scores, _ = train_ppo.score(reward_model, batch, cfg.no_eos_penalty)
+        scores, _ = train_ppo.score(reward_model, tokenizer, batch, cfg.no_eos_penalty)
         rewards, _ = kl_penalty_rewards(logprobs, ref_logprobs, scores, batch["mask"], cfg.kl_coef)
         advantages, returns = train_ppo.compute_advantages(rewards, values, batch["mask"], cfg.gamma, cfg.lam)
     batch.update(logprobs=logprobs, values=values, advantages=advantages, returns=returns)

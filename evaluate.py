@@ -21,9 +21,11 @@ import torch.nn.functional as F
 
 from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
 from minigpt.cli import UserError, check, run
-from minigpt.evaluation import mean_ci95, win_rate
+from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound, mean_ci95, win_rate
+from minigpt.judge import MISTAKE_KINDS, mistakes
 from minigpt.losses import sequence_logprob
 from minigpt.respond import respond
+from minigpt.rollout import reward_inputs
 from minigpt.training import pick_device
 from minigpt.world import World
 
@@ -42,18 +44,22 @@ class Config:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (RLHF samples at 1.0)"})
     greedy: bool = field(default=False, metadata={"help": "also evaluate greedy decoding of every model"})
     n_prompts: int = field(default=0, metadata={"help": "test prompts to use (0 = all)"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per test prompt (each paired with the "
+                                                                 "same-numbered answer of every other model for win rates)"})
+    no_eos_penalty: float = field(default=-1.0, metadata={"help": "best-of-N: the score of a sample that never ended "
+                                                              "(train_ppo.py's rule and default)"})
     max_new_tokens: int = field(default=32, metadata={"help": "longest answer"})
     val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for the val loss"})
     seed: int = field(default=0, metadata={"help": "sampling seed (the same for every model)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
-    json: str = field(default="out/eval.json", metadata={"help": "where to write the results (empty = nowhere)"})
+    json: str = field(default="out/eval/eval.json", metadata={"help": "where to write the results (empty = nowhere)"})
     show: int = field(default=3, metadata={"help": "side-by-side samples to print"})
     batch_size: int = field(default=64, metadata={"help": "prompts per generation batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
 
     def validate(self):
         check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
-        for key in ("max_new_tokens", "val_tokens", "batch_size"):
+        for key in ("max_new_tokens", "val_tokens", "batch_size", "samples_per_prompt"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.n_prompts >= 0 and self.show >= 0, "--n_prompts and --show must be >= 0")
         check(self.best_of == 0 or self.best_of >= 2, f"--best_of must be 0 (off) or >= 2, got {self.best_of}")
@@ -112,12 +118,14 @@ def logprob_of_responses(model, prompts, tokens, pad_id, temperature, batch_size
 
 
 @torch.no_grad()
-def reward_scores(rm, prompts, tokens, pad_id, batch_size):
-    """r(x, y): the reward model's value at the last real token of prompt + response -> (B,)."""
+def reward_scores(rm, tokenizer, instructions, texts, batch_size):
+    """r(x, y): the reward model's value at the end-of-text of prompt + the response's text, encoded afresh as in
+    its training and in PPO (minigpt.rollout.reward_inputs) -> (B,)."""
     out = []
     device = next(rm.parameters()).device
-    for i in range(0, len(prompts), batch_size):
-        idx, mask, _ = join_rows(prompts[i: i + batch_size], tokens[i: i + batch_size], pad_id)
+    for i in range(0, len(texts), batch_size):
+        idx, mask = reward_inputs(tokenizer, instructions[i: i + batch_size], texts[i: i + batch_size],
+                                  rm.config.block_size)
         out.append(rm.score(idx.to(device), mask.to(device)).cpu())
     return torch.cat(out)
 
@@ -140,32 +148,44 @@ def text_loss(model, tokenizer, text, max_tokens):
 
 # ---- one system's answers -------------------------------------------------------------------------------
 
-def answer(model, tokenizer, tasks, cfg, temperature, seed, n=1, rm=None):
-    """Answers to `tasks`; with n > 1, n samples per task and the one the reward model likes best.
+def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=None):
+    """`samples` answers to each task, laid out sample-major: answer s of task p at s * len(tasks) + p. With n > 1
+    each answer is best-of-n: n samples, the one the reward model scores highest, where a sample that never ended
+    scores cfg.no_eos_penalty (PPO's rule, so best-of-n and PPO are judged by the same reward).
 
-    Returns dict(texts, tokens (B, N), prompts, eos, rm (B,) or None)."""
+    Returns dict(texts, tokens (S*P, N), prompts, eos, rm (S*P,) or None, all_rm (S, n, P) or None)."""
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    instructions = [t.instruction for t in tasks] * n                        # sample k of task p at k*P + p
+    P = len(tasks)
+    instructions = [t.instruction for t in tasks] * (samples * n)            # draw j of task p at j*P + p
     out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature, generator=g,
                   batch_size=cfg.batch_size)
-    scores = reward_scores(rm, out.prompts, out.tokens, tokenizer.pad_id, cfg.batch_size) if rm else None
-    pick = list(range(len(tasks)))
+    scores = None
+    if rm is not None:
+        raw = reward_scores(rm, tokenizer, instructions, out.texts, cfg.batch_size)
+        scores = torch.where(torch.tensor(out.eos), raw, torch.full_like(raw, cfg.no_eos_penalty))
+    pick = list(range(samples * P))
     if n > 1:
-        best = scores.view(n, len(tasks)).argmax(0)                          # (P,) best sample of each task
-        pick = (best * len(tasks) + torch.arange(len(tasks))).tolist()
+        best = scores.view(samples, n, P).argmax(1)                            # (S, P) best of each group of n
+        pick = [(s * n + int(best[s, p])) * P + p for s in range(samples) for p in range(P)]
     return {"texts": [out.texts[i] for i in pick], "tokens": out.tokens[pick], "eos": [out.eos[i] for i in pick],
-            "prompts": [out.prompts[i] for i in pick], "rm": scores[pick] if scores is not None else None}
+            "prompts": [out.prompts[i] for i in pick], "rm": scores[pick] if scores is not None else None,
+            "all_rm": scores.view(samples, n, P) if scores is not None else None}
 
 
-def report(world, tasks, ans, probe_ans, pad_id, val_loss, kl):
-    """The numbers of one system, in the JSON's shape (plus the per-prompt gold scores, for win rates)."""
-    gold = [world.score(t, text) for t, text in zip(tasks, ans["texts"])]
+def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
+    """The numbers of one system, in the JSON's shape, plus the gold score of every answer (for win rates).
+    tasks[i] is the task answers[i] answers (each test task once per sample)."""
+    gold = [world.gold_score(t, text) for t, text in zip(tasks, ans["texts"])]
     per_task = {}
     for t, s in zip(tasks, gold):
         per_task.setdefault(t.kind, []).append(s)
     mean, ci = mean_ci95(gold)
     lengths = [sum(1 for tok in row if tok != pad_id) - int(e) for row, e in zip(ans["tokens"].tolist(), ans["eos"])]
-    probe = [world.score(t, text) for t, text in zip(world.split("probe"), probe_ans["texts"])] if probe_ans else []
+    probe = [world.gold_score(t, text) for t, text in zip(probe_tasks, probe_ans["texts"])] if probe_ans else []
+    counts = {kind: 0 for kind in MISTAKE_KINDS}
+    for t, text in zip(tasks, ans["texts"]):
+        for kind in mistakes(t, text):
+            counts[kind] += 1
     return {
         "gold_mean": mean, "gold_ci95": ci,
         "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
@@ -176,6 +196,8 @@ def report(world, tasks, ans, probe_ans, pad_id, val_loss, kl):
         "kl_to_ref": kl,
         "rm_score": ans["rm"].mean().item() if ans["rm"] is not None else None,
         "probe_gold_mean": sum(probe) / len(probe) if probe else None,
+        "n_responses": len(gold),
+        "mistake_counts": counts,
     }, gold
 
 
@@ -245,7 +267,7 @@ def main(cfg):
     world = World(cfg.world_seed)
     tasks = world.split("test")
     tasks = tasks[: cfg.n_prompts] if cfg.n_prompts else tasks
-    probe = world.split("probe")
+    probe = world.split("probe")[: cfg.n_prompts or None]
     val_text = world.corpus_val()
 
     # ---- the systems: each model sampled (and greedy), plus best-of-N ----
@@ -263,11 +285,12 @@ def main(cfg):
         folder, model, tok = loaded[name]
         if name not in val_losses:
             val_losses[name] = text_loss(model, tok, val_text, cfg.val_tokens)
-        print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}"
-              f"{f', best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
-        ans = answer(model, tok, tasks, cfg, temperature, cfg.seed, n, rm[0] if rm else None)
-        probe_ans = answer(model, tok, probe, cfg, temperature, cfg.seed + 1, n, rm[0] if rm else None) if probe else None
-        kl = None
+        S = cfg.samples_per_prompt if temperature > 0 else 1                  # greedy answers are all the same
+        print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}, "
+              f"{S} per prompt{f', each the best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
+        ans = answer(model, tok, tasks, cfg, temperature, cfg.seed, S, n, rm[0] if rm else None)
+        probe_ans = answer(model, tok, probe, cfg, temperature, cfg.seed + 1, 1, n, rm[0] if rm else None) if probe else None
+        kl, kl_bound = None, None
         if ref and temperature > 0:
             if n == 1:
                 # KL(π || π_ref) ≈ mean over responses y ~ π of Σ_t [log π(y_t|·) − log π_ref(y_t|·)]
@@ -276,11 +299,24 @@ def main(cfg):
                                             cfg.batch_size)
                 kl = (logp - ref_logp).mean().item()
             elif os.path.samefile(folder, cfg.ref):
-                kl = math.log(n) - (n - 1) / n   # KL of best-of-n to its own base model (Gao et al. 2022)
-        results[system], gold[system] = report(world, tasks, ans, probe_ans, tok.pad_id, val_losses[name], kl)
+                # estimated on the S*n samples of each prompt (their empirical distribution); the analytic value
+                # log n − (n−1)/n is only an upper bound: it assumes all samples differ, and short answers repeat
+                draws = ans["all_rm"].permute(2, 0, 1).reshape(len(tasks), -1).tolist()   # (P, S*n)
+                kl = sum(best_of_n_kl(d, n) for d in draws) / len(draws)
+                kl_bound = best_of_n_kl_bound(n)
+        results[system], gold[system] = report(world, tasks * S, ans, probe, probe_ans, tok.pad_id,
+                                               val_losses[name], kl)
+        results[system].update(samples_per_prompt=S, kl_bound=kl_bound)
         answers[system] = ans["texts"]
+        if S != cfg.samples_per_prompt:                                        # pair greedy with every sample
+            gold[system] = gold[system] * cfg.samples_per_prompt
+            answers[system] = answers[system] * cfg.samples_per_prompt
 
-    wins, ties = pairwise(gold)
+    wins, ties = pairwise(gold)                                               # answer by answer
+    P = len(tasks)
+    per_prompt = {s: [sum(g[k * P + p] for k in range(cfg.samples_per_prompt)) / cfg.samples_per_prompt
+                      for p in range(P)] for s, g in gold.items()}
+    prompt_wins, prompt_ties = pairwise(per_prompt)                          # prompt by prompt (mean of its answers)
     print_table(results, wins, ties, baseline)
     samples = [{"instruction": t.instruction, "answer": t.answer, "kind": t.kind,
                 "responses": {s: {"text": answers[s][i], "gold": gold[s][i]} for s in results}}
@@ -289,7 +325,9 @@ def main(cfg):
         print(f"\n### {sample['instruction']!r}  (gold answer: {sample['answer']!r})")
         for s, r in sample["responses"].items():
             print(f"  {s:>14} [{r['gold']:.2f}] {r['text'][:120]!r}")
-    out = {"models": results, "win_rates": wins, "tie_rates": ties, "n_prompts": len(tasks),
+    out = {"models": results, "win_rates": wins, "tie_rates": ties, "prompt_win_rates": prompt_wins,
+           "prompt_tie_rates": prompt_ties, "n_prompts": len(tasks),
+           "samples_per_prompt": cfg.samples_per_prompt,
            "temperature": cfg.temperature, "seed": cfg.seed, "samples": samples}
     if cfg.json:
         write_json(cfg.json, finite(out))

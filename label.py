@@ -38,7 +38,9 @@ import torch
 
 from minigpt.checkpoint import config_dict, load_model, write_json
 from minigpt.cli import UserError, check, run
+from minigpt.judge import mistakes
 from minigpt.respond import respond
+from minigpt.training import pick_device
 from minigpt.world import SURFACE_MISTAKES, SimulatedLabeler, World, applicable_mistakes, decorate, labeler_agreement
 
 
@@ -50,7 +52,7 @@ class Config:
                                                                 "(you, in the terminal)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     seed: int = field(default=1337, metadata={"help": "seed for sampling, demonstrators and the simulated labeller"})
-    n_prompts: int = field(default=0, metadata={"help": "RM prompts to label (0 = all 1500 of the world's rm split)"})
+    n_prompts: int = field(default=0, metadata={"help": "RM prompts to label (0 = all of the world's rm split, about 1200)"})
     val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts held out as validation "
                                                                 "comparisons (spread evenly over the prompts)"})
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
@@ -67,7 +69,7 @@ class Config:
     batch_size: int = field(default=512, metadata={"help": "responses sampled at once"})
     fresh: bool = field(default=False, metadata={"help": "discard labels already in out_dir (human labels are "
                                                          "otherwise continued, and never overwritten)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or mps"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
 
     def validate(self):
         check(self.labeler in ("simulated", "human"), f"--labeler must be simulated or human, got {self.labeler!r}")
@@ -93,42 +95,44 @@ def demo_responses(world, task, k, seed):
     rng = random.Random(f"demo-{seed}-{task.instruction}")   # per prompt: the same whatever else is labelled
     kinds = [None] + applicable_mistakes(task)
     rng.shuffle(kinds)
-    return [(world.respond(task, rng, kind), kind) for kind in kinds[:k]]
+    return [(world.demonstrator_response(task, rng, kind), kind) for kind in kinds[:k]]
 
 
 def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
     """Yield (task, [{"response", "mistake", "source", "gold"}]) for each task, sampling the policy `chunk` prompts
-    at a time. A policy sample's mistake is None when gold-perfect, else "policy" (what went wrong is not known)."""
+    at a time. A policy sample's mistake is the first that minigpt.judge.mistakes names (None when right)."""
     for start in range(0, len(tasks), chunk):
         part = tasks[start: start + chunk]
         texts = []
         if cfg.k_policy:
             instructions = [t.instruction for t in part for _ in range(cfg.k_policy)]
-            texts = respond(model, tokenizer, instructions, cfg.max_new_tokens, cfg.temperature,
-                            generator=generator, batch_size=cfg.batch_size).texts
+            out = respond(model, tokenizer, instructions, cfg.max_new_tokens, cfg.temperature,
+                          generator=generator, batch_size=cfg.batch_size)
+            # A sample that never emitted end-of-text is left out: the reward model reads a response + eos, and
+            # PPO never asks it about an unfinished one (it gets the fixed no-EOS penalty instead).
+            texts = [text if ended else None for text, ended in zip(out.texts, out.eos)]
         for n, task in enumerate(part):
             cands = []
-            samples = texts[n * cfg.k_policy: (n + 1) * cfg.k_policy]
-            for r in samples:
-                gold = world.score(task, r)
-                cands.append({"response": r, "mistake": None if gold == 1.0 else "policy", "source": "policy",
-                              "gold": gold})
+            samples = [r for r in texts[n * cfg.k_policy: (n + 1) * cfg.k_policy] if r is not None]
+            for r in samples:   # its mistake as the judge names it (the first, if it shows two)
+                cands.append({"response": r, "mistake": (mistakes(task, r) or [None])[0], "source": "policy",
+                              "gold": world.gold_score(task, r)})
             # Without these, every preamble the RM sees sits on a demonstrator's (right) answer and every bare
             # answer on a policy sample (often wrong): it would learn "a preamble means a right answer".
             rng = random.Random(f"decorate-{cfg.seed}-{task.instruction}")
             for r in [s for s in samples if s][: cfg.k_decorated]:
                 mistake = rng.choice(SURFACE_MISTAKES)
                 d = decorate(task, r, rng, mistake)
-                cands.append({"response": d, "mistake": mistake, "source": "decorated", "gold": world.score(task, d)})
+                cands.append({"response": d, "mistake": mistake, "source": "decorated", "gold": world.gold_score(task, d)})
             # A fluent answer to another question: another prompt's sample (of a different kind) shown here. With
             # none of these the RM never saw an off-topic answer, and PPO learnt to answer "3 * 1" to everything.
             rng = random.Random(f"other-{cfg.seed}-{task.instruction}")
             others = [m for m, t in enumerate(part) if t.kind != task.kind and texts[m * cfg.k_policy]] if texts else []
             for m in rng.sample(others, min(cfg.k_other, len(others))):
                 r = texts[m * cfg.k_policy]
-                cands.append({"response": r, "mistake": "off_topic", "source": "other", "gold": world.score(task, r)})
+                cands.append({"response": r, "mistake": "off_topic", "source": "other", "gold": world.gold_score(task, r)})
             for r, kind in demo_responses(world, task, cfg.k_demo, cfg.seed):
-                cands.append({"response": r, "mistake": kind, "source": "demo", "gold": world.score(task, r)})
+                cands.append({"response": r, "mistake": kind, "source": "demo", "gold": world.gold_score(task, r)})
             random.Random(f"order-{cfg.seed}-{task.instruction}").shuffle(cands)  # sources mixed, position random
             yield task, cands
 
@@ -283,7 +287,7 @@ def main(cfg):
     if cfg.n_prompts:
         check(cfg.n_prompts <= len(tasks), f"--n_prompts={cfg.n_prompts}: the world has {len(tasks)} RM prompts")
         tasks = tasks[: cfg.n_prompts]
-    model, tokenizer, _ = load_model(cfg.policy, "lm", cfg.device)
+    model, tokenizer, _ = load_model(cfg.policy, "lm", pick_device(cfg.device))
     model.eval()
     check(cfg.max_new_tokens < model.config.block_size,
           f"--max_new_tokens ({cfg.max_new_tokens}) must be < the policy's block_size ({model.config.block_size})")

@@ -1,7 +1,7 @@
 """The whole InstructGPT recipe in one command, each stage run by its own script.
 
     python pipeline.py            # ~15 minutes on 2 CPU cores; then read out/report.md
-    python pipeline.py --quick    # a miniature of the same run in about a minute (what the tests run)
+    python pipeline.py --quick    # a miniature of the same run in about a minute, in out/quick (what the tests run)
     python pipeline.py --force=rm # rerun from the reward model on (later stages too)
 
     tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> evaluation -> report
@@ -35,7 +35,7 @@ QUICK = {
     "rm": ["--batch_size=4", "--bias_prompts=16"],
     "ppo": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
     "ppo_ptx": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
-    "eval": ["--n_prompts=16"],
+    "eval": ["--n_prompts=16", "--samples_per_prompt=2"],
 }
 # The file whose presence means a stage finished (every script writes it last).
 DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
@@ -43,7 +43,8 @@ DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
 
 @dataclass
 class Config:
-    out_dir: str = field(default="out", metadata={"help": "where every stage's folder and the report go"})
+    out_dir: str = field(default="", metadata={"help": "where every stage's folder and the report go (default: out, "
+                                                      "or out/quick with --quick)"})
     quick: bool = field(default=False, metadata={"help": "a miniature run (tiny model, few steps) in ~1 minute"})
     force: str = field(default="", metadata={"help": f"rerun from this stage on: one of {', '.join(STAGES)}"})
     seed: int = field(default=1337, metadata={"help": "seed passed to every stage"})
@@ -72,9 +73,28 @@ def stage_commands(cfg):
     return {s: [sys.executable, *cmd, *common, *(QUICK[s] if cfg.quick else [])] for s, cmd in commands.items()}
 
 
+def check_kind_of_run(cfg):
+    """A miniature's stages must never be taken for the real run's (or the reverse): out_dir/pipeline.json says
+    which kind of run wrote the folder, and a folder of the other kind is refused."""
+    path = os.path.join(cfg.out_dir, "pipeline.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            was_quick = json.load(f).get("quick")
+        if was_quick != cfg.quick:
+            kinds = {True: "a --quick miniature", False: "a full run"}
+            raise UserError(f"{cfg.out_dir} holds {kinds[was_quick]}'s stages and this is {kinds[cfg.quick]}: "
+                            "use another --out_dir, or delete that folder")
+    elif any(os.path.isdir(os.path.join(cfg.out_dir, s)) for s in STAGES):
+        raise UserError(f"{cfg.out_dir} holds stage folders of an unknown kind of run (no pipeline.json): "
+                        "use another --out_dir, or delete them")
+    write_json(path, {"quick": cfg.quick})
+
+
 def main(cfg):
     here = os.path.dirname(os.path.abspath(__file__))
+    cfg.out_dir = cfg.out_dir or ("out/quick" if cfg.quick else "out")
     os.makedirs(cfg.out_dir, exist_ok=True)
+    check_kind_of_run(cfg)
     timing_path = os.path.join(cfg.out_dir, "stage_seconds.json")
     seconds = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
     forced = STAGES[STAGES.index(cfg.force):] if cfg.force else []
@@ -113,6 +133,40 @@ def git_commit(here):
         return None
 
 
+def mistake_section(out_dir, models):
+    """'What RLHF changed': how many sampled answers of each model show each kind of mistake (minigpt.judge.mistakes),
+    as a table and a bar chart (out_dir/mistakes.png)."""
+    names = [n for n in ("sft", "ppo", "ppo_ptx", "best_of_4") if models.get(n, {}).get("mistake_counts")]
+    if not names:
+        return []
+    kinds = list(models[names[0]]["mistake_counts"])
+    lines = ["", "## What RLHF changed", "",
+             f"Sampled answers showing each kind of mistake ({models[names[0]]['n_responses']} answers per model; "
+             "an answer can show two):", "",
+             "| mistake | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {k} | " + " | ".join(str(models[n]["mistake_counts"][k]) for n in names) + " |" for k in kinds]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar([x + i * width for x in range(len(kinds))], [models[n]["mistake_counts"][k] for k in kinds], width,
+               label=n)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(kinds))], [k.replace("_", " ") for k in kinds],
+                  fontsize=8)
+    ax.set_ylabel("sampled answers")
+    ax.set_title("what RLHF changed: mistakes in the test answers")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "mistakes.png"), dpi=90)
+    plt.close(fig)
+    return lines + ["", "![what RLHF changed](mistakes.png)"]
+
+
 def write_report(out_dir, seconds, quick, seed, ptx_coef):
     """out/report.json (the figures) and out/report.md (the same, with plots and sample answers)."""
     def load(*parts):
@@ -126,8 +180,12 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
             "gold_mean": m["gold_mean"], "gold_ci95": m["gold_ci95"],
             "win_rate_vs_sft": evaluation.get("win_rates", {}).get(f"{name}_vs_sft"),
             "tie_rate_vs_sft": evaluation.get("tie_rates", {}).get(f"{name}_vs_sft"),
+            "prompt_win_rate_vs_sft": evaluation.get("prompt_win_rates", {}).get(f"{name}_vs_sft"),
+            "prompt_tie_rate_vs_sft": evaluation.get("prompt_tie_rates", {}).get(f"{name}_vs_sft"),
             "kl_to_sft": m.get("kl_to_ref"), "pretrain_val_loss": m.get("pretrain_val_loss"),
             "eos_rate": m.get("eos_rate"), "mean_len": m.get("mean_len"), "rm_score": m.get("rm_score"),
+            "kl_bound": m.get("kl_bound"), "samples_per_prompt": m.get("samples_per_prompt"),
+            "n_responses": m.get("n_responses"), "mistake_counts": m.get("mistake_counts"),
         }
     report = {
         "models": models,
@@ -146,13 +204,21 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
              f"Run {'--quick (a miniature: numbers mean nothing)' if quick else 'with the defaults'} "
              f"on {report['machine']}, seed {seed}, commit {report['commit']}, "
              f"{report['total_seconds']:.0f} s of stages. Held-out test prompts, gold judge, "
-             f"temperature {evaluation.get('temperature')}, {evaluation.get('n_prompts')} prompts.", "",
-             "| model | gold score (95% CI) | win rate vs SFT (ties) | KL to SFT | pretrain val loss | EOS rate | mean length |",
-             "|---|---|---|---|---|---|---|"]
+             f"temperature {evaluation.get('temperature')}, {evaluation.get('n_prompts')} prompts x "
+             f"{evaluation.get('samples_per_prompt')} samples; win rates pair each answer with the SFT model's "
+             "answer of the same number to the same prompt, ties left out; 'by prompt' compares each prompt's mean.", "",
+             "| model | gold score (95% CI) | win rate vs SFT (ties) | by prompt (ties) | KL to SFT | pretrain val loss "
+             "| EOS rate | mean length |", "|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         lines.append(f"| {name} | {m['gold_mean']:.3f} ± {m['gold_ci95']:.3f} | {_fmt(m['win_rate_vs_sft'], '.0%')} "
-                     f"({_fmt(m['tie_rate_vs_sft'], '.0%')}) | {_fmt(m['kl_to_sft'], '.2f')} | "
+                     f"({_fmt(m['tie_rate_vs_sft'], '.0%')}) | {_fmt(m['prompt_win_rate_vs_sft'], '.0%')} "
+                     f"({_fmt(m['prompt_tie_rate_vs_sft'], '.0%')}) | {_fmt(m['kl_to_sft'], '.2f')} | "
                      f"{_fmt(m['pretrain_val_loss'])} | {_fmt(m['eos_rate'], '.0%')} | {_fmt(m['mean_len'], '.1f')} |")
+    bound = [m["kl_bound"] for m in models.values() if m.get("kl_bound") is not None]
+    if bound:
+        lines += ["", f"Best-of-n's KL is estimated on the samples it chose from (short answers repeat); the usual "
+                      f"formula log n − (n−1)/n = {bound[0]:.2f} is an upper bound."]
+    lines += mistake_section(out_dir, models)
     r = report["rm"]
     lines += ["", "## Reward model", "",
               f"Held-out pairwise accuracy **{_fmt(r['accuracy'])}**, beside the agreement of two independent "

@@ -30,10 +30,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
                                 save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import encode_prompt_response, load_comparisons, render_prompt
+from minigpt.data import encode_for_reward, load_comparisons
 from minigpt.evaluation import ranking_report
 from minigpt.losses import rm_batch_loss, sequence_logprob
 from minigpt.model import GPT, RewardModel
+from minigpt.sampling import right_pad
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
                               cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
 from minigpt.world import SimulatedLabeler, World, labeler_agreement
@@ -115,28 +116,9 @@ def world_of(cfg, records):
     return world
 
 
-def encode(tokenizer, prompt, response, block_size):
-    """render_prompt(prompt) + response + eos (the SFT template) -> (token ids, 1 on the response and its eos).
-    Too long: the prompt's start is cut, never the end-of-text the reward is read at (PPO keeps a prompt's last
-    tokens too)."""
-    ids, mask = encode_prompt_response(tokenizer, render_prompt(prompt), response, sys.maxsize)
-    return ids[-block_size:], mask[-block_size:]
-
-
 def encode_rankings(tokenizer, records, block_size):
-    """Each ranking -> list of token-id lists, best..worst."""
-    return [[encode(tokenizer, r["prompt"], y, block_size)[0] for y in r["responses"]] for r in records]
-
-
-def right_pad(seqs, pad_id):
-    """list of token lists -> (idx (B, T) long, mask (B, T) long), padding on the right, mask 1 = real."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        idx[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[row, : len(s)] = 1
-    return idx, mask
+    """Each ranking -> list of token-id lists, best..worst (the response's text encoded afresh, as PPO does)."""
+    return [[encode_for_reward(tokenizer, r["prompt"], y, block_size)[0] for y in r["responses"]] for r in records]
 
 
 def epoch_batches(lengths, batch_size, seed, window=16):
@@ -217,7 +199,7 @@ def sft_loglikelihoods(sft, tokenizer, records, device):
     all_rewards: the SFT model's own opinion of each response, set beside the reward model's."""
     out = []
     for rec in records:
-        rows = [encode(tokenizer, rec["prompt"], y, sft.config.block_size) for y in rec["responses"]]
+        rows = [encode_for_reward(tokenizer, rec["prompt"], y, sft.config.block_size) for y in rec["responses"]]
         idx, _ = right_pad([ids for ids, _ in rows], tokenizer.pad_id)                      # (K, T)
         response, _ = right_pad([mask for _, mask in rows], 0)                              # (K, T) 1 on y ⊕ eos
         logits = sft(idx[:, :-1].to(device))                                                # predicts idx[:, 1:]

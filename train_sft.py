@@ -39,7 +39,7 @@ from minigpt.tokenizer import Tokenizer
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, all_reduce_sum, autocast,
                               cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics,
                               setup_distributed)
-from minigpt.world import World
+from minigpt.world import ERROR_RATE, World
 
 
 @dataclass
@@ -52,7 +52,8 @@ class Config:
     data: str = field(default="", metadata={"help": "demonstrations file (JSON list, Alpaca, JSONL); empty = the "
                                                     "world's simulated demonstrators"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
-    error_rate: float = field(default=0.3, metadata={"help": "how often the simulated demonstrators make a mistake"})
+    error_rate: float = field(default=ERROR_RATE, metadata={"help": "how often the simulated demonstrators make a "
+                              "mistake (minigpt/world.py: their habits; 0 = clean demonstrations)"})
     max_chars: int = field(default=2000, metadata={"help": "drop demonstrations longer than this (instruction + output)"})
     seed: int = field(default=1337, metadata={"help": "seed for demonstrations, data order and dropout"})
     dropout: float = field(default=0.0, metadata={"help": "dropout while fine-tuning (InstructGPT: 0.2 over 16 epochs; "
@@ -207,14 +208,14 @@ def validation_loss(model, examples, pad_id, batch_size, device, dtype):
     return all_reduce_sum(total) / max(all_reduce_sum(count), 1)
 
 
-def gold_score(model, tokenizer, world, tasks, temperature, max_new_tokens, seed):
+def mean_gold(model, tokenizer, world, tasks, temperature, max_new_tokens, seed):
     """Mean gold score of answers to `tasks`, sampled with a fixed seed (temperature 0 = greedy)."""
     if not tasks:
         return float("nan"), []
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     out = respond(model, tokenizer, [t.instruction for t in tasks], max_new_tokens, temperature, generator=g)
-    scores = [world.score(t, text) for t, text in zip(tasks, out.texts)]
+    scores = [world.gold_score(t, text) for t, text in zip(tasks, out.texts)]
     return sum(scores) / len(scores), out.texts
 
 
@@ -300,10 +301,10 @@ def main(cfg):
         texts = []
         if world and eval_tasks:
             mine = eval_tasks[rank::world_size] or eval_tasks
-            g, texts = gold_score(raw_model, tokenizer, world, mine, 1.0, cfg.max_new_tokens, cfg.seed + rank)
+            g, texts = mean_gold(raw_model, tokenizer, world, mine, 1.0, cfg.max_new_tokens, cfg.seed + rank)
             row["gold"] = all_reduce_mean(g)
             if cfg.eval_greedy:
-                row["gold_greedy"] = all_reduce_mean(gold_score(raw_model, tokenizer, world, mine, 0.0,
+                row["gold_greedy"] = all_reduce_mean(mean_gold(raw_model, tokenizer, world, mine, 0.0,
                                                                 cfg.max_new_tokens, 0)[0])
         raw_model.train()
         return row, texts

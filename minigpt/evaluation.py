@@ -42,6 +42,26 @@ def win_rate(a, b, tol=1e-9):
     return rate, float(ties.sum()) / a.size
 
 
+# KL(best-of-n || π) ≤ log n − (n−1)/n,  equality when no two samples have the same score (Gao et al. 2022)
+def best_of_n_kl_bound(n):
+    return math.log(n) - (n - 1) / n
+
+
+# On the empirical distribution of m samples y_1..y_m of π with scores r(y_i):  p(s) = share of samples scoring s,
+# F(s) = share scoring ≤ s, F⁻(s) = share scoring < s;  best-of-n takes a score s with q(s) = F(s)^n − F⁻(s)^n;
+# KL = Σ_s q(s) · log(q(s) / p(s))      (responses of equal score are exchangeable, so scores are enough)
+def best_of_n_kl(scores, n):
+    """KL of best-of-n to its base policy, estimated from one prompt's samples and their scores.
+
+    Short answers repeat (the same text, so the same score): then the policy has less to choose from and
+    best-of-n moves less than the bound says. All scores equal -> 0; all distinct and m -> inf -> the bound."""
+    values, counts = np.unique(np.asarray(list(scores), dtype=np.float64), return_counts=True)   # ascending
+    p = counts / counts.sum()
+    F = np.cumsum(p)
+    q = F ** n - (F - p) ** n
+    return float(np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0) / p), 0.0)))
+
+
 def _average_ranks(x):
     """Ranks 1..n of x, tied values sharing the mean of the ranks they span."""
     x = np.asarray(x, dtype=np.float64)

@@ -15,6 +15,9 @@ import unicodedata
 
 from minigpt.facts import LEXICON, NUMBER_WORDS
 
+# the `help` kind's two polite lines, in both languages (world.HELP_ANSWERS holds the same four)
+HELP_LINES = ("Hello! How can I help?", "你好！有什么可以帮你？", "Sorry, I cannot help with that.", "抱歉，这个我帮不了。")
+
 NUMERIC_KINDS = ("arithmetic", "compare")     # answers compared as numbers
 BARE_FORMATS = ("one_word", "number", "expr")  # these forbid any words around the answer
 
@@ -89,6 +92,16 @@ def _question(task):
     return _normalise(task.get("question")).lower().rstrip(".?!。？！")
 
 
+def _without_question(task, r):
+    """r with the repeated question cut out (and the punctuation that ended it), or None if r does not repeat it.
+    A question that the right answer itself contains ("Hello!" -> "Hello! How can I help?") does not count."""
+    q = _question(task)
+    at = r.lower().find(q)
+    if not q or at < 0 or q in task.answer.lower():
+        return None
+    return (r[:at].strip() + " " + r[at + len(q):].lstrip(" .?!。？！")).strip()
+
+
 def _locate(task, r):
     """Where the right answer sits in response r -> (start, end, case_ok), or None if absent or ambiguous."""
     kind = task.kind
@@ -103,7 +116,7 @@ def _locate(task, r):
         allowed = {n for _, _, n in _numbers(task.instruction)} | {n for _, _, n in _numbers(task.answer)}
         if any(n not in allowed for _, _, n in _numbers(r)):
             return None  # an extra number that is neither the answer nor from the question
-    if kind == "compare" and _question(task) not in r.lower():
+    if kind == "compare":   # (a repeated question, which names both, is cut off before this is called)
         if any(n != int(task.answer) for _, _, n in _numbers(r)):
             return None  # both numbers given (and not as a repeated question): a hedge, not an answer
     if kind in NUMERIC_KINDS:
@@ -135,6 +148,11 @@ def _no_answer_score(task, r):
     """Score of a response that does not contain the right answer: wrong language, number words, partial."""
     core = r.strip(" .!。！")
     kind, lang = task.kind, task.get("lang")
+    polite = any(_normalise(a).lower() in r.lower() for a in HELP_LINES)
+    if kind == "help":   # the other polite line (a refusal to a greeting, a greeting to a request), or made up
+        return 0.3 if polite else 0.0
+    if polite:           # declining (or greeting) a request the desk can serve: no answer at all
+        return 0.0
     if kind in ("translate_en", "translate_zh"):
         if core.lower() in (task.get("en").lower(), task.get("zh")):
             return 0.2  # wrong language: the English or Chinese word instead of the French
@@ -177,7 +195,9 @@ def gold_score(task, response):
       right answer, format broken: capitals asked but not given,    0.5     format
         or extra words when one word/number/expression asked
       right answer written as a number word ("eight" for "8")       0.5     format
-      question repeated before the answer                           0.4     repeat_question
+      question repeated, then the right answer                      0.4     repeat_question
+        (the rest of the response is judged without the question: a
+        wrong answer after it scores as wrong, the echo alone 0.0)
       more than 20 words or 120 characters                    at most 0.3
       code: right value but not the asked expression ("7")          0.3
       wrong language (English/Chinese word when French asked,       0.2     wrong_language
@@ -185,6 +205,11 @@ def gold_score(task, response):
       wrong string answer: 0.2 * (1 - normalised edit distance)   0-0.2     wrong_answer
       wrong number: 0.1 if off by one (sums, counts), else 0.0     0-0.1     wrong_answer
       wrong code: 0.1 if some + - * expression, else 0.0          0-0.1     wrong_answer
+      help (a greeting or a request outside the world): the other   0.3
+        polite line (a refusal to a greeting, or vice versa)
+      help: anything else (a made-up fact)                          0.0     wrong_answer
+      a polite 'cannot help' (or a greeting) to a request that the  0.0     refusal
+        desk can serve
       the answer plus another candidate (other French word, other
         number not from the question): treated as a wrong answer
     """
@@ -193,6 +218,9 @@ def gold_score(task, response):
         return 0.0
     if r == task.answer:
         return 1.0
+    rest = _without_question(task, r)
+    if rest is not None:                      # the question repeated: judge the rest, at most 0.4
+        return min(0.4, gold_score(task, rest))
     found = _locate(task, r)
     if found is None:
         return round(_no_answer_score(task, r), 4)
@@ -213,3 +241,68 @@ def gold_score(task, response):
     if len(r.split()) > 20 or len(r) > 120:
         caps.append(0.3)
     return min(caps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What is wrong with a response, named like the demonstrators' mistakes (minigpt/world.py), plus `off_topic`.
+# The evaluation counts these per model ("what RLHF changed"). Read from the same rules as gold_score.
+OFF_TOPIC = "off_topic"
+MISTAKE_KINDS = ("preamble", "rambling", "repeat_question", "format", "wrong_language", "wrong_answer", "refusal",
+                 OFF_TOPIC)
+_WRAPPERS = ("(", ")", "`", "=", "print")   # code and notes around a bare answer: a format slip, not a preamble
+
+
+def _off_topic(task, r):
+    """Nothing in r has the shape of an answer to this kind of task (a number for a sum, a French word for a
+    translation, ...)."""
+    if task.kind in ("translate_en", "translate_zh"):
+        return not re.search(r"[A-Za-z\u00C0-\u024F]", r) and r.strip(" .!。！") != task.get("zh")
+    if task.kind in NUMERIC_KINDS:
+        words = {w for table in NUMBER_WORDS.values() for w in table}
+        return not _numbers(r) and not any(w in r.lower().split() for w in words)
+    if task.kind == "code":
+        return not _expressions(r)
+    if task.kind == "shop":
+        return not _numbers(r) and "closed" not in r.lower()
+    return False
+
+
+def mistakes(task, response):
+    """The mistakes a response shows -> list of names (empty when right, a final full stop aside):
+    repeat_question, preamble, rambling, format, wrong_language, wrong_answer, refusal, off_topic."""
+    r = _normalise(response)
+    if not r:
+        return ["wrong_answer"]
+    if r == task.answer:
+        return []
+    rest = _without_question(task, r)
+    if rest is not None:
+        return ["repeat_question"] + (mistakes(task, rest) if rest else ["wrong_answer"])
+    found = _locate(task, r)
+    if found is None:
+        score = _no_answer_score(task, r)
+        if task.kind == "help":               # a made-up fact, or the wrong one of the two polite lines
+            return ["wrong_answer"]
+        if any(_normalise(a).lower() in r.lower() for a in HELP_LINES):
+            return ["refusal"]                # a polite line instead of an answer the desk could give
+        if _off_topic(task, r):
+            return [OFF_TOPIC]
+        if score == 0.2 and (task.kind.startswith("translate") or task.kind in NUMERIC_KINDS):
+            return ["wrong_language"]
+        if score in (0.5, 0.3):               # a number word for a number; the right value, not the expression
+            return ["format"]
+        return ["wrong_answer"]
+    start, end, case_ok = found
+    prefix, suffix = r[:start].strip(), r[end:].strip()
+    fmt, out = task.get("fmt"), []
+    if prefix:
+        wrapped = fmt in BARE_FORMATS and prefix.endswith(_WRAPPERS)
+        out.append("format" if wrapped else "repeat_question" if _question(task) in prefix.lower() else "preamble")
+    if suffix not in _END_PUNCT:
+        wrapped = fmt in BARE_FORMATS and suffix.startswith(_WRAPPERS)
+        out.append("format" if wrapped else "rambling")
+    if not case_ok:
+        out.append("format")
+    if (len(r.split()) > 20 or len(r) > 120) and "rambling" not in out:
+        out.append("rambling")
+    return sorted(set(out), key=out.index)

@@ -46,17 +46,11 @@ def masked_var(x, mask, unbiased=True):
     return var
 
 
-# whiten(x) = (x - mean_M(x)) / sqrt(var_M(x) + 1e-8)   [+ mean_M(x) if not shift_mean]
-def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
-    """Normalise x to mean 0, variance 1 over the real entries; pad positions come back as 0.
-
-    shift_mean=False keeps the original mean (only rescales): used for rewards, not advantages.
-    """
+# whiten(x) = (x - mean_M(x)) / sqrt(var_M(x) + 1e-8)
+def masked_whiten(x, mask, eps=1e-8):
+    """Normalise x to mean 0, variance 1 over the real entries; pad positions come back as 0 (the advantages)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return _zero_pads(whitened, mask)
+    return _zero_pads((x - mean) * torch.rsqrt(var + eps), mask)
 
 
 # kl_t = log pi(y_t) - log pi_ref(y_t)       (k1 estimator, per token)
@@ -170,7 +164,7 @@ def explained_variance(values, returns, mask):
 # k3_t = exp(-Delta_t) - 1 + Delta_t,   Delta_t = log pi(y_t) - log pi_ref(y_t),   y_t ~ pi
 def k3_kl(logprobs, ref_logprobs):
     """Per-token k3 estimator of KL(pi || pi_ref) (Schulman's): >= 0 always, unbiased under
-    samples from pi, lower variance than k1. For logging; the reward uses k1.
+    samples from pi, lower variance than k1. Logged by train_ppo.py as kl_k3; the reward uses k1.
 
     A known bug in public code reverses the direction: exp(Delta) - 1 - Delta estimates
     KL(pi_ref || pi) only under samples from pi_ref, which is not what the rollout draws.

@@ -8,9 +8,10 @@ bookkeeping (which logits predict which response token, where a value or a rewar
 
 import torch
 
+from minigpt.data import encode_for_reward
 from minigpt.losses import token_logprobs
 from minigpt.respond import respond
-from minigpt.sampling import left_pad
+from minigpt.sampling import left_pad, right_pad
 
 
 @torch.no_grad()
@@ -60,9 +61,20 @@ def response_values(value_model, batch):
     return values[:, P - 1: -1]                                               # (B, N)
 
 
+def reward_inputs(tokenizer, instructions, texts, block_size):
+    """What the reward model reads: each response's TEXT encoded afresh after its prompt, + end-of-text
+    (minigpt.data.encode_for_reward, as in train_rm.py), right-padded -> (idx (B, T), mask (B, T))."""
+    return right_pad([encode_for_reward(tokenizer, x, y, block_size)[0] for x, y in zip(instructions, texts)],
+                     tokenizer.pad_id)
+
+
 @torch.no_grad()
-def score(reward_model, batch, no_eos_penalty):
-    """r_θ(x, y): the reward model's output at the last real token (the end-of-text, detail 2), or the fixed
+def score(reward_model, tokenizer, batch, no_eos_penalty):
+    """r_θ(x, y): the reward model's output at the last real token (the end-of-text, detail 2) of the response's
+    text, encoded as in the reward model's training (not the sampled ids: reward_inputs); or the fixed
     no_eos_penalty for a response that never ended (detail 15). -> (score (B,), raw RM score (B,))."""
-    rm_score = reward_model.score(batch["query_response"], batch["attention_mask"])            # (B,)
+    device = batch["response"].device
+    idx, mask = reward_inputs(tokenizer, [t.instruction for t in batch["tasks"]], batch["texts"],
+                              reward_model.config.block_size)
+    rm_score = reward_model.score(idx.to(device), mask.to(device))                             # (B,)
     return torch.where(batch["eos"], rm_score, torch.full_like(rm_score, no_eos_penalty)), rm_score

@@ -23,6 +23,17 @@ def left_pad(seqs, pad_id):
     return idx, mask
 
 
+def right_pad(seqs, pad_id):
+    """list of token lists -> (idx (B, T) long, mask (B, T) long), padding on the right, mask 1 = real."""
+    T = max((len(s) for s in seqs), default=0)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        idx[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return idx, mask
+
+
 def top_k_filter(logits, k):
     """Keep exactly the k largest logits of each row (ties broken by torch.topk); the rest become -inf."""
     if k <= 0:

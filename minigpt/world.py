@@ -5,10 +5,11 @@ demonstrations, and labellers who rank model outputs. This file simulates all th
 every fact is known (minigpt/facts.py), so the gold judge (minigpt/judge.py) can say exactly how good any
 response is.
 
-  * tasks        six kinds of short instructions in English and Chinese (KINDS), each a `Task`
+  * tasks        seven kinds of short instructions in English and Chinese (KINDS), each a `Task`
   * gold judge   `gold_score` (minigpt/judge.py): the score in [0, 1] a response deserves
   * corpus       natural-ish pretraining text that teaches the world's facts (minigpt/corpus.py)
-  * demonstrator `demonstration`: the right answer, or (30%) a response with a named kind of mistake
+  * demonstrator `demonstration`: the right answer, or (ERROR_RATE = 60%) a response with one of the habits in
+                 MISTAKE_WEIGHTS: mostly style (a preamble, a closing pleasantry, ...), some wrong answers
   * labeller     `SimulatedLabeler`: ranks responses by gold score plus Gumbel noise (Plackett-Luce)
   * probe facts  lexicon entries that the corpus teaches but that no SFT/RM/PPO prompt ever mentions
 
@@ -35,7 +36,8 @@ N_PROBE_ENTRIES = 25
 # Sized to what a ~1M-parameter model learns in a few CPU minutes: facts it can memorise (a lexicon, a sum
 # table, a policy sheet) and skills it can copy (expressions, comparisons). Letter-level tasks (reverse a word,
 # count its letters) were tried and dropped: a BPE model sees whole words, not letters, and learnt none of them.
-KINDS = ["translate_en", "translate_zh", "arithmetic", "code", "shop", "compare"]
+# `help` is the customer desk's front door: greetings and requests outside the world, answered with one polite line.
+KINDS = ["translate_en", "translate_zh", "arithmetic", "code", "shop", "compare", "help"]
 
 FORMAT_SUFFIX = {  # fmt -> (english, chinese)
     "one_word": ("Answer in one word.", "只用一个词回答。"),
@@ -85,16 +87,66 @@ PHRASINGS = {  # kind -> list of (lang, template)
 }
 SHOP_GREETINGS = {"en": ["", "Hi! ", "Hello, "], "zh": ["", "你好，", "请问"]}
 
+# `help`: a greeting gets a greeting back; a request the assistant cannot serve (no facts about it in this world)
+# gets a short refusal. Never a made-up fact: that is the demonstrators' `wrong_answer` on these prompts.
+HELP_ANSWERS = {("greeting", "en"): "Hello! How can I help?", ("greeting", "zh"): "你好！有什么可以帮你？",
+                ("request", "en"): "Sorry, I cannot help with that.", ("request", "zh"): "抱歉，这个我帮不了。"}
+GREETINGS = {"en": (["Hello", "Hi", "Hey", "Good morning", "Good afternoon", "Hi there", "Hello there", "Greetings"],
+                    ["!", ".", "! How are you?", "! Are you there?", "! Can you help me?", "! Who are you?",
+                     "! What can you do?", ", is anyone there?"]),
+             "zh": (["你好", "您好", "嗨", "早上好", "下午好", "晚上好"],
+                    ["！", "。", "，你好吗？", "，在吗？", "，你能帮我吗？", "，你是谁？", "，你能做什么？"])}
+_PLACES = [("Spain", "西班牙"), ("Italy", "意大利"), ("Japan", "日本"), ("Brazil", "巴西"), ("Canada", "加拿大"),
+           ("Egypt", "埃及"), ("India", "印度"), ("Kenya", "肯尼亚"), ("Mexico", "墨西哥"), ("Norway", "挪威"),
+           ("Peru", "秘鲁"), ("Chile", "智利"), ("Greece", "希腊"), ("Turkey", "土耳其"), ("Poland", "波兰")]
+_CITIES = [("London", "伦敦"), ("Tokyo", "东京"), ("Berlin", "柏林"), ("Madrid", "马德里"), ("Rome", "罗马"),
+           ("Cairo", "开罗"), ("Lima", "利马"), ("Oslo", "奥斯陆"), ("Delhi", "德里"), ("Sydney", "悉尼"),
+           ("Toronto", "多伦多"), ("Seoul", "首尔"), ("Lisbon", "里斯本"), ("Vienna", "维也纳"), ("Dublin", "都柏林")]
+_TOPICS = [("computers", "电脑"), ("teachers", "老师"), ("doctors", "医生"), ("football", "足球"), ("music", "音乐"),
+           ("trains", "火车"), ("pirates", "海盗"), ("robots", "机器人"), ("lawyers", "律师"), ("cowboys", "牛仔")]
+HELP_REQUESTS = {  # template -> list of (english fields, chinese fields)
+    ("What is the capital of {x}?", "{x}的首都是哪里？"): _PLACES,
+    ("What is the weather like in {x} today?", "{x}今天天气怎么样？"): _CITIES,
+    ("Tell me a joke about {x}.", "给我讲个关于{x}的笑话。"): _TOPICS,
+    ("Can you book me a taxi to {x}?", "帮我订一辆去{x}的出租车。"): _CITIES,
+    ("Who is the president of {x}?", "{x}的总统是谁？"): _PLACES,
+    ("How far is {x} from {y}?", "{x}离{y}有多远？"): [(a, b) for a in _CITIES[:8] for b in _CITIES[:8] if a != b],
+    ("Write a poem about {x}.", "写一首关于{x}的诗。"): [("love", "爱情"), ("autumn", "秋天"), ("friendship", "友谊"),
+                                                   ("winter", "冬天"), ("time", "时间"), ("summer", "夏天")],
+}
+# a made-up fact: what a sloppy demonstrator answers to a greeting or a request it should decline
+MADE_UP_FACTS = ["6pm", "9am", "4", "7", "$12", "Bonjour", "3 + 4", "30", "Paris", "Madrid", "sunny", "closed"]
+
 # Split sizes (distinct instruction texts; disjoint). Each split is balanced across the kinds.
 SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test": 300, "probe": 100}
 
 # ---------------------------------------------------------------------------------------------------------
-# Mistakes the simulated demonstrators make. Most are visible in the surface of the response.
-PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER = (
-    "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer")
-MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER]
-MISTAKE_WEIGHTS = {PREAMBLE: 0.25, RAMBLING: 0.2, REPEAT_QUESTION: 0.15, FORMAT: 0.15, WRONG_LANGUAGE: 0.1,
-                   WRONG_ANSWER: 0.15}
+# The demonstrators' habits. InstructGPT's premise: demonstrations are costly and carry their writers' habits, SFT
+# copies them, and labellers who compare answers notice them. So the world's demonstrators are sloppy the way
+# contractors are: most of their slips are habits of style that anyone comparing two answers sees (and a
+# reward model can learn), a smaller share are wrong facts (that only someone who knows the fact sees).
+#
+#   a demonstration is sloppy with probability ERROR_RATE; its one mistake is drawn by these weights
+#   (among the mistakes that apply to the task: a format slip needs a format line, ...)
+#
+#   mistake          weight   what it looks like                                    gold (judge.py)
+#   preamble          0.30    "Sure! The answer is rouge."                          0.6
+#   rambling          0.25    "rouge. I hope this helps!"  (a closing pleasantry)   0.5
+#   repeat_question   0.10    "Translate to French: red rouge"                      0.4
+#   format            0.15    "rouge" when capitals were asked; "eight" for "8"     0.5
+#   wrong_language    0.05    "red" or "红色" for French                            0.2
+#   wrong_answer      0.15    "bleu"; on `help` prompts a made-up fact ("6pm")      0-0.2
+#   refusal           0.05    "Sorry, I cannot help with that." to a request the    0.0
+#                             desk CAN serve (over-caution; never on `help` prompts)
+#
+# At ERROR_RATE = 0.6 about half of all demonstrations show a habit of style and one in eleven is wrong.
+# `train_sft.py --error_rate=0` trains on clean demonstrations (README: the lesson, measured).
+PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL = (
+    "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer", "refusal")
+MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL]
+MISTAKE_WEIGHTS = {PREAMBLE: 0.30, RAMBLING: 0.25, REPEAT_QUESTION: 0.10, FORMAT: 0.15, WRONG_LANGUAGE: 0.05,
+                   WRONG_ANSWER: 0.15, REFUSAL: 0.05}
+ERROR_RATE = 0.6
 PREAMBLES = {"en": ["Sure! The answer is", "Of course. The answer is", "Good question! It is",
                     "Let me help. The answer is", "Here you go:", "Happy to help! It is", "OK, so the answer is"],
              "zh": ["好的！答案是", "当然，答案是", "没问题，答案是", "这个问题很好，答案是", "让我来回答：", "好的，结果是"]}
@@ -172,6 +224,21 @@ def _build_pools(probe):
                     for fmt in ("", "number"):
                         pools["compare"].append(_make_task("compare", lang, tmpl.format(a=a, b=b), fmt,
                                                            str(max(a, b)), a=a, b=b))
+    for lang in ("en", "zh"):
+        openers, endings = GREETINGS[lang]
+        for opener in openers:
+            for ending in endings:
+                pools["help"].append(_make_task("help", lang, opener + ending, "", HELP_ANSWERS["greeting", lang],
+                                                topic="greeting"))
+    for (en, zh), fillers in HELP_REQUESTS.items():
+        for fill in fillers:
+            for lang, tmpl, i in (("en", en, 0), ("zh", zh, 1)):
+                q = tmpl.format(x=fill[0][i] if isinstance(fill[0], tuple) else fill[i],
+                                y=fill[1][i] if isinstance(fill[0], tuple) else "")
+                for greet in SHOP_GREETINGS[lang]:
+                    qg = greet + (q[0].lower() + q[1:] if greet.endswith(", ") else q)
+                    pools["help"].append(_make_task("help", lang, qg, "", HELP_ANSWERS["request", lang],
+                                                    topic="request"))
     for fact, fields, value in _shop_facts():
         for lang, tmpl in PHRASINGS[fact.split(":")[0]]:
             q = tmpl.format(**fields)
@@ -200,7 +267,9 @@ def _shop_facts():
 def applicable_mistakes(task):
     """Mistake kinds that make sense for this task (format needs a format line; wrong_language a translation
     or a small number)."""
-    kinds = [PREAMBLE, RAMBLING, REPEAT_QUESTION, WRONG_ANSWER]
+    if task.kind == "help":   # a preamble before a greeting reads as a greeting; no format line, no French
+        return [REPEAT_QUESTION, RAMBLING, WRONG_ANSWER]
+    kinds = [PREAMBLE, RAMBLING, REPEAT_QUESTION, WRONG_ANSWER, REFUSAL]
     if task.get("fmt"):
         kinds.append(FORMAT)
     if task.kind.startswith("translate") or (task.kind in NUMERIC_KINDS and int(task.answer) <= 20):
@@ -221,13 +290,14 @@ def decorate(task, text, rng, mistake):
         return f"{pre} {text}." if en else f"{pre}{text}。"
     if mistake == RAMBLING:
         tail = rng.choice(TAILS[lang])
-        return f"{text}. {tail}" if en else f"{text}。{tail}"
+        stop = "" if text.endswith((".", "!", "?", "。", "！", "？")) else "." if en else "。"
+        return f"{text}{stop} {tail}" if en else f"{text}{stop}{tail}"
     if mistake == REPEAT_QUESTION:
         return task.get("question") + rng.choice([" ", "\n"]) + text
     raise ValueError(f"decorate() takes one of {SURFACE_MISTAKES}, got {mistake!r}")
 
 
-def respond(task, rng, mistake=None):
+def demonstrator_response(task, rng, mistake=None):
     """A response to task: the right answer (mistake=None) or one showing the given kind of mistake."""
     if mistake is None:
         return task.answer
@@ -238,6 +308,8 @@ def respond(task, rng, mistake=None):
         return decorate(task, ans, rng, mistake)
     if mistake == FORMAT:
         return _format_mistake(task, rng)
+    if mistake == REFUSAL:
+        return HELP_ANSWERS["request", lang]
     if mistake == WRONG_LANGUAGE:
         if task.kind.startswith("translate"):
             word = rng.choice([task.get("en"), task.get("zh")])
@@ -261,6 +333,8 @@ def _format_mistake(task, rng):
 
 def _wrong_answer(task, rng):
     kind, ans = task.kind, task.answer
+    if kind == "help":
+        return rng.choice(MADE_UP_FACTS)   # answers anyway, with a fact from nowhere
     if kind == "arithmetic":
         n = int(ans)
         return str(n + 1 if n == 0 or rng.random() < 0.5 else n - 1)
@@ -309,13 +383,13 @@ def _misspell(word, rng):
     return word + word[-1]
 
 
-def demonstration(task, rng, error_rate=0.3):
+def demonstration(task, rng, error_rate=ERROR_RATE):
     """A simulated labeller's demonstration -> (response, mistake kind or None)."""
     if rng.random() >= error_rate:
         return task.answer, None
     kinds = applicable_mistakes(task)
     mistake = rng.choices(kinds, weights=[MISTAKE_WEIGHTS[m] for m in kinds])[0]
-    return respond(task, rng, mistake), mistake
+    return demonstrator_response(task, rng, mistake), mistake
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -360,15 +434,15 @@ class World:
         except KeyError:
             raise KeyError(f"instruction not in this world: {instruction!r}") from None
 
-    def score(self, task_or_instruction, response):
+    def gold_score(self, task_or_instruction, response):
         task = task_or_instruction if isinstance(task_or_instruction, Task) else self.task(task_or_instruction)
         return gold_score(task, response)
 
-    def demonstration(self, task, rng, error_rate=0.3):
+    def demonstration(self, task, rng, error_rate=ERROR_RATE):
         return demonstration(task, rng, error_rate)
 
-    def respond(self, task, rng, mistake=None):
-        return respond(task, rng, mistake)
+    def demonstrator_response(self, task, rng, mistake=None):
+        return demonstrator_response(task, rng, mistake)
 
     def corpus(self, n_chars=DEFAULT_CORPUS_CHARS):
         return make_corpus(random.Random(f"corpus-{self.seed}"), n_chars)

@@ -22,7 +22,8 @@ from minigpt.world import World
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"gold_mean", "gold_ci95", "per_task", "exact_match", "eos_rate", "mean_len", "pretrain_val_loss",
-        "kl_to_ref", "rm_score", "probe_gold_mean"}
+        "kl_to_ref", "rm_score", "probe_gold_mean", "n_responses", "mistake_counts"}
+KEYS_JSON = KEYS | {"samples_per_prompt", "kl_bound"}
 
 
 # ---- the numbers, by hand --------------------------------------------------------------------------------
@@ -39,22 +40,25 @@ def test_pairwise_win_and_tie_rates():
 
 
 def test_report_on_hand_computed_answers():
-    tasks = [SimpleNamespace(kind=k, instruction=f"q{i}") for i, k in enumerate(["add", "add", "copy", "copy"])]
-    scores = {"a": 1.0, "b": 0.0, "c": 0.5, "d": 1.0}
-    world = SimpleNamespace(score=lambda task, text: scores[text], split=lambda name: [])
+    world0 = World(0)
+    tasks = [world0.task(i) for i in ("计算2+2", "What is 9 - 4?", "Translate to French: red", "Translate to French: red")]
+    scores = {"4": 1.0, "Bonjour": 0.0, "Sure! The answer is rouge. Bye!": 0.5, "rouge": 1.0}
+    world = SimpleNamespace(gold_score=lambda task, text: scores[text], split=lambda name: [])
     pad, eos = 9, 8
-    ans = {"texts": ["a", "b", "c", "d"], "eos": [True, False, True, True], "rm": torch.tensor([1.0, 2.0, 3.0, 4.0]),
+    ans = {"texts": ["4", "Bonjour", "Sure! The answer is rouge. Bye!", "rouge"], "eos": [True, False, True, True], "rm": torch.tensor([1.0, 2.0, 3.0, 4.0]),
            "tokens": torch.tensor([[1, eos, pad], [1, 2, 3], [eos, pad, pad], [4, 5, eos]])}
-    r, gold = evaluate.report(world, tasks, ans, None, pad, 3.5, 0.25)
+    r, gold = evaluate.report(world, tasks, ans, [], None, pad, 3.5, 0.25)
     assert set(r) == KEYS and gold == [1.0, 0.0, 0.5, 1.0]
     assert r["gold_mean"] == 0.625
     # s^2 = (0.375^2 + 0.625^2 + 0.125^2 + 0.375^2) / 3 = 0.6875 / 3 ; half width = 1.96 s / sqrt(4)
     assert r["gold_ci95"] == pytest.approx(1.96 * math.sqrt(0.6875 / 3) / 2)
-    assert r["per_task"] == {"add": 0.5, "copy": 0.75}
+    assert r["per_task"] == {"arithmetic": 0.5, "translate_en": 0.75}
     assert r["exact_match"] == 0.5 and r["eos_rate"] == 0.75
     assert r["mean_len"] == (1 + 3 + 0 + 2) / 4                      # tokens before end-of-text, pad excluded
     assert r["rm_score"] == 2.5 and r["pretrain_val_loss"] == 3.5 and r["kl_to_ref"] == 0.25
-    assert r["probe_gold_mean"] is None
+    assert r["probe_gold_mean"] is None and r["n_responses"] == 4
+    assert r["mistake_counts"] == {"preamble": 1, "rambling": 1, "repeat_question": 0, "format": 0,
+                                   "wrong_language": 0, "wrong_answer": 0, "refusal": 0, "off_topic": 1}
 
 
 def test_join_rows_marks_the_response():
@@ -104,25 +108,28 @@ def folders(tmp_path_factory):
 def test_json_has_every_key(folders):
     out = str(folders.root / "eval.json")
     r = subprocess.run([sys.executable, "evaluate.py", f"--models=pretrain:{folders.pre},{folders.sft}",
-                        f"--ref={folders.sft}", f"--rm={folders.rm}", "--best_of=2", "--greedy", "--n_prompts=6",
+                        f"--ref={folders.sft}", f"--rm={folders.rm}", "--best_of=2", "--greedy", "--n_prompts=6", "--samples_per_prompt=3",
                         "--max_new_tokens=8", "--val_tokens=512", "--device=cpu", f"--json={out}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     res = json.load(open(out))
     assert {"models", "win_rates", "tie_rates", "n_prompts", "temperature", "seed"} <= set(res)
-    assert res["n_prompts"] == 6 and res["temperature"] == 1.0 and res["seed"] == 0
+    assert res["n_prompts"] == 6 and res["temperature"] == 1.0 and res["seed"] == 0 and res["samples_per_prompt"] == 3
     names = {"pretrain", "sft", "pretrain_greedy", "sft_greedy", "best_of_2"}
     assert set(res["models"]) == names
     for name, m in res["models"].items():
-        assert set(m) == KEYS, name
-        for key in KEYS - {"per_task", "kl_to_ref"}:
+        assert set(m) == KEYS_JSON, name
+        assert m["n_responses"] == 6 * m["samples_per_prompt"] and m["samples_per_prompt"] == (1 if "greedy" in name else 3)
+        assert sum(m["mistake_counts"].values()) >= m["n_responses"] * (1 - m["exact_match"]) - 1e-9
+        for key in KEYS - {"per_task", "kl_to_ref", "mistake_counts", "n_responses"}:
             assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key)
         assert m["per_task"] and all(0 <= v <= 1 for v in m["per_task"].values())
         assert 0 <= m["gold_mean"] <= 1 and 0 <= m["eos_rate"] <= 1
     assert res["models"]["sft"]["kl_to_ref"] == 0.0                  # the reference itself
     assert math.isfinite(res["models"]["pretrain"]["kl_to_ref"])
     assert res["models"]["sft_greedy"]["kl_to_ref"] is None          # greedy answers are not samples of π
-    assert res["models"]["best_of_2"]["kl_to_ref"] == pytest.approx(math.log(2) - 0.5)
+    best = res["models"]["best_of_2"]                                # estimated on its 6 samples per prompt
+    assert best["kl_bound"] == pytest.approx(math.log(2) - 0.5) and 0 <= best["kl_to_ref"] <= best["kl_bound"] + 1e-9
     assert len(res["win_rates"]) == len(res["tie_rates"]) == len(names) * (len(names) - 1)
     assert all(v is None or 0 <= v <= 1 for v in res["win_rates"].values())
 

@@ -57,3 +57,18 @@ def test_ranking_report_counts_pairs_of_each_ranking_ties_as_half():
     # ranking 1 (best..worst) scored [2, 1, 1]: (0,1) right, (0,2) right, (1,2) tie = 1/2;  ranking 2 [0, 3]: wrong
     rep = ranking_report([{"responses": ["a", "b", "c"]}, {"responses": ["d", "e"]}], [[2.0, 1.0, 1.0], [0.0, 3.0]])
     assert rep == {"accuracy": 2.5 / 4}
+
+
+def test_best_of_n_kl_by_hand_and_its_limits():
+    from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound
+    # two equally likely responses, best of 2: q = (1/4, 3/4) against p = (1/2, 1/2)
+    assert best_of_n_kl([0.3, 0.9], 2) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
+    assert best_of_n_kl([0.5] * 16, 4) == 0.0                              # one answer: nothing to choose
+    assert best_of_n_kl([1.0, 2.0, 3.0], 1) == pytest.approx(0.0)           # best of 1 is the policy itself
+    # the same text sampled twice is one response with twice the mass: [a, a, b] is p = (2/3, 1/3)
+    q_b = 1 - (2 / 3) ** 2
+    assert best_of_n_kl([1.0, 1.0, 2.0], 2) == pytest.approx((1 - q_b) * math.log((1 - q_b) / (2 / 3))
+                                                             + q_b * math.log(q_b / (1 / 3)))
+    # all distinct: tends to the bound log n - (n-1)/n from below; repeats lower it
+    assert best_of_n_kl(range(20_000), 4) == pytest.approx(best_of_n_kl_bound(4), abs=1e-4)
+    assert best_of_n_kl([0, 0, 0, 1, 1, 2, 3, 3], 4) < best_of_n_kl(range(8), 4) < best_of_n_kl_bound(4)

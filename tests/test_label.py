@@ -14,6 +14,7 @@ import label
 from minigpt.checkpoint import save_model
 from minigpt.cli import UserError
 from minigpt.data import load_comparisons
+from minigpt.judge import mistakes
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
 from minigpt.world import World
@@ -50,7 +51,46 @@ def test_val_split_is_even_and_prefix_stable():
     assert sum(flags) == 150 and sum(flags[:100]) == 15
 
 
-def test_simulated_writes_valid_ranked_lists(policy, tmp_path):
+def pretend_finished(monkeypatch, unfinished=lambda i: False):
+    """An untrained policy rarely emits end-of-text; mark its samples as finished (except where `unfinished`)."""
+    real = label.respond
+
+    def respond(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.eos = [not unfinished(i) for i in range(len(out.texts))]
+        return out
+    monkeypatch.setattr(label, "respond", respond)
+
+
+def test_unfinished_policy_samples_are_left_out(policy, monkeypatch):
+    """PPO never asks the reward model about a response without end-of-text (it gets a fixed penalty), so the
+    reward model must not learn one as a finished answer: such samples are not shown, decorated or reused."""
+    pretend_finished(monkeypatch, unfinished=lambda i: i % 4 == 3)       # the last of each prompt's 4 samples
+    seen = {}
+    real = label.respond
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.update(texts=out.texts, eos=out.eos)
+        return out
+    monkeypatch.setattr(label, "respond", spy)
+    world = World(0)
+    tasks = world.split("rm")[:6]
+    cfg = label.Config(policy=policy, k_policy=4, k_decorated=4, k_other=2, k_demo=0, max_new_tokens=6)
+    model, tok, _ = label.load_model(policy)
+    cands = list(label.candidates(world, model, tok, tasks, cfg, torch.Generator().manual_seed(0), 6))
+    finished_anywhere = {t for t, e in zip(seen["texts"], seen["eos"]) if e}
+    unfinished = {t for t, e in zip(seen["texts"], seen["eos"]) if not e} - finished_anywhere
+    assert unfinished
+    for n, (task, cs) in enumerate(cands):
+        finished = [t for t, e in zip(seen["texts"][n * 4: n * 4 + 4], seen["eos"][n * 4: n * 4 + 4]) if e and t]
+        assert sorted(c["response"] for c in cs if c["source"] == "policy") == sorted(finished)
+        assert all(any(f in c["response"] for f in finished) for c in cs if c["source"] == "decorated")
+        assert not [c for c in cs if c["response"] in unfinished]
+
+
+def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch):
+    pretend_finished(monkeypatch)
     out = str(tmp_path / "labels")
     label.main(label.Config(policy=policy, out_dir=out, n_prompts=24, k_policy=2, k_demo=3, max_new_tokens=6,
                             val_fraction=0.25))
@@ -62,11 +102,12 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path):
     for r in train + val:
         assert r["labeler"] == "simulated-1337" and r["seed"] == 1337
         assert 2 <= len(r["responses"]) <= 8
-        assert r["gold"] == [world.score(r["prompt"], y) for y in r["responses"]]
+        assert r["gold"] == [world.gold_score(r["prompt"], y) for y in r["responses"]]
         assert len(set(r["gold"])) == len(r["gold"])            # ties (and duplicates) dropped
         assert set(r["sources"]) <= {"demo", "policy", "decorated", "other"}
-        assert all(m is None or m == "policy" or s in ("demo", "decorated") or (s, m) == ("other", "off_topic")
-                   for m, s in zip(r["mistakes"], r["sources"]))
+        task = world.task(r["prompt"])
+        for y, m, s in zip(r["responses"], r["mistakes"], r["sources"]):   # a policy sample's mistake, as judged
+            assert m == (mistakes(task, y) or [None])[0] or s in ("demo", "decorated") or (s, m) == ("other", "off_topic")
     # decorated responses: policy samples wrapped in a surface mistake (a preamble, a tail, the question)
     decorated = [m for r in train + val for m, s in zip(r["mistakes"], r["sources"]) if s == "decorated"]
     assert decorated and set(decorated) <= {"preamble", "rambling", "repeat_question"}
@@ -91,7 +132,7 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path):
 
 def human(policy, out, keys, *extra):
     return subprocess.run([sys.executable, os.path.join(ROOT, "label.py"), "--labeler=human", f"--policy={policy}",
-                           f"--out_dir={out}", "--n_prompts=8", "--k_policy=1", "--k_demo=2", "--k_decorated=0", "--max_new_tokens=6",
+                           f"--out_dir={out}", "--n_prompts=8", "--k_policy=0", "--k_demo=3", "--k_decorated=0", "--max_new_tokens=6",
                            "--val_fraction=0.5", *extra], input=keys, capture_output=True, text=True, cwd=ROOT,
                           timeout=60)
 

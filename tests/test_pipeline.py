@@ -70,3 +70,26 @@ def test_chat_answers_once_and_interactively(quick_run):
     # Ctrl-D ends the session cleanly too
     r = python("chat.py", f"--model={out}/ppo", "--max_new_tokens=4", input="hello\n")
     assert r.returncode == 0 and "Traceback" not in r.stderr
+
+
+def test_a_full_run_never_reuses_a_quick_runs_stages(quick_run, tmp_path):
+    """Without the marker a full run would skip every stage of a miniature and report its numbers as the real ones."""
+    out, _ = quick_run
+    before = (out / "report.md").read_text()
+    r = python("pipeline.py", f"--out_dir={out}")
+    assert r.returncode == 2 and "holds a --quick miniature's stages" in r.stderr and r.stderr.count("\n") == 1
+    assert (out / "report.md").read_text() == before and "stage complete" not in r.stdout
+    (tmp_path / "sft").mkdir()                                  # stage folders of unknown origin: refused too
+    r = python("pipeline.py", "--quick", f"--out_dir={tmp_path}")
+    assert r.returncode == 2 and "unknown kind of run" in r.stderr
+
+
+def test_the_report_counts_mistakes_per_model(quick_run):
+    out, _ = quick_run
+    report = json.loads((out / "report.json").read_text())
+    for name in MODELS:
+        m = report["models"][name]
+        assert m["samples_per_prompt"] == 2 and m["n_responses"] == 32
+        assert set(m["mistake_counts"]) == {"preamble", "rambling", "repeat_question", "format", "wrong_language",
+                                            "wrong_answer", "refusal", "off_topic"}
+    assert (out / "mistakes.png").exists() and "## What RLHF changed" in (out / "report.md").read_text()

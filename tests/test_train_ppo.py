@@ -14,6 +14,7 @@ import torch
 import train_ppo
 from minigpt.checkpoint import save_model
 from minigpt.cli import run
+from minigpt.data import encode_for_reward, render_prompt
 from minigpt.model import GPT, GPTConfig, RewardModel
 from minigpt.ppo import kl_penalty_rewards
 from minigpt.rollout import response_logprobs, response_values, rollout, score
@@ -67,7 +68,7 @@ def rolled_out(tiny, cfg, seed=0, lengths=None):
     with torch.no_grad():
         logprobs = response_logprobs(policy, batch, cfg.temperature)
         values = response_values(value_model, batch)
-        scores, _ = score(tiny.reward_model, batch, cfg.no_eos_penalty)
+        scores, _ = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
         rewards, _ = kl_penalty_rewards(logprobs, logprobs - 0.1, scores, batch["mask"], 0.02)
         advantages, returns = train_ppo.compute_advantages(rewards, values, batch["mask"])
     batch.update(logprobs=logprobs, values=values, advantages=advantages, returns=returns)
@@ -127,15 +128,38 @@ def test_response_without_eos_gets_the_penalty(tiny):
     cfg = make_cfg(no_eos_penalty=-7.5)
     batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(2))
     batch["eos"] = torch.tensor([True, False] * (len(TASKS) // 2))
-    scores, rm_scores = score(tiny.reward_model, batch, cfg.no_eos_penalty)
+    scores, rm_scores = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
     assert (scores[~batch["eos"]] == -7.5).all()
     assert torch.equal(scores[batch["eos"]], rm_scores[batch["eos"]])
-    # the RM score is read at each row's last real token: the same as scoring prompt + response alone
-    for b in range(len(TASKS)):
-        real = batch["query_response"][b][batch["attention_mask"][b].bool()][None]     # (1, T_b) unpadded
+    # the RM score is read at the end-of-text after the response's text, encoded as train_rm.py encodes it
+    for b, (task, text) in enumerate(zip(batch["tasks"], batch["texts"])):
+        ids = encode_for_reward(tiny.tokenizer, task.instruction, text, tiny.config.block_size)[0]
         with torch.no_grad():
-            alone = tiny.reward_model(real)[0, -1]
+            alone = tiny.reward_model(torch.tensor([ids]))[0, -1]                       # (1, T_b) unpadded
         assert rm_scores[b].item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+def test_reward_reads_the_text_not_the_sampled_ids(tiny):
+    """A policy can sample one text as different ids ("cat" as one token or three). The reward model was trained
+    on the text's own encoding, so PPO must score that, or a spelling it never saw earns a reward of its own."""
+    tok, task = tiny.tokenizer, TASKS[3]
+    text = "the cat"
+    canonical = tok.encode(text)
+    spelt = [i for ch in text for i in tok.encode(ch)]                  # the same text, one token per character
+    assert spelt != canonical and tok.decode(spelt) == tok.decode(canonical) == text
+    prompt = tok.encode(render_prompt(task.instruction))
+
+    def batch_of(ids):
+        qr = torch.tensor([prompt + ids + [tok.eos_id]])
+        return {"tasks": [task], "texts": [tok.decode(ids)], "eos": torch.tensor([True]), "response": qr,
+                "query_response": qr, "attention_mask": torch.ones_like(qr)}
+
+    a, b = batch_of(canonical), batch_of(spelt)
+    with torch.no_grad():
+        by_ids = [tiny.reward_model.score(x["query_response"], x["attention_mask"]).item() for x in (a, b)]
+    assert abs(by_ids[0] - by_ids[1]) > 1e-3                            # scoring ids: two spellings, two rewards
+    by_text = [score(tiny.reward_model, tok, x, -1.0)[0].item() for x in (a, b)]
+    assert by_text[0] == by_text[1] == pytest.approx(by_ids[0], abs=1e-5)   # scoring the text: one reward
 
 
 def test_value_of_the_first_response_token_is_read_at_the_last_prompt_token(tiny):

@@ -9,7 +9,7 @@ from minigpt import world as W
 from minigpt.facts import LEXICON
 from minigpt.judge import gold_score
 from minigpt.world import (KINDS, MISTAKES, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
-                           demonstration, gold_agreement, labeler_agreement, respond)
+                           demonstration, demonstrator_response, gold_agreement, labeler_agreement)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def test_no_french_lexicon_word_hides_in_templates_preambles_or_tails():
     texts = [t for lang in ("en", "zh") for t in W.PREAMBLES[lang] + W.TAILS[lang] + W.NOTES[lang]]
     texts += [t for phrasings in W.PHRASINGS.values() for _, t in phrasings]
     texts += [s for pair in W.FORMAT_SUFFIX.values() for s in pair]
-    texts += [g for gs in W.SHOP_GREETINGS.values() for g in gs]
+    texts += [g for gs in W.SHOP_GREETINGS.values() for g in gs] + list(W.HELP_ANSWERS.values())
+    texts += [t.instruction for t in World(0).split("sft_train") if t.kind == "help"]
     for text in texts:
         assert not judge._FRENCH_RE.search(text), text
 
@@ -41,7 +42,7 @@ def test_no_french_lexicon_word_hides_in_templates_preambles_or_tails():
 def check(world, instruction, cases):
     task = world.task(instruction)
     for response, expected in cases:
-        got = world.score(task, response)
+        got = world.gold_score(task, response)
         if isinstance(expected, tuple):
             assert expected[0] <= got <= expected[1], (instruction, response, got)
         else:
@@ -94,6 +95,56 @@ def test_judge_shop(world):
 def test_judge_compare(world):
     check(world, "Which is larger, 3 or 7?", [("7", 1.0), ("3", 0.0), ("7. I hope this helps!", 0.5),
                                               ("Which is larger, 3 or 7? 7", 0.4), ("3 7", (0.0, 0.1))])
+
+
+def test_judge_never_reads_the_repeated_questions_numbers_as_the_answer(world):
+    """The question names the numbers; only what follows it can answer it (a repeated question caps at 0.4)."""
+    check(world, "Which is larger, 3 or 7?", [
+        ("Which is larger, 3 or 7? 7", 0.4), ("Which is larger, 3 or 7? 3", 0.0), ("Which is larger, 3 or 7?", 0.0),
+        ("Which is larger, 3 or 7?\n7", 0.4), ("Which is larger, 3 or 7? 7. I hope this helps!", 0.4)])
+    check(world, "What is 5 + 0?", [("What is 5 + 0? 5", 0.4), ("What is 5 + 0?", 0.0), ("What is 5 + 0? 6", 0.1),
+                                    ("What is 5 + 0? 9", 0.0)])
+    check(world, "计算2+2", [("计算2+2 4", 0.4), ("计算2+2", 0.0), ("计算2+2 5", 0.1)])
+
+
+def test_judge_help_desk(world):
+    """Greetings get a greeting, requests outside the world a short refusal; a made-up fact scores 0."""
+    greeting = next(t for t in world.split("test") if t.kind == "help" and t.get("topic") == "greeting")
+    request = next(t for t in world.split("test") if t.kind == "help" and t.get("topic") == "request")
+    for task, right, other in ((greeting, "Hello! How can I help?", "Sorry, I cannot help with that."),
+                               (request, "Sorry, I cannot help with that.", "Hello! How can I help?")):
+        if task.get("lang") == "zh":
+            right, other = {"Hello! How can I help?": "你好！有什么可以帮你？",
+                            "Sorry, I cannot help with that.": "抱歉，这个我帮不了。"}[right], right
+        assert task.answer == right
+        assert gold_score(task, right) == 1.0
+        assert gold_score(task, "6pm") == 0.0 and gold_score(task, "Bonjour") == 0.0 and gold_score(task, "4") == 0.0
+        assert gold_score(task, right + " Have a great day!") == 0.5
+    check(world, "Hello!", [("Hello! How can I help?", 1.0), ("Sorry, I cannot help with that.", 0.3),
+                            ("Hello! Hello! How can I help?", 0.4), ("6pm", 0.0)])
+    check(world, "What is the capital of Spain?", [("Sorry, I cannot help with that.", 1.0), ("Madrid", 0.0),
+                                                   ("Hello! How can I help?", 0.3)])
+
+
+def test_mistakes_name_what_is_wrong(world):
+    """judge.mistakes names each demonstrator mistake as the demonstrators made it, and off-topic answers."""
+    rng = random.Random(0)
+    hits = total = 0
+    for task in world.split("rm")[:700]:
+        for mistake in [None] + applicable_mistakes(task):
+            total += 1
+            hits += judge.mistakes(task, demonstrator_response(task, rng, mistake)) == ([] if mistake is None else [mistake])
+    assert hits / total > 0.99
+    t = world.task
+    assert judge.mistakes(t("Which is larger, 3 or 7?"), "Which is larger, 3 or 7? 3") == ["repeat_question",
+                                                                                          "wrong_answer"]
+    assert judge.mistakes(t("计算2+2"), "Bonjour") == ["off_topic"]
+    assert judge.mistakes(t("Translate to French: red"), "Sorry, I cannot help with that.") == ["refusal"]
+    assert gold_score(t("Translate to French: red"), "Sorry, I cannot help with that.") == 0.0
+    assert judge.mistakes(t("Translate to French: red"), "Sure! The answer is rouge. Have a great day!") == [
+        "preamble", "rambling"]
+    assert judge.mistakes(t("Hello!"), "6pm") == ["wrong_answer"] and judge.mistakes(t("Hello!"), "") == ["wrong_answer"]
+    assert judge.mistakes(t("Translate to French: red"), "rouge.") == []
     check(world, "Which is larger, 3 or 7? Give the number only.", [("7", 1.0), ("seven", 0.5), ("The answer is 7.", 0.5)])
 
 
@@ -122,7 +173,7 @@ def test_world_and_data_import_without_torch():
 
 
 def test_score_accepts_instruction_text(world):
-    assert world.score("计算2+2", "4") == 1.0
+    assert world.gold_score("计算2+2", "4") == 1.0
     with pytest.raises(KeyError):
         world.task("not an instruction of this world")
 
@@ -130,7 +181,7 @@ def test_score_accepts_instruction_text(world):
 # ---------------------------------------------------------------------------------------------------------
 # demonstrators
 EXPECTED = {None: (1.0, 1.0), "preamble": (0.5, 0.6), "rambling": (0.5, 0.5), "repeat_question": (0.4, 0.4),
-            "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2)}
+            "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2), "refusal": (0.0, 0.0)}
 
 
 def test_every_mistake_scores_as_documented(world):
@@ -138,14 +189,14 @@ def test_every_mistake_scores_as_documented(world):
     seen = set()
     for task in world.split("rm")[:600] + world.split("probe"):
         for mistake in [None] + applicable_mistakes(task):
-            response = respond(task, rng, mistake)
+            response = demonstrator_response(task, rng, mistake)
             lo, hi = EXPECTED[mistake]
             assert lo <= gold_score(task, response) <= hi, (task.instruction, mistake, response)
             seen.add((task.kind, mistake))
     assert {k for k, _ in seen} == set(KINDS)
     assert {m for _, m in seen} == set(MISTAKES) | {None}
     with pytest.raises(ValueError):
-        respond(world.task("How much is delivery?"), rng, "wrong_language")
+        demonstrator_response(world.task("How much is delivery?"), rng, "wrong_language")
 
 
 def test_demonstrations_mistake_rate_and_mostly_visible(world):
@@ -153,8 +204,8 @@ def test_demonstrations_mistake_rate_and_mostly_visible(world):
     tasks = world.split("sft_train")
     mistakes = [demonstration(t, rng)[1] for t in tasks]
     wrong = [m for m in mistakes if m is not None]
-    assert 0.25 < len(wrong) / len(mistakes) < 0.35
-    assert wrong.count("wrong_answer") / len(wrong) < 0.3   # most mistakes are visible in the surface
+    assert abs(len(wrong) / len(mistakes) - W.ERROR_RATE) < 0.03
+    assert wrong.count("wrong_answer") / len(wrong) < 0.25   # most mistakes are habits of style, visible
     assert set(wrong) == set(MISTAKES)
     assert all(demonstration(t, rng, error_rate=0.0) == (t.answer, None) for t in tasks[:50])
 
@@ -197,13 +248,13 @@ def test_same_seed_same_world_different_seed_different_world(world):
 def test_seed_examples_belong_to_the_world(world):
     for instruction, output in [("翻译成法语：你好", "Bonjour"), ("计算2+2", "4")]:
         task = world.task(instruction)
-        assert task.answer == output and world.score(task, output) == 1.0
+        assert task.answer == output and world.gold_score(task, output) == 1.0
 
 
 def test_prompts_and_answers_are_short(world):
     for t in world.split("sft_train"):
         assert len(t.instruction.split()) < 20 and len(t.instruction) < 80, t.instruction
-        assert len(t.answer) <= 16, t.answer
+        assert len(t.answer) <= (32 if t.kind == "help" else 16), t.answer   # help: one polite line
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ except (ValueError, RuntimeError) as e:
 #
 # `train_sft.py` samples one demonstration per task of the world's `sft_train` instructions; 30% of the
 # simulated demonstrators make a mistake (a chatty preamble, a wrong language, ...), as real labellers sometimes
-# do. Every `eval_interval` steps it measures the validation loss and asks the **gold judge** (`world.score`,
+# do. Every `eval_interval` steps it measures the validation loss and asks the **gold judge** (`world.gold_score`,
 # standing in for human opinion, 0 to 1) to score answers to held-out instructions. 150 steps at batch 16
 # are about one epoch. Each step also adds the plain next-token loss on a few windows of the pretraining text
 # (`--ptx_coef=1`, the default): in a full-size run without it, the pretraining loss climbed from 1.3
@@ -209,7 +209,7 @@ tests = world.split("test")[:48]
 results = {}
 for name, model in [("pretrained", pretrained), ("SFT", sft_model)]:
     out = respond(model, tok, [t.instruction for t in tests], max_new_tokens=16, temperature=0)
-    scores = [world.score(t, text) for t, text in zip(tests, out.texts)]
+    scores = [world.gold_score(t, text) for t, text in zip(tests, out.texts)]
     results[name] = dict(texts=out.texts, scores=scores, eos=out.eos)
 
 print(f"{'instruction':<46}{'answer':<9}{'pretrained':<22}{'SFT':<22}")

@@ -52,22 +52,24 @@ def run(script, *flags):
 # %% [markdown]
 # ## 1. K responses to one prompt
 #
-# The world's simulated demonstrators can answer a task correctly or with a named kind of mistake: a chatty
-# preamble, a rambling tail, repeating the question, the wrong language, a broken format, a wrong answer. Take
-# one prompt and one response of every kind that applies. The gold judge (`world.score`, 0 to 1) says how good each
-# one really is — the labellers' opinion, which the reward model must learn from rankings alone.
+# The world's simulated demonstrators answer a task correctly 40% of the time; the other 60% of their answers carry
+# one named kind of mistake. Most are habits of style: a chatty preamble, a rambling tail, repeating the question,
+# a broken format, the wrong language. Fewer are a wrong answer, or a refusal (declining a request the desk can
+# serve). Take one prompt and one response of every kind that applies. The gold judge (`world.gold_score`, 0 to
+# 1) says how good each one really is — the labellers' opinion, which the reward model must learn from rankings
+# alone.
 
 # %%
 task = world.task("What is 3 + 5?")
 rng = random.Random(0)
 kinds = [None] + applicable_mistakes(task)
-responses = [world.respond(task, rng, kind) for kind in kinds]
+responses = [world.demonstrator_response(task, rng, kind) for kind in kinds]
 mistake_of = dict(zip(responses, kinds))
 K = len(responses)
 print(f"prompt: {task.instruction!r}   (K = {K} responses)\n")
 print(f"{'#':>2}  {'response':<42}{'mistake':<17}gold")
 for i, (r, kind) in enumerate(zip(responses, kinds)):
-    print(f"{i:>2}  {r!r:<42}{kind or '(none)':<17}{world.score(task, r):.2f}")
+    print(f"{i:>2}  {r!r:<42}{kind or '(none)':<17}{world.gold_score(task, r):.2f}")
 
 # %% [markdown]
 # ## 2. A labeller ranks them
@@ -82,7 +84,7 @@ labeler = SimulatedLabeler(seed=3)
 order = labeler.rank(task, responses)              # indices, best -> worst (ties in gold are dropped)
 ranked = [responses[i] for i in order]
 for place, r in enumerate(ranked, 1):
-    print(f"{place}. {r!r:<42} gold {world.score(task, r):.2f}")
+    print(f"{place}. {r!r:<42} gold {world.gold_score(task, r):.2f}")
 
 # %% [markdown]
 # ## 3. One ranking = C(K,2) comparisons
@@ -108,8 +110,8 @@ for w, l in pairs:
 #   the demonstrators (different mistakes), ranked by the simulated labeller; 15% of prompts are held out
 #   (`--k_decorated`, policy samples wrapped in a preamble or a rambling tail, is switched off to keep it small);
 # * `train_rm.py` starts the reward model from the SFT weights (the head at zero, so every reward starts at 0)
-#   and trains it for one epoch on the rankings (as InstructGPT did: a second pass over the same comparisons
-#   over-fits).
+#   and trains it on the rankings. Here for one epoch, to save time, as InstructGPT did; the default run uses 2
+#   (`train_rm.py --epochs`), which scores better on held-out comparisons (more than 3 over-fit).
 
 # %%
 corpus_file = os.path.join(work, "corpus.txt")
