@@ -14,6 +14,7 @@ interrupted pipeline continues where it stopped.
 import json
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -35,7 +36,7 @@ QUICK = {
     "rm": ["--batch_size=4", "--bias_prompts=16"],
     "ppo": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
     "ppo_ptx": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
-    "eval": ["--n_prompts=16", "--samples_per_prompt=2"],
+    "eval": ["--n_prompts=16", "--samples_per_prompt=2", "--val_tokens=2048"],
 }
 # The file whose presence means a stage finished (every script writes it last).
 DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
@@ -196,6 +197,8 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
         "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
         "seed": seed, "ptx_coef": ptx_coef, "kl_coef": ppo.get("kl_coef"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        # the largest resident memory of any stage this process ran (Linux reports kilobytes)
+        "peak_stage_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
     }
     write_json(os.path.join(out_dir, "report.json"), report)
@@ -203,7 +206,7 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
     lines = ["# minigpt: what each stage of InstructGPT did", "",
              f"Run {'--quick (a miniature: numbers mean nothing)' if quick else 'with the defaults'} "
              f"on {report['machine']}, seed {seed}, commit {report['commit']}, "
-             f"{report['total_seconds']:.0f} s of stages. Held-out test prompts, gold judge, "
+             f"{report['total_seconds']:.0f} s of stages, at most {report['peak_stage_rss_mb']} MB of memory. Held-out test prompts, gold judge, "
              f"temperature {evaluation.get('temperature')}, {evaluation.get('n_prompts')} prompts x "
              f"{evaluation.get('samples_per_prompt')} samples; win rates pair each answer with the SFT model's "
              "answer of the same number to the same prompt, ties left out; 'by prompt' compares each prompt's mean.", "",

@@ -104,15 +104,16 @@ _CITIES = [("London", "伦敦"), ("Tokyo", "东京"), ("Berlin", "柏林"), ("Ma
            ("Toronto", "多伦多"), ("Seoul", "首尔"), ("Lisbon", "里斯本"), ("Vienna", "维也纳"), ("Dublin", "都柏林")]
 _TOPICS = [("computers", "电脑"), ("teachers", "老师"), ("doctors", "医生"), ("football", "足球"), ("music", "音乐"),
            ("trains", "火车"), ("pirates", "海盗"), ("robots", "机器人"), ("lawyers", "律师"), ("cowboys", "牛仔")]
-HELP_REQUESTS = {  # template -> list of (english fields, chinese fields)
-    ("What is the capital of {x}?", "{x}的首都是哪里？"): _PLACES,
-    ("What is the weather like in {x} today?", "{x}今天天气怎么样？"): _CITIES,
-    ("Tell me a joke about {x}.", "给我讲个关于{x}的笑话。"): _TOPICS,
-    ("Can you book me a taxi to {x}?", "帮我订一辆去{x}的出租车。"): _CITIES,
-    ("Who is the president of {x}?", "{x}的总统是谁？"): _PLACES,
-    ("How far is {x} from {y}?", "{x}离{y}有多远？"): [(a, b) for a in _CITIES[:8] for b in _CITIES[:8] if a != b],
-    ("Write a poem about {x}.", "写一首关于{x}的诗。"): [("love", "爱情"), ("autumn", "秋天"), ("friendship", "友谊"),
-                                                   ("winter", "冬天"), ("time", "时间"), ("summer", "夏天")],
+HELP_REQUESTS = {  # (english, chinese) template -> fillers, each a tuple of (english, chinese) words for {0}, {1}
+    ("What is the capital of {0}?", "{0}的首都是哪里？"): [(p,) for p in _PLACES],
+    ("What is the weather like in {0} today?", "{0}今天天气怎么样？"): [(c,) for c in _CITIES],
+    ("Tell me a joke about {0}.", "给我讲个关于{0}的笑话。"): [(t,) for t in _TOPICS],
+    ("Can you book me a taxi to {0}?", "帮我订一辆去{0}的出租车。"): [(c,) for c in _CITIES],
+    ("Who is the president of {0}?", "{0}的总统是谁？"): [(p,) for p in _PLACES],
+    ("How far is {0} from {1}?", "{0}离{1}有多远？"): [(a, b) for a in _CITIES[:8] for b in _CITIES[:8] if a != b],
+    ("Write a poem about {0}.", "写一首关于{0}的诗。"): [(t,) for t in [("love", "爱情"), ("autumn", "秋天"),
+                                                              ("friendship", "友谊"), ("winter", "冬天"),
+                                                              ("time", "时间"), ("summer", "夏天")]],
 }
 # a made-up fact: what a sloppy demonstrator answers to a greeting or a request it should decline
 MADE_UP_FACTS = ["6pm", "9am", "4", "7", "$12", "Bonjour", "3 + 4", "30", "Paris", "Madrid", "sunny", "closed"]
@@ -139,7 +140,7 @@ SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test"
 #   refusal           0.05    "Sorry, I cannot help with that." to a request the    0.0
 #                             desk CAN serve (over-caution; never on `help` prompts)
 #
-# At ERROR_RATE = 0.6 about half of all demonstrations show a habit of style and one in eleven is wrong.
+# At ERROR_RATE = 0.6, 46% of the SFT demonstrations show a habit of style, 10% are wrong and 3% refuse.
 # `train_sft.py --error_rate=0` trains on clean demonstrations (README: the lesson, measured).
 PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL = (
     "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer", "refusal")
@@ -233,8 +234,7 @@ def _build_pools(probe):
     for (en, zh), fillers in HELP_REQUESTS.items():
         for fill in fillers:
             for lang, tmpl, i in (("en", en, 0), ("zh", zh, 1)):
-                q = tmpl.format(x=fill[0][i] if isinstance(fill[0], tuple) else fill[i],
-                                y=fill[1][i] if isinstance(fill[0], tuple) else "")
+                q = tmpl.format(*[words[i] for words in fill])
                 for greet in SHOP_GREETINGS[lang]:
                     qg = greet + (q[0].lower() + q[1:] if greet.endswith(", ") else q)
                     pools["help"].append(_make_task("help", lang, qg, "", HELP_ANSWERS["request", lang],
