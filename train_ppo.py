@@ -19,8 +19,14 @@ that sampled the batch, so one batch can be reused for several epochs.
 Four models: the policy (starts as the SFT model, trained), the reference (a frozen copy of the SFT model),
 the reward model (frozen) and the value model (starts as the reward model, trained).
 
+GRPO (Shao et al. 2024, --algo=grpo) drops the value model: it samples G responses per prompt and the group is
+the baseline, A_i = (R_i − mean of the group) / std of the group, the same for every token of response i.
+With A = R (no baseline, no normalising) both PPO's and GRPO's gradient at ρ = 1 are the seed formula above.
+Its KL to the reference is not in the reward, as in PPO, but a term of the loss: + β · k3 per token.
+
     python train_ppo.py                                       # out/sft + out/rm -> out/ppo, about 1 minute
     python train_ppo.py --ptx_coef=1 --out_dir=out/ppo_ptx    # PPO-ptx
+    python train_ppo.py --algo=grpo --out_dir=out/grpo        # GRPO: 4 samples per prompt, no value model
     torchrun --standalone --nproc_per_node=2 train_ppo.py     # each process rolls out its own prompts
 """
 
@@ -41,7 +47,8 @@ from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows
 from minigpt.losses import sft_loss
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance, gae,
-                         k3_kl, kl_penalty_rewards, masked_whiten, policy_loss, value_loss)
+                         group_advantages, k3_kl, kl_penalty_rewards, masked_mean, masked_whiten, policy_loss,
+                         value_loss)
 from minigpt.rollout import response_logprobs, response_values, rollout, score
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, cleanup_distributed,
                               is_distributed, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
@@ -55,9 +62,13 @@ class Config:
     rm: str = field(default="out/rm", metadata={"help": "reward model stage folder (frozen; also the value model's start)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world (its 'ppo' prompts)"})
     seed: int = field(default=1337, metadata={"help": "seed for sampling, prompt order and minibatches"})
+    algo: str = field(default="ppo", metadata={"help": "ppo (value model, GAE, KL in the reward) or grpo (group "
+                                                      "baseline, no value model, KL in the loss)"})
+    group_size: int = field(default=4, metadata={"help": "GRPO: samples per prompt, G (PPO samples one)"})
     # rollouts
     iterations: int = field(default=60, metadata={"help": "rollout + update rounds"})
-    batch_size: int = field(default=64, metadata={"help": "prompts rolled out per iteration per process"})
+    batch_size: int = field(default=64, metadata={"help": "prompts rolled out per iteration per process (GRPO: "
+                                                          "each --group_size times)"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits end-of-text is penalised"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the log-probs use the same one)"})
     no_eos_penalty: float = field(default=-1.0, metadata={"help": "score given instead of the RM's to a response without end-of-text "
@@ -73,7 +84,8 @@ class Config:
                                                            "a default run has ~1300)"})
     # PPO update
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
-    minibatch_size: int = field(default=32, metadata={"help": "rollouts per gradient step (divides --batch_size)"})
+    minibatch_size: int = field(default=32, metadata={"help": "responses per gradient step (divides the responses "
+                                                              "of an iteration)"})
     lr: float = field(default=1e-4, metadata={"help": "policy learning rate (constant)"})
     value_lr: float = field(default=1e-4, metadata={"help": "value model learning rate (constant)"})
     clip: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon"})
@@ -101,8 +113,11 @@ class Config:
         for key in ("iterations", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size", "eval_interval",
                     "log_interval", "ptx_batch_size", "val_prompts"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
-        check(self.batch_size % self.minibatch_size == 0,
-              f"--minibatch_size ({self.minibatch_size}) must divide --batch_size ({self.batch_size})")
+        check(self.algo in ("ppo", "grpo"), f"--algo must be ppo or grpo, got {self.algo!r}")
+        check(self.group_size > 0, f"--group_size must be > 0, got {self.group_size}")
+        check(self.responses_per_iteration % self.minibatch_size == 0,
+              f"--minibatch_size ({self.minibatch_size}) must divide the {self.responses_per_iteration} responses "
+              f"of an iteration (--batch_size{' x --group_size' if self.algo == 'grpo' else ''})")
         check(self.temperature > 0, f"--temperature must be > 0 (log-probs need a distribution), got {self.temperature}")
         check(self.lr > 0 and self.value_lr > 0, "--lr and --value_lr must be > 0")
         check(self.kl_coef >= 0 and self.ptx_coef >= 0 and self.vf_coef >= 0, "--kl_coef, --ptx_coef, --vf_coef must be >= 0")
@@ -111,6 +126,10 @@ class Config:
         check(0 < self.adam_beta2 < 1, f"--adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         check(self.kl_target > 0 and self.kl_horizon > 0, "--kl_target and --kl_horizon must be > 0")
         check(self.max_kl > 0 and self.kl_budget > 0, "--max_kl and --kl_budget must be > 0")
+
+    @property
+    def responses_per_iteration(self):
+        return self.batch_size * (self.group_size if self.algo == "grpo" else 1)
 
 
 # ---- the pieces of one iteration (each used by main and by tests/test_train_ppo.py) -------------------------
@@ -140,14 +159,23 @@ def compute_advantages(rewards, values, mask, gamma=1.0, lam=0.95):
 
 def ppo_loss(policy, value_model, mb, cfg):
     """Clipped surrogate + cfg.vf_coef * clipped value loss on one minibatch -> (loss, stats); no entropy
-    bonus (detail 10). mb holds the rollout's logprobs, values, advantages and returns for its rows."""
+    bonus (detail 10). mb holds the rollout's logprobs, values, advantages and returns for its rows.
+    GRPO (value_model None): the clipped surrogate + mb["kl_coef"] * the k3 KL to the reference, per token."""
     logprobs = response_logprobs(policy, mb, cfg.temperature)                 # (b, N) with gradients
-    values = response_values(value_model, mb)                                 # (b, N) with gradients
     pg_loss, stats = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], cfg.clip)  # ε = 0.2
-    vf_loss, vf_clipfrac = value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.value_clip)
     log_ratio = torch.where(mb["mask"].bool(), logprobs.detach() - mb["logprobs"], torch.zeros_like(logprobs))
-    stats.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item(), vf_clipfrac=vf_clipfrac,
-                 max_abs_log_ratio=log_ratio.abs().max().item())
+    stats.update(pg_loss=pg_loss.item(), max_abs_log_ratio=log_ratio.abs().max().item())
+    if value_model is None:
+        # GRPO: L = L_clip + β · mean_t k3_t,  k3_t = π_ref/π − log(π_ref/π) − 1 (≥ 0), on the policy's own
+        # samples. PPO instead subtracts β·(log π − log π_ref) from the reward, and GAE carries it to every token.
+        # Both terms are means over all tokens of the minibatch, as for PPO here; the GRPO paper averages each
+        # response's tokens first, which gives a short response's tokens more weight.
+        kl_loss = masked_mean(k3_kl(logprobs, mb["ref_logprobs"]), mb["mask"])
+        stats.update(kl_loss=kl_loss.item())
+        return pg_loss + mb["kl_coef"] * kl_loss, stats
+    values = response_values(value_model, mb)                                 # (b, N) with gradients
+    vf_loss, vf_clipfrac = value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.value_clip)
+    stats.update(vf_loss=vf_loss.item(), vf_clipfrac=vf_clipfrac)
     # The value network here is separate, with its own Adam: Adam divides out a constant gradient scale, so the
     # 0.1 of detail 10 (made for a value head sharing the policy's trunk) matters only through gradient clipping.
     return pg_loss + cfg.vf_coef * vf_loss, stats
@@ -186,16 +214,19 @@ def ppo_update(policy, value_model, policy_optimizer, value_optimizer, batch, cf
                 loss = loss + cfg.ptx_coef * ptx_loss                        # objective's γ · E[log π_RL(x)] term
                 stats["ptx_loss"] = ptx_loss.item()
             loss.backward()
-            average_gradients(policy)
-            average_gradients(value_model)
+            models = [m for m in (policy, value_model) if m is not None]       # GRPO has no value model
+            optimizers = [o for o in (policy_optimizer, value_optimizer) if o is not None]
+            for m in models:
+                average_gradients(m)
             if cfg.grad_clip > 0:
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip).item()
-                torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
-            if guard is None or guard.ok(loss.detach(), policy) and guard.ok(loss.detach(), value_model):
-                policy_optimizer.step()                                       # non-finite loss -> step skipped
-                value_optimizer.step()
-            policy_optimizer.zero_grad(set_to_none=True)
-            value_optimizer.zero_grad(set_to_none=True)
+                if value_model is not None:
+                    torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
+            if guard is None or all(guard.ok(loss.detach(), m) for m in models):
+                for o in optimizers:                                          # non-finite loss -> step skipped
+                    o.step()
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
             all_stats.append(stats)
     return all_stats
 
@@ -249,9 +280,11 @@ def main(cfg):
     check_same_tokenizer(tokenizer, rm_tokenizer, cfg.sft, cfg.rm)
     reference = copy.deepcopy(policy).requires_grad_(False)                    # π_SFT, frozen
     reward_model.requires_grad_(False)
-    value_model = copy.deepcopy(reward_model).requires_grad_(True)            # V starts as the RM
+    grpo = cfg.algo == "grpo"
+    value_model = None if grpo else copy.deepcopy(reward_model).requires_grad_(True)  # V starts as the RM
     for model in (policy, reference, reward_model, value_model):
-        model.eval()                                                           # dropout off everywhere (detail 14)
+        if model is not None:
+            model.eval()                                                       # dropout off everywhere (detail 14)
     if policy.config.block_size <= cfg.max_new_tokens:
         raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size "
                         f"{policy.config.block_size}")
@@ -259,7 +292,7 @@ def main(cfg):
     # the KL penalty, not decay towards zero, is what keeps the policy near the SFT model.
     betas = (0.9, cfg.adam_beta2)
     policy_optimizer = make_adamw(policy, cfg.lr, weight_decay=0.0, betas=betas, eps=1e-5)
-    value_optimizer = make_adamw(value_model, cfg.value_lr, weight_decay=0.0, betas=betas, eps=1e-5)
+    value_optimizer = None if grpo else make_adamw(value_model, cfg.value_lr, weight_decay=0.0, betas=betas, eps=1e-5)
     if cfg.adaptive_kl:
         kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)  # detail 6
     else:
@@ -276,16 +309,18 @@ def main(cfg):
     pretrain_val_tokens = torch.tensor(tokenizer.encode(world.corpus_val()), dtype=torch.long)
     ptx_tokens = torch.tensor(tokenizer.encode(world.corpus()), dtype=torch.long) if cfg.ptx_coef > 0 else None
     if master:
-        print(f"models: policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}, value {value_model.gpt.num_params() / 1e6:.2f}M "
-              f"from {cfg.rm}; {len(train_tasks)} training prompts, {len(val_tasks)} validation prompts")
+        value = "no value model (GRPO)" if grpo else f"value {value_model.gpt.num_params() / 1e6:.2f}M from {cfg.rm}"
+        print(f"models: policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}, {value}; {len(train_tasks)} "
+              f"training prompts, {len(val_tasks)} validation prompts")
 
     iteration, elapsed_before = 0, 0.0
     best = dict(iteration=-1, val_rm_score=-math.inf)
     if resume:
         policy.load_state_dict(resume["policy"])
-        value_model.load_state_dict(resume["value"])
         policy_optimizer.load_state_dict(resume["policy_optimizer"])
-        value_optimizer.load_state_dict(resume["value_optimizer"])
+        if not grpo:
+            value_model.load_state_dict(resume["value"])
+            value_optimizer.load_state_dict(resume["value_optimizer"])
         kl_ctl.value = resume["kl_coef"]
         set_rng_state(resume["rng"])
         iteration, best, elapsed_before = resume["iteration"], resume["best"], resume["elapsed_s"]
@@ -294,8 +329,8 @@ def main(cfg):
 
     def save_last():
         save_checkpoint(os.path.join(cfg.out_dir, "last.pt"), {
-            "policy": model_state(policy), "value": model_state(value_model),
-            "policy_optimizer": policy_optimizer.state_dict(), "value_optimizer": value_optimizer.state_dict(),
+            "policy": model_state(policy), "policy_optimizer": policy_optimizer.state_dict(),
+            **({} if grpo else {"value": model_state(value_model), "value_optimizer": value_optimizer.state_dict()}),
             "kl_coef": kl_ctl.value, "iteration": iteration, "best": best, "rng": rng_state(),
             "elapsed_s": elapsed_before + time.time() - start_time, "config": config_dict(cfg)})
             # prompt order and sampling noise are functions of (seed, iteration): see prompts_for_iteration
@@ -332,15 +367,17 @@ def main(cfg):
     try:
         while iteration < cfg.iterations:
             t0 = time.time()
-            # 1. Rollout: this rank's prompts, responses sampled at temperature T with the KV cache
+            # 1. Rollout: this rank's prompts, responses sampled at temperature T with the KV cache (GRPO: G each)
             picked = prompts_for_iteration(len(train_tasks), iteration, global_batch, rank, world_size, cfg.seed)
             sampler = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + iteration * world_size + rank)
-            batch = rollout(policy, tokenizer, [train_tasks[i] for i in picked], cfg.max_new_tokens, cfg.temperature, sampler)
+            G = cfg.group_size if grpo else 1
+            batch = rollout(policy, tokenizer, [train_tasks[i] for i in picked for _ in range(G)], cfg.max_new_tokens,
+                            cfg.temperature, sampler)
             mask = batch["mask"]                                               # (B, N) 1 on response tokens incl. eos
             with torch.no_grad():                                              # the frozen forwards, batched
                 logprobs, logits = response_logprobs(policy, batch, cfg.temperature, with_logits=True)  # π_old (detail 12)
                 ref_logprobs = response_logprobs(reference, batch, cfg.temperature)                        # π_ref, same T
-                values = response_values(value_model, batch)                                               # V(s_t), (B, N)
+                values = None if grpo else response_values(value_model, batch)                             # V(s_t), (B, N)
                 entropy = entropy_from_logits(logits.float() / cfg.temperature, mask).item()
                 logprob_gap = torch.where(mask.bool(), logprobs - batch["sample_logprobs"], 0.0).abs().max().item()
                 if cfg.debug:                                                  # rollout and scoring see one distribution
@@ -348,11 +385,16 @@ def main(cfg):
 
                 # 2. Reward: RM score at the last real token, −β·(log π − log π_ref) on every response token
                 scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)          # (B,)
-                rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, kl_ctl.value)  # (B, N), detail 3-4
+                rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, 0.0 if grpo else kl_ctl.value)
 
-                # 3. Advantages: GAE (γ=1, λ=0.95) over response tokens, whitened over all ranks' batch
-                advantages, returns = compute_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
-            batch.update(logprobs=logprobs, values=values, advantages=advantages, returns=returns)
+                # 3. Advantages. PPO: GAE (γ=1, λ=0.95) over response tokens, whitened over all ranks' batch.
+                # GRPO: each response's score against its group's, on every one of its tokens; β·k3 goes in the loss.
+                if grpo:
+                    advantages, returns = group_advantages(scores, G)[:, None] * mask, None               # (B, N)
+                else:
+                    advantages, returns = compute_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
+            batch.update(logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, advantages=advantages,
+                         returns=returns, kl_coef=kl_ctl.value)
 
             # 4. Update: clipped PPO on policy and value, several epochs of shuffled minibatches (+ PPO-ptx)
             shuffler = torch.Generator().manual_seed(cfg.seed * 1000 + iteration * world_size + rank + 7)
@@ -363,14 +405,14 @@ def main(cfg):
             kl_per_response = (kl * mask).sum(1)                               # (B,) Σ_t log π − log π_ref
             row = {k: all_reduce_mean(v) for k, v in dict(
                 score=scores.mean().item(), rm_score=rm_scores.mean().item(),
-                gold=sum(world.gold_score(t, r) for t, r in zip(batch["tasks"], batch["texts"])) / len(picked),  # watching only
+                gold=sum(world.gold_score(t, r) for t, r in zip(batch["tasks"], batch["texts"])) / len(batch["texts"]),  # watching only
                 kl=kl_per_response.mean().item(), non_score_reward=-kl_ctl.value * kl_per_response.mean().item(),
                 kl_k3=(k3_kl(logprobs, ref_logprobs) * mask).sum(1).mean().item(),   # the same KL, an estimator >= 0
                 entropy=entropy, length=mask.sum(1).float().mean().item(), eos_rate=batch["eos"].float().mean().item(),
-                explained_variance=explained_variance(values, returns, mask), logprob_gap=logprob_gap,
+                explained_variance=math.nan if grpo else explained_variance(values, returns, mask), logprob_gap=logprob_gap,
                 **{k: sum(s[k] for s in steps) / len(steps) for k in steps[0] if k != "max_abs_log_ratio"},
                 first_minibatch_log_ratio=steps[0]["max_abs_log_ratio"]).items()}   # 0: ratio exactly 1 (detail 13)
-            row.update(step=iteration, kl_coef=kl_ctl.value, episodes=iteration * global_batch,
+            row.update(step=iteration, kl_coef=kl_ctl.value, episodes=iteration * global_batch * G,
                        iteration_s=time.time() - t0, seconds=elapsed_before + time.time() - start_time)
             log.log(**row)
             kl_ctl.update(row["kl"], global_batch)
@@ -413,7 +455,8 @@ def main(cfg):
             "selected_iteration": best["iteration"], "val_rm_score": best["val_rm_score"],
             "val_kl": best.get("val_kl"), "val_gold": best.get("val_gold"),
             "pretrain_val_loss": best.get("pretrain_val_loss"), "kl_coef": cfg.kl_coef, "final_kl_coef": kl_ctl.value,
-            "ptx_coef": cfg.ptx_coef, "iterations": iteration, "episodes": iteration * global_batch,
+            "ptx_coef": cfg.ptx_coef, "algo": cfg.algo, "iterations": iteration,
+            "episodes": iteration * global_batch * (cfg.group_size if grpo else 1),
             "seconds": elapsed_before + time.time() - start_time, "skipped_steps": guard.skipped, "stopped": stopped})
         print(f"done: selected iteration {best['iteration']} (validation RM score {best['val_rm_score']:+.3f}, "
               f"KL {best.get('val_kl', 0):.2f} nats); weights in {cfg.out_dir}/model.pt")

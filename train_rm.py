@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
                                 save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import encode_for_reward, load_comparisons
+from minigpt.data import encode_for_reward, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
 from minigpt.losses import rm_batch_loss, sequence_logprob
 from minigpt.model import GPT, RewardModel
@@ -86,24 +86,6 @@ class Config:
 
 # ---- data -----------------------------------------------------------------------------------------------
 
-def load_rankings(cfg):
-    """-> (train, val) lists of {"prompt", "responses": [best..worst], optional "gold", "mistakes"}."""
-    if cfg.data:
-        records = load_comparisons(cfg.data)
-        if cfg.val_data:
-            return records, load_comparisons(cfg.val_data)
-        every = max(2, round(1 / cfg.val_fraction))   # every n-th ranking is held out
-        return ([r for i, r in enumerate(records) if i % every != every - 1],
-                [r for i, r in enumerate(records) if i % every == every - 1])
-    paths = [os.path.join(cfg.labels, name) for name in ("train.jsonl", "val.jsonl")]
-    for path in paths:
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: not found; run label.py first (or give --data=comparisons.jsonl)")
-    if not os.path.isfile(os.path.join(cfg.labels, "summary.json")):
-        print(f"warning: {cfg.labels} has no summary.json: labelling did not finish", file=sys.stderr)
-    return load_comparisons(paths[0]), load_comparisons(paths[1])
-
-
 def world_of(cfg, records):
     """The built-in world, if every prompt is one of its instructions (label.py's output given as --data too);
     None for other data: then the bias uses the chosen responses, and no labeller agreement is computed."""
@@ -119,19 +101,6 @@ def world_of(cfg, records):
 def encode_rankings(tokenizer, records, block_size):
     """Each ranking -> list of token-id lists, best..worst (the response's text encoded afresh, as PPO does)."""
     return [[encode_for_reward(tokenizer, r["prompt"], y, block_size)[0] for y in r["responses"]] for r in records]
-
-
-def epoch_batches(lengths, batch_size, seed, window=16):
-    """One epoch's batches of ranking ids, drawn from a permutation seeded by `seed` (so a resumed run sees the
-    same batches). Rankings of similar length are batched together, within windows of `window` batches, so
-    right-padding wastes little compute; then the batches are shuffled."""
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(lengths), generator=g).tolist()
-    batches = []
-    for start in range(0, len(perm), batch_size * window):
-        chunk = sorted(perm[start: start + batch_size * window], key=lambda i: lengths[i])
-        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
 class Scorer(torch.nn.Module):
@@ -265,7 +234,7 @@ def main(cfg):
     resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- data and model ----
-    train_recs, val_recs = load_rankings(cfg)
+    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction)
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
     world = world_of(cfg, train_recs + val_recs)

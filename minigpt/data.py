@@ -9,6 +9,9 @@ File formats read here (a malformed file is one DataError line naming the file a
                   .jsonl      one such object per line
   comparisons     .jsonl      {"prompt": ..., "responses": [best, ..., worst], ...}  (ranked list, label.py)
                               {"prompt": ..., "chosen": ..., "rejected": ...}         (a pair)
+                              {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}  (Anthropic HH-RLHF)
+                              {"prompt": [messages], "chosen": [messages], "rejected": [messages]}  (conversational,
+                              as in TRL; also without "prompt", chosen/rejected then being whole conversations)
   text            a .txt file, or a folder of .txt files (UTF-8)
 JSON list vs JSON lines is decided by the first non-blank character ("[" = list), not by the extension.
 """
@@ -159,13 +162,101 @@ def load_demonstrations(path):
              "output": _field(where, r, "output")} for where, r in _read_records(path)]
 
 
+# How a multi-turn prompt shows each message (HH-RLHF's "Human:"/"Assistant:" are user/assistant).
+ROLE_NAMES = {"system": "System", "user": "Human", "assistant": "Assistant"}
+
+
+def _messages(where, record, name):
+    """record[name], a list of {"role", "content"} objects -> [(role, content stripped), ...]."""
+    if name not in record:
+        raise DataError(f"{where}: field '{name}' missing")
+    if not isinstance(record[name], list) or not record[name]:
+        raise DataError(f"{where}: field '{name}' must be a non-empty list of messages")
+    out = []
+    for i, m in enumerate(record[name]):
+        at = f"{where}: field '{name}' message {i}"
+        if not isinstance(m, dict):
+            raise DataError(f"{at} must be an object, got {type(m).__name__}")
+        if m.get("role") not in ROLE_NAMES:
+            got = repr(m["role"]) if "role" in m else "nothing"
+            raise DataError(f"{at}: 'role' must be system, user or assistant, got {got}")
+        if not isinstance(m.get("content"), str):
+            got = type(m["content"]).__name__ if "content" in m else "nothing"
+            raise DataError(f"{at}: 'content' must be a string, got {got}")
+        out.append((m["role"], m["content"].strip()))
+    return out
+
+
+def _hh_transcript(where, record, name):
+    """An HH-RLHF transcript -> (history [(role, text), ...], final answer), split at its LAST "\\n\\nAssistant:"."""
+    history, sep, answer = _field(where, record, name).rpartition("\n\nAssistant:")
+    if not sep:
+        raise DataError(f"{where}: field '{name}' has no '\\n\\nAssistant:' turn")
+    if not history.startswith("\n\nHuman:"):
+        raise DataError(f"{where}: field '{name}' must start with '\\n\\nHuman:'")
+    parts = re.split(r"\n\n(Human|Assistant):", history)[1:]  # [speaker, text, speaker, text, ...]
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [(roles[who], text.strip()) for who, text in zip(parts[::2], parts[1::2])], answer.strip()
+
+
+def _split_answer(where, record, name):
+    """chosen or rejected without a "prompt" key -> (history, final answer): HH-RLHF text or a message list."""
+    if not isinstance(record.get(name), list):
+        return _hh_transcript(where, record, name)
+    messages = _messages(where, record, name)
+    if len(messages) < 2 or messages[-1][0] != "assistant":
+        raise DataError(f"{where}: field '{name}' must be prompt messages followed by an assistant message")
+    return messages[:-1], messages[-1][1]
+
+
+def _last_assistant(where, record, name):
+    """The content of the last assistant message in record[name], a list of messages."""
+    answers = [text for role, text in _messages(where, record, name) if role == "assistant"]
+    if not answers:
+        raise DataError(f"{where}: field '{name}' has no assistant message")
+    return answers[-1]
+
+
+def _render_history(messages):
+    """The messages before the answer -> instruction text: a lone user message as is, else "Role: text" lines."""
+    if len(messages) == 1 and messages[0][0] == "user":
+        return messages[0][1]
+    return "\n".join(f"{ROLE_NAMES[role]}: {text}" for role, text in messages)
+
+
+def _preference_pair(where, record):
+    """An HH-RLHF or conversational pair -> (prompt text, [chosen answer, rejected answer])."""
+    # {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
+    #  "rejected": [{"role": "assistant", "content": "Go away."}]}
+    if "prompt" in record:
+        history = _messages(where, record, "prompt")
+        answers = [_last_assistant(where, record, name) for name in ("chosen", "rejected")]
+    else:  # HH-RLHF {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: No."}
+        # or whole conversations {"chosen": [{"role": "user", ...}, {"role": "assistant", ...}], "rejected": [...]}
+        (history, chosen), (other, rejected) = (_split_answer(where, record, n) for n in ("chosen", "rejected"))
+        if history != other:
+            raise DataError(f"{where}: fields 'chosen' and 'rejected' differ before their final assistant turn")
+        answers = [chosen, rejected]
+    if not answers[0]:
+        raise DataError(f"{where}: field 'chosen' has an empty answer")
+    return _render_history(history), answers
+
+
 def load_comparisons(path):
-    """-> [{"prompt", "responses": [best, ..., worst], ...}]. A pair {"chosen","rejected"} becomes
-    responses [chosen, rejected]. Other keys (labeler, seed, gold, mistakes) are passed through unchanged."""
+    """-> [{"prompt", "responses": [best, ..., worst], ...}]; "prompt" is the instruction (see render_prompt).
+
+    A pair becomes responses [chosen, rejected]. Other keys (labeler, seed, gold, mistakes) pass through unchanged.
+    HH-RLHF and conversational pairs: the answers are the final assistant turns (stripped; an empty chosen answer
+    is an error, an empty rejected one is kept). Without a "prompt" key, chosen and rejected must agree on
+    everything before that turn (each turn compared stripped), and that history is the prompt. The prompt text
+    is a lone user message as is; anything longer (a system message, earlier turns) is one "Role: text" line per
+    message joined by "\\n", Role being System, Human or Assistant:
+    "System: Be brief.\\nHuman: Hi\\nAssistant: Hello!\\nHuman: What is 2+2?"
+    Each line of a file may use any of the formats."""
     out = []
     for where, r in _read_records(path):
-        prompt = _field(where, r, "prompt")
-        if "responses" in r:
+        if "responses" in r:  # {"prompt": "Add 2 and 2.", "responses": ["4", "The answer is 4.", "5"]}
+            prompt = _field(where, r, "prompt")
             responses = r["responses"]
             if not isinstance(responses, list) or not all(isinstance(x, str) for x in responses):
                 raise DataError(f"{where}: field 'responses' must be a list of strings")
@@ -173,9 +264,14 @@ def load_comparisons(path):
                 raise DataError(f"{where}: field 'responses' needs at least 2 responses, got {len(responses)}")
             extra = {k: v for k, v in r.items() if k not in ("prompt", "responses")}
         elif "chosen" in r or "rejected" in r:
-            responses = [_field(where, r, "chosen"), _field(where, r, "rejected")]
+            if "prompt" not in r or isinstance(r["prompt"], list):  # HH-RLHF or conversational
+                prompt, responses = _preference_pair(where, r)
+            else:  # {"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "5"}
+                prompt = _field(where, r, "prompt")
+                responses = [_field(where, r, "chosen"), _field(where, r, "rejected")]
             extra = {k: v for k, v in r.items() if k not in ("prompt", "chosen", "rejected")}
         else:
+            _field(where, r, "prompt")
             raise DataError(f"{where}: field 'responses' missing (or give 'chosen' and 'rejected')")
         out.append({"prompt": prompt, "responses": list(responses), **extra})
     return out
@@ -231,3 +327,39 @@ def clean_demonstrations(examples, max_chars=1000, source="demonstrations"):
         raise DataError(f"{source}: no examples left after cleaning ({stats['read']} read, {stats['empty']} empty, "
                         f"{stats['duplicates']} duplicates, {stats['too_long']} too long; max_chars={max_chars})")
     return kept, stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rankings for the reward model and DPO
+def load_rankings(labels, data="", val_data="", val_fraction=0.15):
+    """-> (train, val) lists of {"prompt", "responses": [best..worst], optional "gold", "mistakes"}: label.py's
+    folder (train.jsonl, val.jsonl), or a comparisons file `data` (held out: `val_data`, or every n-th record)."""
+    if data:
+        records = load_comparisons(data)
+        if val_data:
+            return records, load_comparisons(val_data)
+        every = max(2, round(1 / val_fraction))   # every n-th ranking is held out
+        return ([r for i, r in enumerate(records) if i % every != every - 1],
+                [r for i, r in enumerate(records) if i % every == every - 1])
+    paths = [os.path.join(labels, name) for name in ("train.jsonl", "val.jsonl")]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: not found; run label.py first (or give --data=comparisons.jsonl)")
+    if not os.path.isfile(os.path.join(labels, "summary.json")):
+        print(f"warning: {labels} has no summary.json: labelling did not finish", file=sys.stderr)
+    return load_comparisons(paths[0]), load_comparisons(paths[1])
+
+
+def epoch_batches(lengths, batch_size, seed, window=16):
+    """One epoch's batches of indices, drawn from a permutation seeded by `seed` (so a resumed run sees the same
+    batches). Items of similar length are batched together, within windows of `window` batches, so
+    right-padding wastes little compute; then the batches are shuffled."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    batches = []
+    for start in range(0, len(perm), batch_size * window):
+        chunk = sorted(perm[start: start + batch_size * window], key=lambda i: lengths[i])
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]

@@ -137,3 +137,66 @@ def ranking_report(records, rewards):
         "mistakes": [m or "none" for rec in records for m in (rec.get("mistakes") or [None] * len(rec["gold"]))],
     })
     return out
+
+
+# ---- over-optimisation (Gao, Schulman, Hilton 2022): best-of-n from a fixed pool of samples, and the fits ---------
+
+# The max-RM sample of a uniformly random n-subset of one prompt's m samples, in expectation, exactly.
+# Sort the samples by RM score and group equal scores into classes: a class of c samples of score v with L samples
+# scoring strictly less holds the subset's maximum with probability
+#     w = [C(L+c, n) − C(L, n)] / C(m, n)        (subsets inside the L+c lowest, minus those inside the L lowest)
+# (all scores distinct, c = 1: the k-th smallest is the maximum with probability C(k−1, n−1) / C(m, n)).
+# Ties are broken uniformly at random (argmax over samples drawn in random order does that); the tied samples in
+# the subset are a random subset of their class, so the pick is, on average, the class's mean gold:
+#     E[RM] = Σ_classes w · v,      E[gold] = Σ_classes w · mean(gold of the class)
+def best_of_n_expectation(rm_scores, gold_scores, n):
+    """Expected (RM score, gold score) of best-of-n by RM score, n drawn without replacement from one prompt's m
+    samples; every n-subset equally likely. n = 1: the means; n = m: the max-RM sample (its class's mean gold)."""
+    rm = np.asarray(list(rm_scores), dtype=np.float64)                       # (m,)
+    gold = np.asarray(list(gold_scores), dtype=np.float64)                   # (m,)
+    m = rm.size
+    if gold.size != m:
+        raise ValueError(f"best_of_n_expectation needs paired scores, got {m} and {gold.size}")
+    if not 1 <= n <= m:
+        raise ValueError(f"best_of_n_expectation: n must be in 1..{m}, got {n}")
+    values, inverse, counts = np.unique(rm, return_inverse=True, return_counts=True)   # classes, ascending
+    class_gold = np.bincount(inverse, weights=gold) / counts                 # (classes,) mean gold per class
+    below = np.concatenate([[0], np.cumsum(counts)[:-1]])                    # L per class
+    total = math.comb(m, n)
+    w = np.array([(math.comb(int(L + c), n) - math.comb(int(L), n)) / total for L, c in zip(below, counts)])
+    return float(w @ values), float(w @ class_gold)
+
+
+# Gao et al. (2022), d = √KL(π || π_init):  best-of-n  R(d) = d (α − β d),   RL  R(d) = d (α − β log d)
+def gao_best_of_n(d, alpha, beta):
+    d = np.asarray(d, dtype=np.float64)
+    return d * (alpha - beta * d)
+
+
+def gao_rl(d, alpha, beta):
+    d = np.asarray(d, dtype=np.float64)
+    return d * (alpha - beta * np.log(np.where(d > 0, d, 1.0)))             # R(0) = 0 (d log d -> 0)
+
+
+# Both forms are linear in (α, β): least squares  min Σ_i (R_i − α·x_i + β·y_i)²  with
+#     best-of-n  x = d, y = d²          RL  x = d, y = d·log d   (RL: points with d > 0 only; d = 0 adds nothing)
+def _fit_linear(x, y, gain):
+    A = np.stack([x, -y], axis=1)                                            # (points, 2)
+    if len(gain) < 2 or np.linalg.matrix_rank(A) < 2:
+        return float("nan"), float("nan")                                    # too few distinct points to fit
+    (alpha, beta), *_ = np.linalg.lstsq(A, gain, rcond=None)
+    return float(alpha), float(beta)
+
+
+def fit_best_of_n(d, gain):
+    """(α, β) of R(d) = d (α − β d) fitted to gains R_i (score − score at d = 0) at d_i = √KL; NaN if < 2 points."""
+    d, gain = np.asarray(d, dtype=np.float64), np.asarray(gain, dtype=np.float64)
+    return _fit_linear(d, d * d, gain)
+
+
+def fit_rl(d, gain):
+    """(α, β) of R(d) = d (α − β log d) fitted to the points with d > 0; NaN if fewer than 2 distinct ones."""
+    d, gain = np.asarray(d, dtype=np.float64), np.asarray(gain, dtype=np.float64)
+    keep = d > 0
+    d, gain = d[keep], gain[keep]
+    return _fit_linear(d, d * np.log(d), gain)

@@ -73,6 +73,23 @@ def kl_penalty_rewards(logprobs, ref_logprobs, score, mask, kl_coef):
     return rewards, kl
 
 
+# A_i = (r_i − mean(r_1..r_G)) / (std(r_1..r_G) + eps)      for the G samples i of one prompt
+def group_advantages(scores, group_size, eps=1e-4):
+    """GRPO's advantage (Shao et al. 2024): each sample's score relative to the other samples of its prompt,
+    so the group is the baseline and no value model is needed.
+
+    scores (B,) with B = n_prompts * group_size, each prompt's samples contiguous -> (B,). A group whose
+    scores are all equal (or of one sample) gives 0 advantages: nothing to prefer, no NaN. The std is the
+    unbiased one, as the paper's code computes it."""
+    if scores.numel() % group_size:
+        raise ValueError(f"group_advantages: {scores.numel()} scores do not split into groups of {group_size}")
+    groups = scores.float().view(-1, group_size)                            # (n_prompts, G)
+    if group_size == 1:
+        return torch.zeros_like(scores, dtype=torch.float32)
+    centred = groups - groups.mean(dim=1, keepdim=True)                     # the group mean is the baseline
+    return (centred / (groups.std(dim=1, keepdim=True) + eps)).view(-1)
+
+
 # delta_t = r_t + gamma * V_{t+1} - V_t           (V past the last real token = 0)
 # A_t     = delta_t + gamma * lam * A_{t+1}       (A past the last real token = 0)
 # R_t     = A_t + V_t                             (the value function's target)
@@ -164,7 +181,8 @@ def explained_variance(values, returns, mask):
 # k3_t = exp(-Delta_t) - 1 + Delta_t,   Delta_t = log pi(y_t) - log pi_ref(y_t),   y_t ~ pi
 def k3_kl(logprobs, ref_logprobs):
     """Per-token k3 estimator of KL(pi || pi_ref) (Schulman's): >= 0 always, unbiased under
-    samples from pi, lower variance than k1. Logged by train_ppo.py as kl_k3; the reward uses k1.
+    samples from pi, lower variance than k1. PPO logs it as kl_k3 (its reward uses k1); GRPO puts
+    beta * k3 into its loss.
 
     A known bug in public code reverses the direction: exp(Delta) - 1 - Delta estimates
     KL(pi_ref || pi) only under samples from pi_ref, which is not what the rollout draws.

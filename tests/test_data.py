@@ -83,6 +83,40 @@ def test_comparisons_ranked_and_pairs(tmp_path):
     assert loaded[1] == {"prompt": "翻译成法语：你好", "responses": ["Bonjour", "hello"]}
 
 
+def hh(*turns):
+    """An HH-RLHF transcript: hh("Hi", "Hello!") == "\\n\\nHuman: Hi\\n\\nAssistant: Hello!"."""
+    return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(turns))
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def test_comparisons_hh_rlhf(tmp_path):
+    rows = [{"chosen": hh(" 计算2+2 ", " 4 "), "rejected": hh(" 计算2+2 ", "5"), "source": "hh"},  # one turn
+            {"chosen": hh("Hi", "Hello!", "What is 2+2?", "4"), "rejected": hh("Hi", "Hello!", "What is 2+2?", "")},
+            {"prompt": "翻译成法语：你好", "chosen": "Bonjour", "rejected": "hello"}]  # formats mix line by line
+    loaded = load_comparisons(write(tmp_path / "hh.jsonl", "\n".join(json.dumps(r) for r in rows)))
+    assert loaded[0] == {"prompt": "计算2+2", "responses": ["4", "5"], "source": "hh"}
+    assert loaded[1] == {"prompt": "Human: Hi\nAssistant: Hello!\nHuman: What is 2+2?", "responses": ["4", ""]}
+    assert loaded[2] == {"prompt": "翻译成法语：你好", "responses": ["Bonjour", "hello"]}
+
+
+def test_comparisons_conversational(tmp_path):
+    rows = [{"prompt": [msg("user", "计算2+2")], "chosen": [msg("assistant", "4")],
+             "rejected": [msg("assistant", "5")], "score": 1},
+            {"prompt": [msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello!"),
+                        msg("user", "What is 2+2?")],
+             "chosen": [msg("assistant", "4")], "rejected": [msg("assistant", "Let me think."), msg("assistant", "5")]},
+            {"chosen": [msg("system", "Be brief."), msg("user", "计算2+2"), msg("assistant", "4")],  # implicit prompt
+             "rejected": [msg("system", "Be brief."), msg("user", "计算2+2"), msg("assistant", "5")]}]
+    loaded = load_comparisons(write(tmp_path / "conv.jsonl", "\n".join(json.dumps(r) for r in rows)))
+    assert loaded[0] == {"prompt": "计算2+2", "responses": ["4", "5"], "score": 1}
+    assert loaded[1] == {"prompt": "System: Be brief.\nHuman: Hi\nAssistant: Hello!\nHuman: What is 2+2?",
+                         "responses": ["4", "5"]}
+    assert loaded[2] == {"prompt": "System: Be brief.\nHuman: 计算2+2", "responses": ["4", "5"]}
+
+
 def test_load_text_file_and_folder(tmp_path):
     write(tmp_path / "b.txt", "second")
     write(tmp_path / "a.txt", "first")
@@ -122,6 +156,43 @@ def test_missing_and_mistyped_fields_are_named(tmp_path):
     assert error_of(load_comparisons, path) == f"{path}:1: field 'rejected' missing"
     path = write(tmp_path / "c3.jsonl", json.dumps({"prompt": "p", "responses": ["a", 2]}))
     assert "list of strings" in error_of(load_comparisons, path)
+
+
+def test_malformed_preference_pairs_are_named(tmp_path):
+    user, good = [msg("user", "Hi")], [msg("assistant", "Hello!")]
+    cases = [  # (record, the message after "path:2: ")
+        ({"chosen": "Human: Hi. Assistant: Hello!", "rejected": hh("Hi", "No.")},
+         "field 'chosen' has no '\\n\\nAssistant:' turn"),
+        ({"chosen": hh("Hi", "Hello!"), "rejected": "\n\nHuman: Hi"},
+         "field 'rejected' has no '\\n\\nAssistant:' turn"),
+        ({"chosen": "\n\nAssistant: Hello!", "rejected": hh("Hi", "No.")},
+         "field 'chosen' must start with '\\n\\nHuman:'"),
+        ({"chosen": hh("Hi", "Hello!"), "rejected": hh("Hey", "No.")},
+         "fields 'chosen' and 'rejected' differ before their final assistant turn"),
+        ({"chosen": hh("Hi", "  "), "rejected": hh("Hi", "No.")}, "field 'chosen' has an empty answer"),
+        ({"chosen": hh("Hi", "Hello!"), "rejected": 3}, "field 'rejected' must be a string, got int"),
+        ({"chosen": hh("Hi", "Hello!")}, "field 'rejected' missing"),
+        ({"prompt": [], "chosen": good, "rejected": good}, "field 'prompt' must be a non-empty list of messages"),
+        ({"prompt": ["Hi"], "chosen": good, "rejected": good}, "field 'prompt' message 0 must be an object, got str"),
+        ({"prompt": [{"content": "Hi"}], "chosen": good, "rejected": good},
+         "field 'prompt' message 0: 'role' must be system, user or assistant, got nothing"),
+        ({"prompt": user, "chosen": good, "rejected": [msg("bot", "No.")]},
+         "field 'rejected' message 0: 'role' must be system, user or assistant, got 'bot'"),
+        ({"prompt": [msg("user", ["Hi"])], "chosen": good, "rejected": good},
+         "field 'prompt' message 0: 'content' must be a string, got list"),
+        ({"prompt": user, "chosen": [msg("user", "Hello!")], "rejected": good},
+         "field 'chosen' has no assistant message"),
+        ({"prompt": user, "chosen": "Hello!", "rejected": good}, "field 'chosen' must be a non-empty list of messages"),
+        ({"prompt": user, "chosen": [msg("assistant", "")], "rejected": good}, "field 'chosen' has an empty answer"),
+        ({"chosen": user + good, "rejected": [msg("user", "Hey")] + good},
+         "fields 'chosen' and 'rejected' differ before their final assistant turn"),
+        ({"chosen": good, "rejected": user + good},
+         "field 'chosen' must be prompt messages followed by an assistant message"),
+    ]
+    for i, (record, problem) in enumerate(cases):
+        path = write(tmp_path / f"p{i}.jsonl", json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
+                     + json.dumps(record))
+        assert error_of(load_comparisons, path) == f"{path}:2: {problem}"
 
 
 def test_non_utf8_empty_and_missing_files(tmp_path):

@@ -1,5 +1,6 @@
 """Data parallel training with torchrun: 2 CPU processes (gloo) follow the same loss curve as one process
-with the same global batch (pretraining, SFT, the reward model), and PPO runs with each rank rolling out."""
+with the same global batch (pretraining, SFT, the reward model, DPO), and PPO and GRPO run with each rank
+rolling out."""
 
 import json
 import os
@@ -73,6 +74,15 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     assert len(one) == len(two) > 1
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
 
+    # DPO: each rank computes the loss of half of the rankings of the global batch, as for the reward model
+    dpo = ["train_dpo.py", f"--sft={t}/sft1", f"--labels={t}/labels", "--log_interval=1", "--kl_prompts=4",
+           "--max_new_tokens=4", "--device=cpu"]
+    script(dpo + [f"--out_dir={t}/dpo1", "--batch_size=4"])
+    script(dpo + [f"--out_dir={t}/dpo2", "--batch_size=2"], ranks=2)
+    one, two = rows(f"{t}/dpo1", "train_loss"), rows(f"{t}/dpo2", "train_loss")
+    assert len(one) == len(two) > 1
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
+
     # PPO: two ranks, each rolling out 4 prompts; rank 0 alone writes the metrics and checkpoints
     script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/ppo", "--iterations=2",
                   "--batch_size=4", "--minibatch_size=2", "--val_prompts=8", "--eval_interval=1", "--device=cpu",
@@ -81,3 +91,7 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     assert summary["episodes"] == 2 * 2 * 4                      # iterations x ranks x prompts per rank
     assert len(rows(f"{t}/ppo", "score")) == 2                  # one row per iteration, not one per rank
     assert os.path.exists(f"{t}/ppo/model.pt")
+    # GRPO: each rank samples its own prompts' groups (a group never spans two ranks)
+    script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/grpo", "--algo=grpo", "--iterations=1",
+            "--batch_size=2", "--group_size=2", "--minibatch_size=2", "--val_prompts=8", "--device=cpu"], ranks=2)
+    assert json.load(open(f"{t}/grpo/summary.json"))["episodes"] == 1 * 2 * 2 * 2

@@ -72,3 +72,21 @@ def test_best_of_n_kl_by_hand_and_its_limits():
     # all distinct: tends to the bound log n - (n-1)/n from below; repeats lower it
     assert best_of_n_kl(range(20_000), 4) == pytest.approx(best_of_n_kl_bound(4), abs=1e-4)
     assert best_of_n_kl([0, 0, 0, 1, 1, 2, 3, 3], 4) < best_of_n_kl(range(8), 4) < best_of_n_kl_bound(4)
+
+
+def test_best_of_n_expectation_by_hand():
+    from minigpt.evaluation import best_of_n_expectation
+    # m = 3, n = 2: subsets {a,b} {a,c} {b,c} pick b, c, c  ->  RM (2 + 3 + 3)/3, gold (0.5 + 1 + 1)/3
+    assert best_of_n_expectation([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], 2) == pytest.approx((8 / 3, 2.5 / 3), abs=1e-12)
+    # a tie at the top: {a,b} picks a or b (gold 1 or 0, on average 1/2); {a,c}: a; {b,c}: b  ->  gold (0.5 + 1 + 0)/3
+    assert best_of_n_expectation([1.0, 1.0, 0.0], [1.0, 0.0, 0.3], 2) == pytest.approx((1.0, 0.5), abs=1e-12)
+
+
+def test_gao_fits_by_hand():
+    from minigpt.evaluation import fit_best_of_n, fit_rl, gao_best_of_n, gao_rl
+    # R(1) = α − β, R(2) = 2α − 4β  with α = 0.3, β = 0.1: 0.2 and 0.2; two points determine (α, β)
+    assert list(gao_best_of_n([1.0, 2.0], 0.3, 0.1)) == pytest.approx([0.2, 0.2])
+    assert fit_best_of_n([1.0, 2.0], [0.2, 0.2]) == pytest.approx((0.3, 0.1))
+    # RL: R(1) = α, R(e) = e (α − β)
+    assert fit_rl([1.0, math.e], [0.3, math.e * 0.2]) == pytest.approx((0.3, 0.1))
+    assert gao_rl(math.e, 0.3, 0.1) == pytest.approx(math.e * 0.2)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from minigpt.losses import rm_batch_loss, rm_ranking_loss, sequence_logprob, sft_loss, token_logprobs
+from minigpt.losses import dpo_loss, rm_batch_loss, rm_ranking_loss, sequence_logprob, sft_loss, token_logprobs
 
 
 def test_token_logprobs_matches_loop():
@@ -128,3 +128,25 @@ def test_sequence_logprob_sums_only_the_masked_tokens():
     # a token the model prefers: log softmax([2, 0, 0, 0, 0])[0] = 2 - log(e^2 + 4)
     logits[0, 1, 2] = 2.0
     assert sequence_logprob(logits, tokens, mask)[0].item() == pytest.approx(2 - math.log(math.e ** 2 + 4) - math.log(5))
+
+
+def test_dpo_loss_against_a_hand_computation():
+    # policy log-probs of y_w, y_l: -3, -6; reference: -4, -5; beta 0.5
+    # r_w = 0.5 * (-3 - -4) = 0.5, r_l = 0.5 * (-6 - -5) = -0.5, loss = -log sigmoid(1) = log(1 + e^-1)
+    loss, r_w, r_l = dpo_loss(torch.tensor([-3.0]), torch.tensor([-6.0]), torch.tensor([-4.0]), torch.tensor([-5.0]), 0.5)
+    assert r_w.item() == pytest.approx(0.5) and r_l.item() == pytest.approx(-0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1.0)), abs=1e-7)
+    # its gradient w.r.t. log pi(y_w) is -beta * sigmoid(-(r_w - r_l)) = -0.5 / (1 + e)
+    chosen = torch.tensor([-3.0], requires_grad=True)
+    dpo_loss(chosen, torch.tensor([-6.0]), torch.tensor([-4.0]), torch.tensor([-5.0]), 0.5)[0].sum().backward()
+    assert chosen.grad.item() == pytest.approx(-0.5 / (1 + math.e), abs=1e-7)
+
+
+def test_dpo_at_the_reference_and_at_beta_zero_is_log_2():
+    g = torch.Generator().manual_seed(0)
+    policy_w, policy_l, ref_w, ref_l = (-10 * torch.rand(5, generator=g) for _ in range(4))
+    loss, r_w, r_l = dpo_loss(policy_w, policy_l, policy_w.clone(), policy_l.clone(), 0.1)   # pi == pi_ref
+    torch.testing.assert_close(loss, torch.full((5,), math.log(2)))
+    assert torch.equal(r_w, torch.zeros(5)) and torch.equal(r_l, torch.zeros(5))
+    loss, _, _ = dpo_loss(policy_w, policy_l, ref_w, ref_l, 0.0)                             # beta -> 0
+    torch.testing.assert_close(loss, torch.full((5,), math.log(2)))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
-                         gae, k3_kl, kl_penalty_rewards, masked_mean, masked_var, masked_whiten, policy_loss,
-                         value_loss)
+                         gae, group_advantages, k3_kl, kl_penalty_rewards, masked_mean, masked_var, masked_whiten,
+                         policy_loss, value_loss)
 
 
 def ragged_mask(lengths, N):
@@ -272,3 +272,23 @@ def test_k3_is_nonnegative_and_estimates_kl_policy_to_reference():
     assert reversed_expectation != pytest.approx(kl_ref_pi, abs=1e-3)
     # k1 (the reward's estimator) has the same expectation, but can be negative per sample
     assert (pi * d).sum().item() == pytest.approx(kl_pi_ref, abs=1e-12) and d.min() < 0
+
+
+# --- GRPO's group advantages ------------------------------------------------------------------
+
+def test_group_advantages_against_numpy_per_group():
+    scores = torch.tensor([1.0, 2.0, 4.0, -1.0, 0.5, 0.5, 3.0, 3.0, 0.0, 10.0, 7.0, 1.0])
+    adv = group_advantages(scores, 4, eps=1e-4)
+    for g in range(3):
+        x = scores[4 * g: 4 * g + 4].numpy().astype(np.float64)
+        expected = (x - x.mean()) / (x.std(ddof=1) + 1e-4)
+        np.testing.assert_allclose(adv[4 * g: 4 * g + 4].numpy(), expected, rtol=1e-5)
+        assert abs(adv[4 * g: 4 * g + 4].sum().item()) < 1e-5          # each group's mean is the baseline: 0
+
+
+def test_group_advantages_equal_scores_and_single_samples_give_zero_not_nan():
+    adv = group_advantages(torch.tensor([0.7, 0.7, 0.7, 2.0, 1.0, 2.0]), 3)
+    assert torch.equal(adv[:3], torch.zeros(3)) and torch.isfinite(adv).all() and adv[3] > 0 > adv[4]
+    assert torch.equal(group_advantages(torch.tensor([1.0, -5.0, 3.0]), 1), torch.zeros(3))
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_advantages(torch.zeros(6), 4)

@@ -16,7 +16,7 @@ from minigpt.checkpoint import save_model
 from minigpt.cli import run
 from minigpt.data import encode_for_reward, render_prompt
 from minigpt.model import GPT, GPTConfig, RewardModel
-from minigpt.ppo import kl_penalty_rewards
+from minigpt.ppo import group_advantages, k3_kl, kl_penalty_rewards, masked_mean
 from minigpt.rollout import response_logprobs, response_values, rollout, score
 from minigpt.tokenizer import Tokenizer
 
@@ -124,6 +124,35 @@ def test_ratio_is_exactly_one_on_the_first_minibatch_then_moves(tiny):
     assert max(s["max_abs_log_ratio"] for s in steps[1:]) > 0  # the updates did move the policy
 
 
+def test_grpo_update_has_no_value_model_and_puts_the_k3_kl_in_the_loss(tiny):
+    """GRPO: G samples of each prompt, advantages relative to the group on every token, no value model; at the
+    start the policy is the reference, so the k3 term is exactly 0 and the ratio exactly 1."""
+    cfg = make_cfg(algo="grpo", group_size=4, batch_size=2, kl_coef=0.5)
+    policy = GPT(tiny.config).eval()
+    policy.load_state_dict(tiny.policy.state_dict())
+    batch = rollout(policy, tiny.tokenizer, [t for t in TASKS[:2] for _ in range(4)], cfg.max_new_tokens,
+                    cfg.temperature, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logprobs = response_logprobs(policy, batch, cfg.temperature)
+        scores, _ = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
+    advantages = group_advantages(scores, 4)[:, None] * batch["mask"]
+    assert abs(advantages[:, 0].view(2, 4).sum(1)).max() < 1e-5              # each group's baseline is its mean
+    batch.update(logprobs=logprobs, ref_logprobs=logprobs.clone(), values=None, advantages=advantages, returns=None,
+                 kl_coef=cfg.kl_coef)
+    opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    steps = train_ppo.ppo_update(policy, None, opt_p, None, batch, cfg, torch.Generator().manual_seed(0))
+    assert len(steps) == cfg.ppo_epochs * 8 // cfg.minibatch_size and "vf_loss" not in steps[0]
+    assert steps[0]["max_abs_log_ratio"] == 0.0 and steps[0]["kl_loss"] == 0.0
+    assert steps[-1]["kl_loss"] > 0                                           # moved away: the k3 term pulls back
+    # the loss is the clipped surrogate + beta * mean k3: checked on the moved policy
+    mb = {**batch, "kl_coef": cfg.kl_coef}
+    loss, stats = train_ppo.ppo_loss(policy, None, mb, cfg)
+    with torch.no_grad():
+        new = response_logprobs(policy, batch, cfg.temperature)
+    expected = stats["pg_loss"] + cfg.kl_coef * masked_mean(k3_kl(new, logprobs), batch["mask"]).item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_response_without_eos_gets_the_penalty(tiny):
     cfg = make_cfg(no_eos_penalty=-7.5)
     batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(2))
@@ -228,6 +257,17 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["iterations"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "rm_score" in r] == [1, 2, 3]
+    # GRPO: the same script without a value model; 2 prompts x 4 samples per iteration
+    grpo = tmp_path / "grpo"
+    grpo_args = [a for a in args if not a.startswith(("--out_dir=", "--batch_size="))]
+    done = subprocess.run(grpo_args + [f"--out_dir={grpo}", "--iterations=2", "--algo=grpo", "--group_size=4",
+                                       "--batch_size=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((grpo / "summary.json").read_text())
+    assert summary["algo"] == "grpo" and summary["episodes"] == 2 * 2 * 4
+    assert "value" not in torch.load(grpo / "last.pt", weights_only=False)
+    rows = [json.loads(line) for line in (grpo / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["first_minibatch_log_ratio"] == 0.0 and r["kl_loss"] >= 0 for r in rows if "rm_score" in r)
     # a wrong kind of folder is a one-line error, exit code 2
     with pytest.raises(SystemExit) as exit_info:
         run(train_ppo.main, train_ppo.Config, [f"--sft={rm}", f"--rm={rm}", f"--out_dir={tmp_path / 'x'}"])
