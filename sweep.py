@@ -71,7 +71,10 @@ class Config:
                                                               "the RM's (best-of-n and PPO: train_ppo.py's rule)"})
     # RL
     ppo_runs: str = field(default="0.1:60,0.03:60,0.01:120", metadata={"help": "PPO runs as KL_COEF:ITERATIONS,... "
-                                                                             "(empty = none); each in out_dir/ppo_beta<β>"})
+                                                                             "(empty = none); each in out_dir/ppo_beta<β>. A "
+                                                                             "run's first k iterations are those of a k-iteration "
+                                                                             "run (prompts and noise follow (seed, iteration)), "
+                                                                             "so the longest run needs no shorter twin"})
     eval_interval: int = field(default=5, metadata={"help": "PPO: iterations between validation rows (the RL points)"})
     ppo_args: str = field(default="", metadata={"help": "more train_ppo.py options for every run, space-separated, "
                                                         "e.g. '--lr=3e-4'"})
@@ -125,8 +128,9 @@ def ppo_argv(cfg, beta, iterations):
 def ppo_config(cfg, beta, iterations):
     """The train_ppo.Config the run will have (parsed and validated as train_ppo.py would: a bad --ppo_args is a
     one-line error here, before anything runs)."""
+    argv = ppo_argv(cfg, beta, iterations)
     try:
-        return parse_config(train_ppo.Config, ppo_argv(cfg, beta, iterations))
+        return parse_config(train_ppo.Config, argv)
     except UserError as e:
         raise UserError(f"--ppo_args / --ppo_runs (train_ppo.py says): {e}") from None
 
@@ -194,7 +198,7 @@ def best_of_n_points(rm_scores, gold):
     """One point per n = 1, 2, 4, ... ≤ m: the mean over prompts of the exact best-of-n expectation."""
     P, m = rm_scores.shape
     points = []
-    for n in [2 ** k for k in range(int(math.log2(m)) + 1)]:
+    for n in [2 ** k for k in range(m.bit_length())]:                       # 1, 2, 4, ... ≤ m
         e = np.array([best_of_n_expectation(rm_scores[p], gold[p], n) for p in range(P)])   # (P, 2): RM, gold
         kl = best_of_n_kl_bound(n)                                             # log n − (n−1)/n
         points.append(dict(n=n, kl=kl, sqrt_kl=math.sqrt(kl), proxy=float(e[:, 0].mean()), gold=float(e[:, 1].mean()),
@@ -213,9 +217,9 @@ def fit(kind, d, gain):
     d, gain = np.asarray(d, dtype=np.float64), np.asarray(gain, dtype=np.float64)
     alpha, beta = (fit_best_of_n if kind == "best_of_n" else fit_rl)(d, gain)
     if not math.isfinite(alpha):
-        return dict(alpha=None, beta=None, rmse=None, peak_sqrt_kl=None, peak_gain=None, points=len(d))
+        return dict(alpha=None, beta=None, rmse=None, peak_sqrt_kl=None, peak_gain=None, points=int((d > 0).sum()))
     curve = gao_best_of_n if kind == "best_of_n" else gao_rl
-    used = d > 0 if kind == "rl" else np.ones_like(d, dtype=bool)
+    used = d > 0                                                              # R(0) = 0 by construction
     rmse = float(np.sqrt(np.mean((curve(d[used], alpha, beta) - gain[used]) ** 2)))
     peak = None
     if beta > 0:
@@ -234,42 +238,50 @@ def gains(points, key):
 # ---- the figure -----------------------------------------------------------------------------------------------
 
 def plot(path, bon, runs, fits):
-    """Left: gold gain, right: proxy (RM) gain, both against √KL; points, and the fitted curves through them."""
+    """Left: gold gain, right: proxy (RM) gain, both against √KL; the points, and each fitted curve drawn over the
+    range of the points it was fitted to (solid: gold, dashed: proxy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
-    d_max = max([p["sqrt_kl"] for p in bon] + [p["sqrt_kl"] for r in runs for p in r["points"]]) * 1.05
-    grid = np.linspace(0, d_max, 200)
+    def grid(points):                                                        # d from 0 to the curve's last point
+        return np.linspace(0, max(p["sqrt_kl"] for p in points), 100)[1:]
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 7.5), sharex=True)
     for ax, key, what in ((axes[0], "gold", "gold score"), (axes[1], "proxy", "RM score (proxy)")):
-        if bon:
-            ax.plot([p["sqrt_kl"] for p in bon], gains(bon, key), "o", color="C0",
-                    label=f"best-of-n, n = 1..{bon[-1]['n']} (KL = log n − (n−1)/n, analytic: an upper bound); "
-                          f"at d = 0 {bon[0][key]:.3f}")
-            for p, y in zip(bon, gains(bon, key)):
-                ax.annotate(f"{p['n']}", (p["sqrt_kl"], y), textcoords="offset points", xytext=(3, 3), fontsize=7,
-                            color="C0")
-            f = fits["best_of_n"][key]
-            if f["alpha"] is not None:
-                ax.plot(grid, gao_best_of_n(grid, f["alpha"], f["beta"]), "-" if key == "gold" else "--", color="C0",
-                        label=f"fit d(α − βd): α = {f['alpha']:.3f}, β = {f['beta']:.3f}")
+        style = "-" if key == "gold" else "--"
+        ax.plot([p["sqrt_kl"] for p in bon], gains(bon, key), "o", color="C0",
+                label=f"best-of-n, n = 1..{bon[-1]['n']}, test prompts (KL = log n − (n−1)/n, analytic: an upper "
+                      f"bound); SFT {bon[0][key]:.3f}")
+        for p, y in zip(bon, gains(bon, key)):
+            ax.annotate(f"n={p['n']}", (p["sqrt_kl"], y), textcoords="offset points", xytext=(-6, 6), fontsize=7,
+                        color="C0")
+        f = fits["best_of_n"][key]
+        if f["alpha"] is not None:
+            ax.plot(grid(bon), gao_best_of_n(grid(bon), f["alpha"], f["beta"]), style, color="C0", lw=1.5,
+                    label=f"  fit d(α − βd): α = {f['alpha']:.3f}, β = {f['beta']:.3f}")
         for i, r in enumerate(runs):
-            ax.plot([p["sqrt_kl"] for p in r["points"]], gains(r["points"], key), ".-", color=f"C{i + 1}", lw=0.6,
-                    label=f"PPO β = {r['kl_coef']:g}, {r['iterations']} iterations; at d = 0 {r['points'][0][key]:.3f}")
+            ax.plot([p["sqrt_kl"] for p in r["points"]], gains(r["points"], key), ".", color=f"C{i + 1}",
+                    label=f"PPO β = {r['kl_coef']:g}, iterations 0..{r['points'][-1]['iteration']}, validation "
+                          f"prompts; SFT {r['points'][0][key]:.3f}")
+            f = r["fits"][key]
+            if f["alpha"] is not None:
+                ax.plot(grid(r["points"]), gao_rl(grid(r["points"]), f["alpha"], f["beta"]), style, color=f"C{i + 1}",
+                        lw=1, label=f"  fit d(α − β log d): α = {f['alpha']:.3f}, β = {f['beta']:.3f}")
         f = fits["rl_pooled"][key]
         if runs and f["alpha"] is not None:
-            ax.plot(grid[1:], gao_rl(grid[1:], f["alpha"], f["beta"]), "-" if key == "gold" else "--", color="k",
-                    label=f"fit d(α − β log d), all PPO runs: α = {f['alpha']:.3f}, β = {f['beta']:.3f}")
+            pts = [p for r in runs for p in r["points"]]
+            ax.plot(grid(pts), gao_rl(grid(pts), f["alpha"], f["beta"]), style, color="k", lw=1,
+                    label=f"fit d(α − β log d) to all PPO points: α = {f['alpha']:.3f}, β = {f['beta']:.3f}")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("d = √KL to the SFT model (nats^½)")
         ax.set_ylabel(f"{what}: gain over the SFT model (d = 0)")
-        ax.set_title(f"{what}" + (" (the true objective)" if key == "gold" else ", what is optimised"))
+        ax.set_title(what + (": the true objective (gold judge)" if key == "gold" else ": what is optimised"))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="best")
-    fig.suptitle("Reward model over-optimisation (Gao et al. 2022): best-of-n on test prompts, PPO on its validation "
-                 "prompts", fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))       # below the panel
+    fig.suptitle("Reward model over-optimisation (Gao et al. 2022): optimising the reward model against the KL "
+                 "to the SFT model", fontsize=11)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=90)
@@ -282,15 +294,15 @@ def fmt(x, spec=".3f"):
 
 
 def print_table(bon, runs, fits):
-    print(f"\n{'points':<22} {'KL':>6} {'√KL':>5} {'RM (proxy)':>10} {'gold':>6}")
+    print(f"\n{'points':<27} {'KL':>6} {'√KL':>5} {'RM (proxy)':>10} {'gold':>6}")
     for p in bon:
-        print(f"{'best-of-' + str(p['n']):<22} {p['kl']:6.2f} {p['sqrt_kl']:5.2f} {p['proxy']:+10.3f} {p['gold']:6.3f}"
+        print(f"{'best-of-' + str(p['n']):<27} {p['kl']:6.2f} {p['sqrt_kl']:5.2f} {p['proxy']:+10.3f} {p['gold']:6.3f}"
               f"   (KL estimated from the samples {p['kl_estimated']:.2f})")
     for r in runs:
         pts = r["points"]
         peak = max(pts, key=lambda p: p["gold"])
         for label, p in (("start", pts[0]), ("best gold", peak), ("end", pts[-1])):
-            print(f"{'PPO β=' + format(r['kl_coef'], 'g') + ' it ' + str(p['iteration']) + ' ' + label:<22} "
+            print(f"{'PPO β=' + format(r['kl_coef'], 'g') + ' it ' + str(p['iteration']) + ' ' + label:<27} "
                   f"{p['kl']:6.2f} {p['sqrt_kl']:5.2f} {p['proxy']:+10.3f} {p['gold']:6.3f}")
     print(f"\n{'fit of the gain, d = √KL':<34} {'α':>7} {'β':>7} {'rmse':>6} {'peak d':>7} {'peak gain':>9}")
     rows = [("best-of-n", fits["best_of_n"])] + [(f"PPO β={r['kl_coef']:g}", r["fits"]) for r in runs]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ["pretrained", "sft", "ppo", "ppo_ptx", "best_of_4"]
+MODELS = ["pretrained", "sft", "ppo", "ppo_ptx", "dpo", "grpo", "best_of_4"]
 
 
 def python(*args, **kw):
@@ -29,9 +29,9 @@ def quick_run(tmp_path_factory):
 
 def test_every_stage_and_the_report_exist(quick_run):
     out, stdout = quick_run
-    for stage in ("pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx"):
+    for stage in ("pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "grpo"):
         assert (out / stage / "summary.json").exists(), stage
-    for stage in ("pretrain", "sft", "ppo", "ppo_ptx"):
+    for stage in ("pretrain", "sft", "ppo", "ppo_ptx", "dpo", "grpo"):
         assert (out / stage / "model.pt").exists(), stage
     assert (out / "eval" / "eval.json").exists()
     assert "$ " in stdout and "train_ppo.py" in stdout          # every command is printed
@@ -42,8 +42,10 @@ def test_every_stage_and_the_report_exist(quick_run):
         for key in ("gold_mean", "gold_ci95", "pretrain_val_loss", "eos_rate", "mean_len"):
             assert math.isfinite(m[key]), (name, key)
         assert 0 <= m["gold_mean"] <= 1
-    for name in ("ppo", "ppo_ptx"):
+    for name in ("ppo", "ppo_ptx", "dpo", "grpo"):
         assert math.isfinite(report["models"][name]["kl_to_sft"])
+        assert report["models"][name]["train_seconds"] > 0                  # quality beside compute
+    assert set(report["dpo_implicit_reward"]) == {"accuracy", "gold_accuracy", "on_policy_gold_accuracy", "spearman"}
     for key in ("accuracy", "labeler_agreement", "ceiling", "spearman"):
         assert report["rm"][key] is None or math.isfinite(report["rm"][key]), key
     assert math.isfinite(report["rm"]["accuracy"])
@@ -55,7 +57,7 @@ def test_rerun_skips_finished_stages(quick_run):
     out, _ = quick_run
     r = python("pipeline.py", "--quick", f"--out_dir={out}")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("stage complete, skipped") == 7
+    assert r.stdout.count("stage complete, skipped") == 9
 
 
 def test_chat_answers_once_and_interactively(quick_run):
