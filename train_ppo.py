@@ -26,7 +26,9 @@ Its KL to the reference is not in the reward, as in PPO, but a term of the loss:
 
     python train_ppo.py                                       # out/sft + out/rm -> out/ppo, about 1 minute
     python train_ppo.py --ptx_coef=1 --out_dir=out/ppo_ptx    # PPO-ptx
-    python train_ppo.py --algo=grpo --out_dir=out/grpo        # GRPO: 4 samples per prompt, no value model
+    python train_ppo.py --algo=grpo --batch_size=16 --lr=3e-5 --iterations=30 --out_dir=out/grpo
+                                                              # GRPO as the pipeline runs it: 16 prompts x 4
+                                                              # samples, no value model, about 30 s
     torchrun --standalone --nproc_per_node=2 train_ppo.py     # each process rolls out its own prompts
 """
 
