@@ -1,7 +1,7 @@
 """The whole InstructGPT recipe in one command, each stage run by its own script.
 
-    python pipeline.py            # ~15 minutes on 2 CPU cores; then read out/report.md
-    python pipeline.py --quick    # a miniature of the same run in about a minute, in out/quick (what the tests run)
+    python pipeline.py            # ~10 minutes on 2 CPU cores; then read out/report.md
+    python pipeline.py --quick    # a miniature of the same run in about 40 s, in out/quick (what the tests run)
     python pipeline.py --force=rm # rerun from the reward model on (later stages too)
 
     tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> GRPO -> evaluation
