@@ -1,0 +1,221 @@
+"""serve.py, the OpenAI-compatible server: the official openai client against it (plain, streamed, logprobs,
+models), every kind of bad request answered with a 4xx in OpenAI's error shape, and concurrent requests batched.
+The stage folders are tiny random models written directly (no pipeline run), served by a subprocess."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from minigpt.checkpoint import save_model
+from minigpt.model import GPT, GPTConfig, RewardModel
+from minigpt.tokenizer import Tokenizer
+
+openai = pytest.importorskip("openai")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
+        "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
+BLOCK = 96
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "out"
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(TEXT, 300)
+    config = GPTConfig(block_size=BLOCK, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)
+    for name in ("sft", "ppo"):
+        save_model(str(out / name), GPT(config), tokenizer, "lm")
+    rm = RewardModel(config)
+    with torch.no_grad():
+        rm.head.weight.normal_(0, 0.5)
+    save_model(str(out / "rm"), rm, tokenizer, "reward")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = open(out / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={out}", f"--port={port}",
+                             "--batch_wait_ms=20"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            if proc.poll() is not None:
+                raise RuntimeError("serve.py exited: " + (out / "serve.log").read_text())
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("serve.py did not come up: " + (out / "serve.log").read_text())
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def post(url, body, headers=None):
+    """POST raw bytes (or a dict as JSON) -> (status, parsed JSON body)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data=data,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def health(url):
+    with urllib.request.urlopen(url + "/health", timeout=10) as r:
+        return json.loads(r.read())
+
+
+ASK = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Add 3 and 4."}]
+
+
+def test_models_list(client):
+    assert sorted(m.id for m in client.models.list()) == ["ppo", "sft"]
+
+
+def test_completion_stream_and_seed(client):
+    kw = dict(model="ppo", messages=ASK, max_tokens=10, temperature=1.0, seed=7)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    choice = a.choices[0]
+    assert a.object == "chat.completion" and a.model == "ppo"
+    assert isinstance(choice.message.content, str) and choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= a.usage.completion_tokens <= 10 and a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+    assert b.choices[0].message.content == choice.message.content          # the seed makes sampling deterministic
+    assert isinstance(choice.model_extra["minigpt"]["reward"], float)      # our field: the reward model's score
+
+    stream = client.chat.completions.create(**kw, stream=True)
+    deltas, finish = [], None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        for c in chunk.choices:
+            deltas.append(c.delta.content or "")
+            finish = c.finish_reason or finish
+    assert "".join(deltas) == choice.message.content
+    assert finish == choice.finish_reason
+
+
+def test_finish_reason_length_and_greedy(client):
+    kw = dict(model="sft", messages=ASK, max_tokens=1, temperature=0)
+    a = client.chat.completions.create(**kw)
+    assert a.usage.completion_tokens <= 1
+    assert a.choices[0].finish_reason == ("length" if a.usage.completion_tokens == 1 else "stop")
+    assert client.chat.completions.create(**kw).choices[0].message.content == a.choices[0].message.content
+
+
+def test_top_p_and_seed_inside_a_busy_batch(server, client):
+    """A seeded request answers the same alone and while other requests are batched around it."""
+    kw = dict(model="sft", messages=ASK, max_tokens=8, temperature=0.9, top_p=0.8, seed=11)
+    alone = client.chat.completions.create(**kw).choices[0].message.content
+    others = [threading.Thread(target=post, args=(server, {"model": "sft", "messages": ASK, "max_tokens": 8,
+                                                           "temperature": 0.9, "top_p": 0.8})) for _ in range(4)]
+    for t in others:
+        t.start()
+    busy = client.chat.completions.create(**kw).choices[0].message.content
+    for t in others:
+        t.join(60)
+    assert busy == alone
+
+
+def test_logprobs_and_n(client):
+    r = client.chat.completions.create(model="sft", messages=ASK, max_tokens=6, logprobs=True, top_logprobs=3, n=2,
+                                       seed=1)
+    assert len(r.choices) == 2
+    total = 0
+    for c in r.choices:
+        content = c.logprobs.content
+        total += len(content)
+        for t in content:
+            assert t.logprob <= 0 and isinstance(t.token, str) and isinstance(t.bytes, list)
+            assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob - 1e-5
+    assert total == r.usage.completion_tokens
+
+
+BAD = [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"[1, 2]", "JSON object"),
+    ({"model": "ppo"}, "messages"),
+    ({"model": "ppo", "messages": []}, "messages"),
+    ({"model": "ppo", "messages": [{"role": "system", "content": "hi"}]}, "user message"),
+    ({"model": "gpt-4", "messages": ASK}, "ppo, sft"),
+    ({"messages": ASK}, "model"),
+    ({"model": "ppo", "messages": ASK, "max_tokens": 0}, "max_tokens"),
+    ({"model": "ppo", "messages": ASK, "max_tokens": BLOCK}, "context"),
+    ({"model": "ppo", "messages": ASK, "max_tokens": "ten"}, "integer"),
+    ({"model": "ppo", "messages": ASK, "temperature": -0.5}, "temperature"),
+    ({"model": "ppo", "messages": ASK, "top_p": 0}, "top_p"),
+    ({"model": "ppo", "messages": ASK, "top_p": 1.5}, "top_p"),
+    ({"model": "ppo", "messages": ASK, "n": 9}, "'n'"),
+    ({"model": "ppo", "messages": [{"role": "user", "content": "cat " * 400}]}, "context"),
+    (b'{"model": "ppo", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "JSON"),
+    (b"x" * ((1 << 20) + 1), "limit"),
+]
+
+
+@pytest.mark.parametrize("body,words", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, body, words):
+    status, answer = post(server, body)
+    assert 400 <= status < 500, answer
+    err = answer["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert words in err["message"], err["message"]
+    assert health(server)["status"] == "ok"
+
+
+def test_unknown_path_is_404(server):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server + "/", timeout=10)
+    assert e.value.code == 404 and "error" in json.loads(e.value.read())
+
+
+def test_concurrent_requests_are_batched(server):
+    before = health(server)["generate_calls"]
+    results = [None] * 16
+    start = threading.Barrier(16)
+
+    def ask(i):
+        start.wait()
+        results[i] = post(server, {"model": "ppo", "messages": [{"role": "user", "content": f"Add {i} and 4."}],
+                                   "max_tokens": 4 + i % 5, "temperature": 0.8})
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r is not None and r[0] == 200 for r in results), results
+    for i, (_, r) in enumerate(results):
+        assert r["usage"]["completion_tokens"] <= 4 + i % 5
+    calls = health(server)["generate_calls"] - before
+    assert 1 <= calls < 16
