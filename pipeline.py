@@ -42,6 +42,43 @@ QUICK = {
     "grpo": ["--iterations=2", "--batch_size=2", "--minibatch_size=4", "--val_prompts=8"],
     "eval": ["--n_prompts=16", "--samples_per_prompt=2", "--val_tokens=2048"],
 }
+# "Step through it": each stage on the quick run's outputs with tiny settings, for a debugger. The first breakpoint
+# goes on the line holding the snippet (where the loss is computed; for the labels and the evaluation, where the
+# judge speaks); its number is looked up in the source when printed, so it cannot go stale.
+STEP_THROUGH = {
+    "pretrain": (["train_pretrain.py", "--out_dir={d}/pretrain", "--n_layer=1", "--n_head=2", "--n_embd=32",
+                  "--block_size=64", "--vocab_size=300", "--tokenizer_chars=20000", "--max_steps=3", "--batch_size=4",
+                  "--eval_interval=3", "--eval_batches=1"], "loss = sft_loss(logits.float()"),
+    "sft": (["train_sft.py", "--init={q}/pretrain", "--out_dir={d}/sft", "--max_steps=3", "--batch_size=4",
+             "--eval_interval=3", "--eval_prompts=4"], "loss = sft_loss(logits.float()"),
+    "labels": (["label.py", "--policy={q}/sft", "--out_dir={d}/labels", "--n_prompts=4", "--k_policy=2", "--k_demo=2"],
+               "order = labeler.rank("),
+    "rm": (["train_rm.py", "--sft={q}/sft", "--labels={q}/labels", "--out_dir={d}/rm", "--batch_size=4", "--epochs=1",
+            "--bias_prompts=4", "--eval_interval=2", "--eval_prompts=4"], "loss, accuracy, _ = ranking_loss("),
+    "ppo": (["train_ppo.py", "--sft={q}/sft", "--rm={q}/rm", "--out_dir={d}/ppo", "--iterations=1", "--batch_size=4",
+             "--minibatch_size=2", "--val_prompts=4", "--max_new_tokens=8"], "loss, stats = ppo_loss("),
+    "dpo": (["train_dpo.py", "--sft={q}/sft", "--labels={q}/labels", "--out_dir={d}/dpo", "--batch_size=4", "--epochs=1",
+             "--kl_prompts=4", "--max_new_tokens=8"], "loss, accuracy, margin = ranking_dpo_loss(logps, [ref_train"),
+    "grpo": (["train_ppo.py", "--algo=grpo", "--sft={q}/sft", "--rm={q}/rm", "--out_dir={d}/grpo", "--iterations=1",
+              "--batch_size=2", "--group_size=2", "--minibatch_size=2", "--val_prompts=4", "--max_new_tokens=8"],
+             "loss, stats = ppo_loss("),
+    "eval": (["evaluate.py", "--models=sft:{q}/sft,ppo:{q}/ppo", "--ref={q}/sft", "--rm={q}/rm", "--n_prompts=4",
+              "--samples_per_prompt=1", "--val_tokens=512", "--json={d}/eval.json"],
+             "gold = [world.gold_score(t, text)"),
+}
+
+
+def step_through_commands(quick_dir="out/quick", debug_dir="out/debug"):
+    """stage -> (script and flags, "file:line" of the first breakpoint)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = {}
+    for stage, (args, snippet) in STEP_THROUGH.items():
+        with open(os.path.join(here, args[0]), encoding="utf-8") as f:
+            line = next(i for i, text in enumerate(f, 1) if snippet in text)
+        out[stage] = ([a.format(q=quick_dir, d=debug_dir) for a in args], f"{args[0]}:{line}")
+    return out
+
+
 # The file whose presence means a stage finished (every script writes it last).
 DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
 
@@ -130,6 +167,11 @@ def main(cfg):
     write_report(cfg.out_dir, seconds, quick=cfg.quick, seed=cfg.seed, ptx_coef=cfg.ptx_coef)
     print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {sum(seconds.values()):.0f}s in all); "
           f"read {cfg.out_dir}/report.md")
+    if cfg.quick:
+        print("\nStep through any stage in a debugger, on these outputs with tiny settings (c = run to the breakpoint, "
+              "n = next line, s = step into, p x = print x):")
+        for stage, (args, breakpoint) in step_through_commands(cfg.out_dir).items():
+            print(f"  {stage:>8}: python -m pdb -c 'b {breakpoint}' -c c {' '.join(args)}")
 
 
 def _fmt(x, spec=".3f"):

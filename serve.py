@@ -10,8 +10,10 @@
 Built on the standard library's http.server.ThreadingHTTPServer: no new runtime dependency, so it installs
 with the README's first command (pip install -r requirements-dev.txt).
 
-Endpoints: GET /health ({"status": "ok", "generate_calls": N, "models": [...]}), GET /v1/models, GET
-/v1/models/<name>, POST /v1/chat/completions. Anything else is a 404 in OpenAI's error shape (including /).
+Endpoints: GET / (the chat page, minigpt/serve_page.html: open http://127.0.0.1:8000/ in a browser to see
+every stage answer the same prompt side by side, token by token, with each token's probability and the
+reward), GET /health ({"status": "ok", "generate_calls": N, "models": [...]}), GET /v1/models, GET
+/v1/models/<name>, POST /v1/chat/completions. Anything else is a 404 in OpenAI's error shape.
 
 What a request means to these single-turn models: the instruction is the content of the LAST "user" message;
 system/developer messages, earlier turns and assistant messages are ignored (the models were never trained
@@ -56,6 +58,7 @@ from minigpt.rollout import reward_inputs
 from minigpt.sampling import generate
 from minigpt.training import pick_device
 
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "minigpt", "serve_page.html")  # GET /
 MAX_BODY = 1 << 20          # bytes of request body we accept
 MAX_TOP_LOGPROBS = 20
 GENERATE_CALLS = 0          # how many times generate() has run: GET /health reports it (tests check batching)
@@ -433,6 +436,9 @@ def chunks(s, item, rid, created, include_usage):
 # ---- HTTP -------------------------------------------------------------------------------------------------
 
 def make_handler(served, cfg):
+    with open(PAGE, "rb") as f:
+        page = f.read()
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "minigpt-serve"
 
@@ -452,6 +458,12 @@ def make_handler(served, cfg):
 
         def do_GET(self):
             path = self.path.split("?", 1)[0]
+            if path == "/":
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                return self.wfile.write(page)
             if path == "/health":
                 return self.send_json(200, {"status": "ok", "generate_calls": GENERATE_CALLS, "models": list(served)})
             if path == "/v1/models":
@@ -557,6 +569,7 @@ def main(cfg):
     print(f"serving {', '.join(f'{n} ({s.folder})' for n, s in served.items())}{rm}", flush=True)
     print(f"http://{host}:{port}/v1  (OpenAI-compatible; GET /health, /v1/models, POST /v1/chat/completions)",
           flush=True)
+    print(f"http://{host}:{port}/  (the chat page: every model answers side by side)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

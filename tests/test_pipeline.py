@@ -14,7 +14,7 @@ MODELS = ["pretrained", "sft", "ppo", "ppo_ptx", "dpo", "grpo", "best_of_4"]
 
 
 def python(*args, **kw):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **kw.pop("env", {}))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=kw.pop("timeout", 600), **kw)
 
@@ -95,3 +95,29 @@ def test_the_report_counts_mistakes_per_model(quick_run):
         assert set(m["mistake_counts"]) == {"preamble", "rambling", "repeat_question", "format", "wrong_language",
                                             "wrong_answer", "refusal", "off_topic"}
     assert (out / "mistakes.png").exists() and "## What RLHF changed" in (out / "report.md").read_text()
+
+
+def test_every_step_through_command_runs_on_the_quick_outputs(quick_run, tmp_path):
+    """README's "Step through it": each stage's command (without the debugger) completes on the quick run's outputs,
+    its first breakpoint is a line of that script, and under pdb the run stops there (one `n` later, the loss is there)."""
+    out, stdout = quick_run
+    assert "python -m pdb -c 'b train_sft.py:" in stdout                      # the quick pipeline prints them
+    sys.path.insert(0, ROOT)
+    import pipeline
+    commands = pipeline.step_through_commands(str(out), str(tmp_path))
+    assert set(commands) == set(pipeline.STEP_THROUGH)
+    for stage, (args, breakpoint) in commands.items():
+        r = python(*args, env={"OMP_NUM_THREADS": "1"}, timeout=120)
+        assert r.returncode == 0, (stage, r.stdout[-1500:], r.stderr[-1500:])
+    args, breakpoint = commands["sft"]
+    r = python("-m", "pdb", "-c", f"b {breakpoint}", "-c", "c", *args, input="n\np float(loss) > 0\nquit\n", timeout=120)
+    assert f"{breakpoint.split(':')[0]}({breakpoint.split(':')[1]})" in r.stdout and "True" in r.stdout, r.stdout[-2000:]
+
+
+def test_the_vscode_launch_configurations_are_the_step_through_commands():
+    sys.path.insert(0, ROOT)
+    import pipeline
+    text = open(os.path.join(ROOT, ".vscode", "launch.json"), encoding="utf-8").read()
+    launch = json.loads("\n".join(line for line in text.splitlines() if not line.startswith("//")))
+    got = [[c["program"].replace("${workspaceFolder}/", ""), *c["args"]] for c in launch["configurations"]]
+    assert got == [args for args, _ in pipeline.step_through_commands().values()]

@@ -1,76 +1,23 @@
 """serve.py, the OpenAI-compatible server: the official openai client against it (plain, streamed, logprobs,
 models), every kind of bad request answered with a 4xx in OpenAI's error shape, and concurrent requests batched.
-The stage folders are tiny random models written directly (no pipeline run), served by a subprocess."""
+The stage folders are tiny random models written directly (no pipeline run), served by a subprocess
+(the tiny_server fixture of tests/conftest.py)."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
-import torch
-
-from minigpt.checkpoint import save_model
-from minigpt.model import GPT, GPTConfig, RewardModel
-from minigpt.tokenizer import Tokenizer
 
 openai = pytest.importorskip("openai")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
-        "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
-BLOCK = 96
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+BLOCK = 96   # the tiny models' context: tests/conftest.py builds them and starts the server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "out"
-    torch.manual_seed(0)
-    tokenizer = Tokenizer.train(TEXT, 300)
-    config = GPTConfig(block_size=BLOCK, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)
-    for name in ("sft", "ppo"):
-        save_model(str(out / name), GPT(config), tokenizer, "lm")
-    rm = RewardModel(config)
-    with torch.no_grad():
-        rm.head.weight.normal_(0, 0.5)
-    save_model(str(out / "rm"), rm, tokenizer, "reward")
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log = open(out / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={out}", f"--port={port}",
-                             "--batch_wait_ms=20"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise RuntimeError("serve.py exited: " + (out / "serve.log").read_text())
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("serve.py did not come up: " + (out / "serve.log").read_text())
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+def server(tiny_server):
+    return tiny_server
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +142,7 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, body, words
 
 def test_unknown_path_is_404(server):
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(server + "/", timeout=10)
+        urllib.request.urlopen(server + "/nothing/here", timeout=10)
     assert e.value.code == 404 and "error" in json.loads(e.value.read())
 
 

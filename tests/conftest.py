@@ -1,0 +1,67 @@
+"""Shared fixture: serve.py in a subprocess over tiny random stage folders (used by test_serve*.py)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from minigpt.checkpoint import save_model
+from minigpt.model import GPT, GPTConfig, RewardModel
+from minigpt.tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
+        "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
+TINY_BLOCK = 96   # the tiny models' context
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory):
+    """URL of serve.py serving two tiny random language models (sft, ppo) and a reward model (rm)."""
+    out = tmp_path_factory.mktemp("serve") / "out"
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(TEXT, 300)
+    config = GPTConfig(block_size=TINY_BLOCK, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)
+    for name in ("sft", "ppo"):
+        save_model(str(out / name), GPT(config), tokenizer, "lm")
+    rm = RewardModel(config)
+    with torch.no_grad():
+        rm.head.weight.normal_(0, 0.5)
+    save_model(str(out / "rm"), rm, tokenizer, "reward")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = open(out / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={out}", f"--port={port}",
+                             "--batch_wait_ms=20"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            if proc.poll() is not None:
+                raise RuntimeError("serve.py exited: " + (out / "serve.log").read_text())
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("serve.py did not come up: " + (out / "serve.log").read_text())
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
