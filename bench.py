@@ -2,13 +2,22 @@
 
     python bench.py                    # table on stdout, ~1-2 minutes on 2 CPU cores
     python bench.py --json=bench.json  # the same figures as JSON
+    python bench.py --only=serve       # just some sections: matmul, train, generate, ppo, serve
 
 Everything is measured in this one run: the matmul rate is the ceiling, training MFU is measured
 against it (not against a datasheet), and the KV cache is compared with recomputing the prefix.
 """
 
+import json
+import os
 import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +31,9 @@ from minigpt.training import make_adamw, pick_device
 from minigpt.world import World
 
 
+SECTIONS = ("matmul", "train", "generate", "ppo", "serve")
+
+
 @dataclass
 class Config:
     json: str = field(default="", metadata={"help": "also write the figures to this JSON file"})
@@ -30,10 +42,23 @@ class Config:
     train_steps: int = field(default=12, metadata={"help": "timed training steps per config"})
     compile: bool = field(default=False, metadata={"help": "also time training with torch.compile"})
     skip_ppo: bool = field(default=False, metadata={"help": "skip the PPO iteration profile"})
+    only: list = field(default_factory=list, metadata={"help": f"run only these sections ({', '.join(SECTIONS)}; default all)"})
+    serve_requests: int = field(default=64, metadata={"help": "serve section: requests per phase (sequential, concurrent)"})
+    serve_clients: int = field(default=16, metadata={"help": "serve section: client threads in the concurrent phase"})
+    serve_max_tokens: int = field(default=24, metadata={"help": "serve section: max_tokens of each request"})
+    serve_model: str = field(default="", metadata={"help": "serve section: stage folder to serve ('' = a random model of the default size)"})
+    serve_rm: bool = field(default=False, metadata={"help": "serve section: also load a random reward model scoring every answer"})
+    serve_batch_wait_ms: float = field(default=5.0, metadata={"help": "serve section: serve.py --batch_wait_ms"})
+    serve_max_batch: int = field(default=32, metadata={"help": "serve section: serve.py --max_batch"})
 
     def validate(self):
         check(self.train_steps > 0, f"--train_steps must be > 0, got {self.train_steps}")
         check(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
+        bad = [s for s in self.only if s not in SECTIONS]
+        check(not bad, f"--only: unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+        check(self.serve_requests > 0, f"--serve_requests must be > 0, got {self.serve_requests}")
+        check(self.serve_clients > 0, f"--serve_clients must be > 0, got {self.serve_clients}")
+        check(self.serve_max_tokens > 0, f"--serve_max_tokens must be > 0, got {self.serve_max_tokens}")
 
 
 def sync(device):
@@ -145,6 +170,141 @@ def ppo_iteration(device):
             "max_new_tokens": cfg.max_new_tokens, "ppo_epochs": cfg.ppo_epochs}
 
 
+SERVE_INSTRUCTION = "Add 3 and 4."
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _percentile(values, q):
+    """The q-th percentile (0..100) of `values`, by linear interpolation between the sorted values."""
+    v = sorted(values)
+    k = (len(v) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def _serve_stage_folder(folder, with_rm):
+    """A stage folder of serve.py's kind: the default GPTConfig (4 layers x 128 wide), random weights."""
+    from minigpt.checkpoint import save_model
+
+    tokenizer = Tokenizer.train(World(0).corpus()[:200_000], 2048)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, flash=True)
+    save_model(os.path.join(folder, "sft"), GPT(config), tokenizer, "lm")
+    if with_rm:
+        save_model(os.path.join(folder, "rm"), RewardModel(config), tokenizer, "reward")
+
+
+def serve_throughput(cfg, device):
+    """serve.py as a subprocess, asked over HTTP (urllib, no seed so that requests batch): `serve_requests`
+    requests one after another, then the same number from `serve_clients` threads at once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.serve_model:
+            models, rm = f"bench:{cfg.serve_model}", ""
+        else:
+            _serve_stage_folder(tmp, cfg.serve_rm)
+            models, rm = f"bench:{os.path.join(tmp, 'sft')}", os.path.join(tmp, "rm") if cfg.serve_rm else ""
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = os.path.join(tmp, "serve.log")
+        args = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py"),
+                f"--models={models}", f"--rm={rm}", f"--port={port}", f"--device={device}",
+                f"--batch_wait_ms={cfg.serve_batch_wait_ms}", f"--max_batch={cfg.serve_max_batch}"]
+        env = dict(os.environ)
+        if cfg.threads:  # the server is where the work happens: give it the same thread count
+            env.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("serve.py exited: " + open(log_path).read()[-2000:])
+                try:
+                    _get_json(url + "/health", timeout=1)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("serve.py did not come up: " + open(log_path).read()[-2000:])
+                    time.sleep(0.1)
+            body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": SERVE_INSTRUCTION}],
+                               "max_tokens": cfg.serve_max_tokens, "temperature": 1.0}).encode()
+
+            def ask():
+                req = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(req, timeout=300) as r:
+                    answer = json.loads(r.read())
+                return time.perf_counter() - t0, answer["usage"]["completion_tokens"]
+
+            for _ in range(3):  # warm-up: first calls allocate, and the KV cache paths get exercised
+                ask()
+
+            def phase(clients):
+                before = _get_json(url + "/health")["generate_calls"]
+                per_client = [cfg.serve_requests // clients + (k < cfg.serve_requests % clients)
+                              for k in range(clients)]
+                results, errors = [], []
+                lock = threading.Lock()
+
+                def client(count):
+                    start.wait()
+                    for _ in range(count):
+                        try:
+                            got = ask()
+                        except Exception as e:  # noqa: BLE001 - reported below
+                            with lock:
+                                errors.append(repr(e))
+                            continue
+                        with lock:
+                            results.append(got)
+
+                threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in per_client if c]
+                start = threading.Barrier(len(threads) + 1)
+                for t in threads:
+                    t.start()
+                start.wait()
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - t0
+                if errors:
+                    raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+                calls = _get_json(url + "/health")["generate_calls"] - before
+                latencies = [r[0] for r in results]
+                tokens = sum(r[1] for r in results)
+                return {"clients": len(threads), "requests": len(results), "wall_s": wall,
+                        "requests_per_s": len(results) / wall, "completion_tokens_per_s": tokens / wall,
+                        "p50_latency_s": _percentile(latencies, 50), "p95_latency_s": _percentile(latencies, 95),
+                        "generate_calls_per_request": calls / len(results)}
+
+            sequential = phase(1)
+            concurrent = phase(min(cfg.serve_clients, cfg.serve_requests))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {"model": cfg.serve_model or "random GPTConfig() (L4 H4 E128 T128 V2048)", "reward_model": bool(rm),
+            "server_threads": cfg.threads or None,
+            "max_tokens": cfg.serve_max_tokens, "batch_wait_ms": cfg.serve_batch_wait_ms,
+            "max_batch": cfg.serve_max_batch, "sequential": sequential, "concurrent": concurrent,
+            "speedup": concurrent["requests_per_s"] / sequential["requests_per_s"]}
+
+
 def main(cfg):
     device = pick_device(cfg.device)
     if cfg.threads:
@@ -152,44 +312,69 @@ def main(cfg):
     report = {"device": device, "threads": torch.get_num_threads()}
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
-    fp32 = matmul_gflops(device, torch.float32)
-    bf16 = matmul_gflops(device, torch.bfloat16)
-    report["matmul_gflops"] = {"fp32": fp32, "bf16": bf16}
-    print(f"matmul 1024x1024: fp32 {fp32:8.1f} GFLOP/s | bf16 {bf16:8.1f} GFLOP/s")
+    sections = set(cfg.only or SECTIONS)
+    if cfg.skip_ppo:
+        sections.discard("ppo")
+    report["sections"] = [name for name in SECTIONS if name in sections]
 
-    # the default pretraining config of train_pretrain.py, and the issue's reference config
-    from train_pretrain import Config as PretrainConfig
-    pc = PretrainConfig()
-    configs = {
-        "default_pretrain": (GPTConfig(block_size=pc.block_size, vocab_size=pc.vocab_size, n_layer=pc.n_layer,
-                                       n_head=pc.n_head, n_embd=pc.n_embd, flash=pc.flash), pc.batch_size),
-        "L4_H4_E128_T128_V2048_B32": (GPTConfig(block_size=128, vocab_size=2048, n_layer=4, n_head=4, n_embd=128,
-                                                flash=True), 32),
-        "L4_H4_E128_T128_V2048_B32_manual_attention": (GPTConfig(block_size=128, vocab_size=2048, n_layer=4,
-                                                                 n_head=4, n_embd=128, flash=False), 32),
-    }
-    report["train"] = {}
-    print(f"\n{'training config':<45} {'tokens/s':>10} {'MFU':>7}")
-    for name, (mc, bs) in configs.items():
-        variants = [(name, False)] + ([(name + "_compiled", True)] if cfg.compile else [])
-        for vname, comp in variants:
-            tps, flops = train_throughput(device, mc, bs, cfg.train_steps, comp)
-            mfu = tps * flops / (fp32 * 1e9)
-            report["train"][vname] = {"tokens_per_s": tps, "mfu": mfu}
-            print(f"{vname:<45} {tps:10.0f} {mfu:7.1%}")
+    if sections & {"matmul", "train"}:  # training MFU is measured against this ceiling
+        fp32 = matmul_gflops(device, torch.float32)
+        bf16 = matmul_gflops(device, torch.bfloat16)
+        report["matmul_gflops"] = {"fp32": fp32, "bf16": bf16}
+        print(f"matmul 1024x1024: fp32 {fp32:8.1f} GFLOP/s | bf16 {bf16:8.1f} GFLOP/s")
 
-    cached, uncached, same = generation_speed(device)
-    report["generate"] = {"cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
-                          "speedup": cached / uncached, "same_tokens": same}
-    print(f"\ngeneration (batch 16, prompt 128, 256 new): cached {cached:.0f} tok/s, uncached {uncached:.0f} tok/s, "
-          f"speedup {cached / uncached:.1f}x, identical tokens: {same}")
+    if "train" in sections:
+        # the default pretraining config of train_pretrain.py, and the issue's reference config
+        from train_pretrain import Config as PretrainConfig
+        pc = PretrainConfig()
+        configs = {
+            "default_pretrain": (GPTConfig(block_size=pc.block_size, vocab_size=pc.vocab_size, n_layer=pc.n_layer,
+                                           n_head=pc.n_head, n_embd=pc.n_embd, flash=pc.flash), pc.batch_size),
+            "L4_H4_E128_T128_V2048_B32": (GPTConfig(block_size=128, vocab_size=2048, n_layer=4, n_head=4, n_embd=128,
+                                                    flash=True), 32),
+            "L4_H4_E128_T128_V2048_B32_manual_attention": (GPTConfig(block_size=128, vocab_size=2048, n_layer=4,
+                                                                     n_head=4, n_embd=128, flash=False), 32),
+        }
+        report["train"] = {}
+        print(f"\n{'training config':<45} {'tokens/s':>10} {'MFU':>7}")
+        for name, (mc, bs) in configs.items():
+            variants = [(name, False)] + ([(name + "_compiled", True)] if cfg.compile else [])
+            for vname, comp in variants:
+                tps, flops = train_throughput(device, mc, bs, cfg.train_steps, comp)
+                mfu = tps * flops / (fp32 * 1e9)
+                report["train"][vname] = {"tokens_per_s": tps, "mfu": mfu}
+                print(f"{vname:<45} {tps:10.0f} {mfu:7.1%}")
 
-    if not cfg.skip_ppo:
+    if "generate" in sections:
+        cached, uncached, same = generation_speed(device)
+        report["generate"] = {"cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
+                              "speedup": cached / uncached, "same_tokens": same}
+        print(f"\ngeneration (batch 16, prompt 128, 256 new): cached {cached:.0f} tok/s, uncached {uncached:.0f} tok/s, "
+              f"speedup {cached / uncached:.1f}x, identical tokens: {same}")
+
+    if "ppo" in sections:
         report["ppo_iteration"] = ppo_iteration(device)
         p = report["ppo_iteration"]
         print(f"\nPPO iteration: rollout {p['rollout_s']:.2f}s | score {p['score_s']:.2f}s | update {p['update_s']:.2f}s")
     else:
         report["ppo_iteration"] = None
+
+    if "serve" in sections:
+        report["serve"] = sv = serve_throughput(cfg, device)
+        threads = "" if sv["server_threads"] is None else f", {sv['server_threads']} server threads"
+        print(f"\nserve.py ({sv['model']}{', reward model' if sv['reward_model'] else ''}; "
+              f"max_tokens {sv['max_tokens']}, temperature 1, no seed; --batch_wait_ms={sv['batch_wait_ms']:g} "
+              f"--max_batch={sv['max_batch']}{threads})")
+        print(f"{'phase':<12} {'clients':>7} {'requests':>8} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
+              f"{'gen calls/req':>13}")
+        for name in ("sequential", "concurrent"):
+            r = sv[name]
+            print(f"{name:<12} {r['clients']:>7} {r['requests']:>8} {r['requests_per_s']:7.2f} "
+                  f"{r['completion_tokens_per_s']:7.0f} {r['p50_latency_s']:7.3f} {r['p95_latency_s']:7.3f} "
+                  f"{r['generate_calls_per_request']:13.2f}")
+        print(f"concurrent / sequential requests/s: {sv['speedup']:.2f}x")
+    else:
+        report["serve"] = None
 
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

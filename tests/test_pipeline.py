@@ -121,3 +121,12 @@ def test_the_vscode_launch_configurations_are_the_step_through_commands():
     launch = json.loads("\n".join(line for line in text.splitlines() if not line.startswith("//")))
     got = [[c["program"].replace("${workspaceFolder}/", ""), *c["args"]] for c in launch["configurations"]]
     assert got == [args for args, _ in pipeline.step_through_commands().values()]
+
+
+def test_the_readme_lists_the_step_through_commands_of_this_code():
+    """README's "Step through it" shows breakpoint line numbers: they must be those of the current scripts."""
+    sys.path.insert(0, ROOT)
+    import pipeline
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    for args, breakpoint in pipeline.step_through_commands().values():
+        assert f"python -m pdb -c 'b {breakpoint}' -c c {' '.join(args)}\n" in readme, breakpoint
