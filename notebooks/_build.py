@@ -4,15 +4,18 @@ with its outputs.
     python notebooks/_build.py            # all notebooks
     python notebooks/_build.py 01 03      # only those whose name starts with 01 or 03
 
-A source is a plain Python file in "percent" format: `# %%` starts a code cell, `# %% [markdown]` a
-markdown cell whose lines are written as comments (`# text`). Execution runs in notebooks/ as the
-working directory, the way `pytest --nbmake notebooks/` runs them.
+A source is a plain Python file in jupytext's "percent" format: `# %%` starts a code cell, `# %% [markdown]` a
+markdown cell whose lines are written as comments (`# text`). jupytext turns it into cells (the same as
+`jupytext --to notebook`; tests/test_notebooks.py checks that every stored notebook still matches its source);
+this script only adds the kernel and executes it, in notebooks/ as the working directory, the way
+`pytest --nbmake notebooks/` runs them.
 """
 
 import sys
 import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 from nbclient import NotebookClient
 
@@ -20,24 +23,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def read_cells(path):
-    cells, kind, lines = [], None, []
-
-    def flush():
-        text = "\n".join(lines).strip("\n")
-        if kind == "markdown":
-            text = "\n".join(l[2:] if l.startswith("# ") else l.lstrip("#") for l in text.splitlines())
-            cells.append(nbformat.v4.new_markdown_cell(text))
-        elif kind == "code" and text:
-            cells.append(nbformat.v4.new_code_cell(text))
-
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("# %%"):
-            flush()
-            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
-        elif kind is not None:
-            lines.append(line)
-    flush()
-    return cells
+    """The cells of a percent-format source, as jupytext reads them."""
+    return jupytext.read(path, fmt="py:percent").cells
 
 
 def build(src):
