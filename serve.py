@@ -51,7 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 import torch.nn.functional as F
 
-from minigpt.checkpoint import check_same_tokenizer, load_checkpoint, load_model
+from minigpt.checkpoint import check_same_tokenizer, load_model
 from minigpt.cli import UserError, check, run
 from minigpt.data import render_prompt
 from minigpt.rollout import reward_inputs
@@ -100,23 +100,12 @@ class ApiError(Exception):
 # ---- models -----------------------------------------------------------------------------------------------
 
 def find_stage_folders(out_dir):
-    """name -> folder for every immediate subfolder of out_dir whose model.pt is a language model."""
+    """name -> folder for every immediate subfolder of out_dir holding a model.pt (load_all keeps the language
+    models among them)."""
     if not os.path.isdir(out_dir):
         raise UserError(f"{out_dir}: no such folder (run python pipeline.py first, or pass --models=name:folder)")
-    found = {}
-    for name in sorted(os.listdir(out_dir)):
-        path = os.path.join(out_dir, name, "model.pt")
-        if os.path.isfile(path):
-            try:
-                ckpt = load_checkpoint(path)
-            except UserError:
-                continue
-            if isinstance(ckpt, dict) and ckpt.get("kind") == "lm":
-                found[name] = os.path.join(out_dir, name)
-    if not found:
-        raise UserError(f"{out_dir}: no stage folder holds a language model (model.pt of kind 'lm'); "
-                        f"run python pipeline.py first, or pass --models=name:folder")
-    return found
+    return {name: os.path.join(out_dir, name) for name in sorted(os.listdir(out_dir))
+            if os.path.isfile(os.path.join(out_dir, name, "model.pt"))}
 
 
 def parse_models(items):
@@ -265,10 +254,18 @@ def load_all(cfg):
         rm.eval()
     served = {}
     for name, folder in folders.items():
-        model, tokenizer, _ = load_model(folder, kind="lm", device=device)
+        try:
+            model, tokenizer, _ = load_model(folder, kind="lm", device=device)
+        except UserError:
+            if cfg.models:               # named on the command line: its error stands
+                raise
+            continue                     # found by scanning: the reward model, or not a model at all
         if rm is not None:
             check_same_tokenizer(tokenizer, rm_tokenizer, folder, rm_folder)
         served[name] = Served(name, folder, model.eval(), tokenizer, rm, cfg)
+    if not served:
+        raise UserError(f"{cfg.out_dir}: no stage folder holds a language model (model.pt of kind 'lm'); "
+                        f"run python pipeline.py first, or pass --models=name:folder")
     return served, rm_folder
 
 

@@ -20,12 +20,10 @@ its prompts), so the gains are comparable; the absolute scores at d = 0 differ b
 
     python sweep.py                                    # out/sft + out/rm -> out/sweep, about 5 minutes on 2 idle cores
     python sweep.py --ppo_runs=0.02:30 --ppo_args="--lr=5e-4"      # one harder-pushed RL run
-    python sweep.py --reuse                            # keep finished PPO runs with the same settings (redo plots)
 
 Writes <out_dir>/overoptimisation.png, the PPO run folders, and <out_dir>/sweep.json last.
 """
 
-import json
 import math
 import os
 import platform
@@ -78,8 +76,6 @@ class Config:
     eval_interval: int = field(default=5, metadata={"help": "PPO: iterations between validation rows (the RL points)"})
     ppo_args: str = field(default="", metadata={"help": "more train_ppo.py options for every run, space-separated, "
                                                         "e.g. '--lr=3e-4'"})
-    reuse: bool = field(default=False, metadata={"help": "keep a finished PPO run folder whose config.json matches "
-                                                         "the run's settings instead of training it again"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps (also passed to PPO)"})
 
     def validate(self):
@@ -136,14 +132,9 @@ def ppo_config(cfg, beta, iterations):
 
 
 def run_ppo(cfg, beta, iterations):
-    """Train one PPO run as a subprocess (its output in <run>/train.log), or reuse a finished one with the same
-    config -> (validation rows of metrics.jsonl in iteration order, seconds, reused)."""
+    """Train one PPO run as a subprocess (its output in <run>/train.log) -> (validation rows of metrics.jsonl in
+    iteration order, seconds)."""
     folder = ppo_dir(cfg, beta)
-    want = config_dict(ppo_config(cfg, beta, iterations))
-    done = os.path.isfile(os.path.join(folder, "summary.json")) and os.path.isfile(os.path.join(folder, "config.json"))
-    if cfg.reuse and done and read_json(os.path.join(folder, "config.json")) == want:
-        print(f"PPO β = {beta:g}: reusing {folder} (same settings, finished)", flush=True)
-        return val_rows(folder), read_json(os.path.join(folder, "summary.json")).get("seconds"), True
     os.makedirs(folder, exist_ok=True)
     log_path = os.path.join(folder, "train.log")
     print(f"PPO β = {beta:g}, {iterations} iterations -> {folder} (log: {log_path}) ...", flush=True)
@@ -159,12 +150,7 @@ def run_ppo(cfg, beta, iterations):
     rows = val_rows(folder)
     print(f"  done in {seconds:.0f} s: {len(rows)} validation rows, last KL {rows[-1]['val_kl']:.2f} nats, "
           f"RM {rows[-1]['val_rm_score']:+.3f}, gold {rows[-1]['val_gold']:.3f}", flush=True)
-    return rows, seconds, False
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    return rows, seconds
 
 
 def val_rows(folder):
@@ -345,10 +331,10 @@ def main(cfg):
     # 2. RL: one PPO run per KL coefficient; its validation rows are the points
     runs = []
     for beta, iterations in runs_spec:
-        rows, s, reused = run_ppo(cfg, beta, iterations)
+        rows, s = run_ppo(cfg, beta, iterations)
         points = [dict(iteration=r["step"], kl=r["val_kl"], sqrt_kl=math.sqrt(max(r["val_kl"], 0.0)),
                        proxy=r["val_rm_score"], gold=r["val_gold"]) for r in rows]
-        runs.append(dict(kl_coef=beta, iterations=iterations, out_dir=ppo_dir(cfg, beta), seconds=s, reused=reused,
+        runs.append(dict(kl_coef=beta, iterations=iterations, out_dir=ppo_dir(cfg, beta), seconds=s,
                          points=points))
         seconds[f"ppo_beta{beta:g}"] = s
 

@@ -41,7 +41,6 @@ from minigpt.rollout import response_logprobs, rollout
 from minigpt.sampling import right_pad
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, cleanup_distributed, cosine_lr,
                               make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
-from minigpt.world import World
 
 
 @dataclass
@@ -120,7 +119,7 @@ def all_logprobs(model, rankings, pad_id, device, batch=32):
 def ranking_dpo_loss(logps, ref_logps, beta):
     """The DPO loss of a batch of rankings: each ranking's C(K,2) pairs (i above j) averaged as one element, then
     the mean over rankings -> (loss, pair accuracy of the implicit reward, mean margin r̂_w − r̂_l)."""
-    losses, correct, margins = [], [], []
+    losses, margins = [], []
     for lp, ref in zip(logps, ref_logps):                                     # one ranking: (K,), (K,)
         i, j = torch.triu_indices(len(lp), len(lp), offset=1)                 # every pair, i ranked above j
         loss, chosen, rejected = dpo_loss(lp[i], lp[j], ref[i].to(lp.device), ref[j].to(lp.device), beta)

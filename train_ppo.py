@@ -283,6 +283,7 @@ def main(cfg):
     reference = copy.deepcopy(policy).requires_grad_(False)                    # π_SFT, frozen
     reward_model.requires_grad_(False)
     grpo = cfg.algo == "grpo"
+    G = cfg.group_size if grpo else 1                                          # responses per prompt
     value_model = None if grpo else copy.deepcopy(reward_model).requires_grad_(True)  # V starts as the RM
     for model in (policy, reference, reward_model, value_model):
         if model is not None:
@@ -372,7 +373,6 @@ def main(cfg):
             # 1. Rollout: this rank's prompts, responses sampled at temperature T with the KV cache (GRPO: G each)
             picked = prompts_for_iteration(len(train_tasks), iteration, global_batch, rank, world_size, cfg.seed)
             sampler = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + iteration * world_size + rank)
-            G = cfg.group_size if grpo else 1
             batch = rollout(policy, tokenizer, [train_tasks[i] for i in picked for _ in range(G)], cfg.max_new_tokens,
                             cfg.temperature, sampler)
             mask = batch["mask"]                                               # (B, N) 1 on response tokens incl. eos
@@ -417,7 +417,7 @@ def main(cfg):
             row.update(step=iteration, kl_coef=kl_ctl.value, episodes=iteration * global_batch * G,
                        iteration_s=time.time() - t0, seconds=elapsed_before + time.time() - start_time)
             log.log(**row)
-            kl_ctl.update(row["kl"], global_batch)
+            kl_ctl.update(row["kl"], global_batch * G)
             if iteration % cfg.log_interval == 0 and master:
                 progress.line(iteration, int(mask.sum()) * world_size, rm=row["rm_score"], gold=row["gold"], kl=row["kl"],
                               beta=row["kl_coef"], ent=row["entropy"], len=row["length"], eos=row["eos_rate"],
@@ -458,7 +458,7 @@ def main(cfg):
             "val_kl": best.get("val_kl"), "val_gold": best.get("val_gold"),
             "pretrain_val_loss": best.get("pretrain_val_loss"), "kl_coef": cfg.kl_coef, "final_kl_coef": kl_ctl.value,
             "ptx_coef": cfg.ptx_coef, "algo": cfg.algo, "iterations": iteration,
-            "episodes": iteration * global_batch * (cfg.group_size if grpo else 1),
+            "episodes": iteration * global_batch * G,
             "seconds": elapsed_before + time.time() - start_time, "skipped_steps": guard.skipped, "stopped": stopped})
         print(f"done: selected iteration {best['iteration']} (validation RM score {best['val_rm_score']:+.3f}, "
               f"KL {best.get('val_kl', 0):.2f} nats); weights in {cfg.out_dir}/model.pt")

@@ -112,7 +112,7 @@ def tiny(tmp_path_factory):
     return folder
 
 
-def test_end_to_end_tiny_sweep(tiny, tmp_path, capsys):
+def test_end_to_end_tiny_sweep(tiny, tmp_path):
     out = tmp_path / "sweep"
     args = [sys.executable, "sweep.py", f"--sft={tiny / 'sft'}", f"--rm={tiny / 'rm'}", f"--out_dir={out}",
             "--n_prompts=4", "--samples=4", "--max_new_tokens=6", "--ppo_runs=0.1:2", "--eval_interval=1",
@@ -133,10 +133,6 @@ def test_end_to_end_tiny_sweep(tiny, tmp_path, capsys):
     assert ppo["points"][0]["kl"] == 0.0 and set(ppo["fits"]) == {"gold", "proxy"}
     assert (out / "ppo_beta0.1" / "summary.json").exists() and (out / "ppo_beta0.1" / "train.log").exists()
     assert result["settings"]["samples"] == 4 and result["seconds"]["total"] > 0
-    # --reuse keeps the finished run (same settings), in this process: no second interpreter start
-    run(sweep.main, sweep.Config, [a for a in args[2:] if a != "--n_prompts=4"] + ["--n_prompts=2", "--reuse"])
-    assert "reusing" in capsys.readouterr().out
-    assert json.loads((out / "sweep.json").read_text())["rl"]["runs"][0]["reused"] is True
 
 
 def test_missing_sft_folder_is_a_one_line_error(tmp_path, capsys):

@@ -117,7 +117,7 @@ def test_judge_help_desk(world):
             right, other = {"Hello! How can I help?": "你好！有什么可以帮你？",
                             "Sorry, I cannot help with that.": "抱歉，这个我帮不了。"}[right], right
         assert task.answer == right
-        assert gold_score(task, right) == 1.0
+        assert gold_score(task, right) == 1.0 and gold_score(task, other) == 0.3   # the other polite line
         assert gold_score(task, "6pm") == 0.0 and gold_score(task, "Bonjour") == 0.0 and gold_score(task, "4") == 0.0
         assert gold_score(task, right + " Have a great day!") == 0.5
     check(world, "Hello!", [("Hello! How can I help?", 1.0), ("Sorry, I cannot help with that.", 0.3),
