@@ -47,22 +47,22 @@ def answer(model, tokenizer, instruction, cfg, generator, label=""):
     sampled, shown = [], ""
     print(label, end="", flush=True)
 
-    def on_token(token):
+    def on_token(token, logits):
         nonlocal shown
         t = token.item()
         if t in (tokenizer.eos_id, tokenizer.pad_id):
             return
         sampled.append(t)
-        text = tokenizer.decode(sampled)
-        if not text.endswith("\ufffd"):  # hold back a half-decoded multi-byte character
-            print(text[len(shown):], end="", flush=True)
-            shown = text
+        text = tokenizer.decode_streamed(sampled)  # whole characters only, trailing spaces held back
+        print(text[len(shown):], end="", flush=True)
+        shown = text
 
     generate(model, prompt, cfg.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
              temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None,
              generator=generator, on_token=on_token)
-    print(tokenizer.decode(sampled)[len(shown):], flush=True)
-    return tokenizer.decode(sampled)
+    final = tokenizer.decode_streamed(sampled, final=True)
+    print(final[len(shown):], flush=True)
+    return final
 
 
 def main(cfg):

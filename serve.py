@@ -12,16 +12,16 @@ with the README's first command (pip install -r requirements-dev.txt).
 
 Endpoints: GET / (the chat page, minigpt/serve_page.html: open http://127.0.0.1:8000/ in a browser to see
 every stage answer the same prompt side by side, token by token, with each token's probability and the
-reward), GET /health ({"status": "ok", "generate_calls": N, "models": [...]}), GET /v1/models, GET
-/v1/models/<name>, POST /v1/chat/completions. Anything else is a 404 in OpenAI's error shape.
+reward), GET /health ({"status": "ok", "generate_calls": N, "decode_steps": N, "cancelled": N, "models": [...]}),
+GET /v1/models, GET /v1/models/<name>, POST /v1/chat/completions. Anything else is a 404 in OpenAI's error shape.
 
 What a request means to these single-turn models: the instruction is the content of the LAST "user" message;
 system/developer messages, earlier turns and assistant messages are ignored (the models were never trained
 on them). Supported fields: model, messages, max_tokens (or max_completion_tokens), temperature (0 = greedy),
 top_p, seed, n (<= --max_n), logprobs, top_logprobs (<= 20), stream, stream_options.include_usage. `stop`,
 `tools` and `functions` are refused rather than silently ignored; other unknown fields are ignored.
-Logprobs are the model's own log-probabilities (temperature 1, no top_p), as OpenAI reports them, computed
-with one extra forward pass over prompt + answer; the end-of-text token is not listed and not counted in
+Logprobs are the model's own log-probabilities (temperature 1, no top_p), as OpenAI reports them, read from
+the logits each token was sampled from; the end-of-text token is not listed and not counted in
 usage.completion_tokens (usage.prompt_tokens counts the rendered prompt once, whatever n is).
 
 Our own field, not OpenAI's: each choice carries "minigpt": {"reward": r} with the reward model's score of
@@ -29,10 +29,11 @@ the answer when --rm is loaded (also on the last streamed chunk of each choice).
 
 Batching: one worker thread per model takes every pending request from its queue (up to --max_batch rows,
 waiting --batch_wait_ms for stragglers) and groups them by (temperature, top_p); each group runs ONE generate
-call for all its rows with the largest max_tokens in it, and each row is cut at its own max_tokens. A request
-with a seed is a group of its own with a generator seeded from it, so the same seed gives the same answer
-whatever else arrives at the same time. Streaming sends the answer token by token (chat.completion.chunk
-events) once the batch has been generated: it is not yet incremental.
+call for all its rows. Each sampled token goes to its request at once (streamed as a chunk); a row ends at
+end-of-text, at its own max_tokens or when its client disconnects, and a request is answered as soon as its
+own rows have ended, not when the batch's longest one has. Rows that end in the same step are scored by the
+reward model together. A request with a seed is a group of its own with a generator seeded from it, so the
+same seed gives the same answer whatever else arrives at the same time, streamed or not.
 Nothing in a request names a file: models are chosen only from the names loaded at start.
 """
 
@@ -61,7 +62,9 @@ from minigpt.training import pick_device
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "minigpt", "serve_page.html")  # GET /
 MAX_BODY = 1 << 20          # bytes of request body we accept
 MAX_TOP_LOGPROBS = 20
-GENERATE_CALLS = 0          # how many times generate() has run: GET /health reports it (tests check batching)
+# What GET /health reports: generate() calls (one per batch: tests check batching), sampling steps, and
+# requests whose client went away mid-answer.
+STATS = {"generate_calls": 0, "decode_steps": 0, "cancelled": 0}
 _COUNTER_LOCK = threading.Lock()
 
 
@@ -120,6 +123,25 @@ def parse_models(items):
     return found
 
 
+@dataclass
+class Request:
+    """One validated chat completion request on its way through a model's worker."""
+    prompt: list                 # token ids of the rendered instruction
+    instruction: str             # what the reward model is told the answer is for
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: object                 # int or None
+    logprobs: bool
+    top_logprobs: int
+    # The worker's news for the handler, in order: ("token", choice, token_id, logprob entry or None),
+    # ("finish", choice), then ("done",) once every choice has finished, or ("error", ApiError).
+    events: queue.Queue = field(default_factory=queue.Queue)
+    choices: list = field(default_factory=list)   # per choice: tokens, logprobs, finish_reason, text, reward
+    cancelled: bool = False      # set by the handler when its client has gone: the worker stops its rows
+
+
 class Served:
     """One loaded model, its queue of pending requests and the worker thread that answers them."""
 
@@ -131,103 +153,125 @@ class Served:
         self.created = int(time.time())
         self.thread = threading.Thread(target=self.work, name=f"worker-{name}", daemon=True)
 
-    # Each pending item: dict(prompt, n, max_tokens, temperature, top_p, seed, logprobs, top_logprobs,
-    # instruction, done=Event, result=None|list of choices, error=None|Exception)
     def work(self):
         while True:
-            items = [self.queue.get()]
-            rows = items[0]["n"]
+            requests = [self.queue.get()]
+            rows = requests[0].n
             deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
             while rows < self.cfg.max_batch:
                 try:
-                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    req = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                items.append(item)
-                rows += item["n"]
+                requests.append(req)
+                rows += req.n
             groups = {}
-            for item in items:
-                key = (item["temperature"], item["top_p"], None if item["seed"] is None else id(item))
-                groups.setdefault(key, []).append(item)
+            for req in requests:
+                if req.cancelled:
+                    continue
+                key = (req.temperature, req.top_p, None if req.seed is None else id(req))
+                groups.setdefault(key, []).append(req)
             for group in groups.values():
                 for batch in self.split(group):
                     try:
                         self.answer(batch)
-                    except Exception as e:  # a bug, not the request's fault: every waiting request hears of it
-                        for item in batch:
-                            item["error"] = ApiError(500, f"generation failed: {type(e).__name__}: {e}",
-                                                     type="server_error")
-                    for item in batch:
-                        item["done"].set()
+                    except Exception as e:  # a bug, not the request's fault: every unfinished request hears of it
+                        error = ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+                        for req in batch:
+                            if not all(c["finish_reason"] for c in req.choices):
+                                req.events.put(("error", error))
 
     def split(self, group):
         """Batches whose longest prompt + largest max_tokens fit the context and whose rows fit max_batch."""
         batches, cur, longest, most, rows = [], [], 0, 0, 0
-        for item in group:
-            lo, mo = max(longest, len(item["prompt"])), max(most, item["max_tokens"])
-            if cur and (lo + mo > self.block_size or rows + item["n"] > self.cfg.max_batch):
+        for req in group:
+            lo, mo = max(longest, len(req.prompt)), max(most, req.max_tokens)
+            if cur and (lo + mo > self.block_size or rows + req.n > self.cfg.max_batch):
                 batches.append(cur)
-                cur, lo, mo, rows = [], len(item["prompt"]), item["max_tokens"], 0
-            cur.append(item)
-            longest, most, rows = lo, mo, rows + item["n"]
+                cur, lo, mo, rows = [], len(req.prompt), req.max_tokens, 0
+            cur.append(req)
+            longest, most, rows = lo, mo, rows + req.n
         return batches + [cur]
 
     def answer(self, batch):
-        global GENERATE_CALLS
+        """ONE generate call for every row (choice) of the batch. Each token goes to its request as it is
+        sampled; a row ends at end-of-text, at its own max_tokens, or when its client has gone, and a request
+        is answered as soon as all its rows have ended, whatever the rest of the batch still has to do."""
         tok = self.tokenizer
-        first = batch[0]
-        if first["seed"] is not None:
-            generator = torch.Generator(device=self.device).manual_seed(first["seed"])
-        else:
-            generator = torch.Generator(device=self.device).manual_seed(random.SystemRandom().randrange(2 ** 63))
-        prompts = [item["prompt"] for item in batch for _ in range(item["n"])]
-        steps = max(item["max_tokens"] for item in batch)
+        seed = batch[0].seed if batch[0].seed is not None else random.SystemRandom().randrange(2 ** 63)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        rows = [(req, i) for req in batch for i in range(req.n)]   # row r of the batch is choice i of req
+        for req in batch:
+            req.choices = [{"tokens": [], "logprobs": [] if req.logprobs else None, "finish_reason": None}
+                           for _ in range(req.n)]
+        live = torch.ones(len(rows), dtype=torch.bool)
+        want_logprobs = any(req.logprobs for req in batch)
+
+        def on_token(token, logits):                  # token (B,), logits (B, V) at temperature 1
+            logp = F.log_softmax(logits.float(), dim=-1) if want_logprobs else None
+            ended = []
+            for r, t in enumerate(token.tolist()):
+                req, i = rows[r]
+                if not live[r]:
+                    continue
+                if req.cancelled:                     # the client went away: free the row
+                    live[r] = False
+                    continue
+                c = req.choices[i]
+                if t == tok.eos_id:
+                    c["finish_reason"] = "stop"
+                else:
+                    c["tokens"].append(t)
+                    entry = self.token_entry(t, logp[r], req.top_logprobs) if req.logprobs else None
+                    if entry is not None:
+                        c["logprobs"].append(entry)
+                    req.events.put(("token", i, t, entry))
+                    if len(c["tokens"]) == req.max_tokens:
+                        c["finish_reason"] = "length"
+                if c["finish_reason"]:
+                    live[r] = False
+                    ended.append((req, i))
+            self.finish(ended)
+            with _COUNTER_LOCK:
+                STATS["decode_steps"] += 1
+            return ~live
+
         with _COUNTER_LOCK:
-            GENERATE_CALLS += 1
-        tokens, _ = generate(self.model, prompts, steps, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                             temperature=first["temperature"], top_p=first["top_p"] if first["top_p"] < 1 else None,
-                             generator=generator)
-        rows = tokens.tolist()
-        r = 0
-        for item in batch:
-            choices = []
-            for _ in range(item["n"]):
-                row = [t for t in rows[r][: item["max_tokens"]] if t != tok.pad_id]
-                r += 1
-                ended = tok.eos_id in row
-                if ended:
-                    row = row[: row.index(tok.eos_id)]
-                choices.append({"tokens": row, "text": tok.decode(row).strip(),
-                                "finish_reason": "stop" if ended else "length"})
-            if item["logprobs"]:
-                for c in choices:
-                    c["logprobs"] = self.token_logprobs(item["prompt"], c["tokens"], item["top_logprobs"])
-            if self.rm is not None:
-                scores = self.rewards([item["instruction"]] * len(choices), [c["text"] for c in choices])
-                for c, s in zip(choices, scores):
-                    c["reward"] = s
-            item["result"] = choices
+            STATS["generate_calls"] += 1
+        generate(self.model, [req.prompt for req, _ in rows], max(req.max_tokens for req in batch),
+                 eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=batch[0].temperature,
+                 top_p=batch[0].top_p if batch[0].top_p < 1 else None, generator=generator, on_token=on_token)
+        with _COUNTER_LOCK:
+            STATS["cancelled"] += sum(req.cancelled for req in batch)
 
-    @torch.no_grad()
-    def token_logprobs(self, prompt, answer, top):
-        """OpenAI's logprobs.content for the answer's tokens: the model's log-probabilities at temperature 1."""
-        if not answer:
-            return []
-        ids = torch.tensor([prompt + answer], dtype=torch.long, device=self.device)
-        logits = self.model(ids)[0, len(prompt) - 1: -1].float()              # (len(answer), V)
-        logp = F.log_softmax(logits, dim=-1)
-        chosen = logp.gather(1, torch.tensor(answer, device=self.device)[:, None]).squeeze(1).tolist()
+    def finish(self, ended):
+        """The choices that ended this step: their text, ONE reward model call for all of them, their news."""
+        if not ended:
+            return
+        for req, i in ended:
+            c = req.choices[i]
+            c["text"] = self.tokenizer.decode(c["tokens"]).strip()
+        if self.rm is not None:
+            scores = self.rewards([req.instruction for req, _ in ended], [req.choices[i]["text"] for req, i in ended])
+            for (req, i), score in zip(ended, scores):
+                req.choices[i]["reward"] = score
+        for req, i in ended:
+            req.events.put(("finish", i))
+        for req in {id(req): req for req, _ in ended}.values():
+            if all(c["finish_reason"] for c in req.choices):
+                req.events.put(("done",))
+
+    def token_entry(self, t, logp, top):
+        """OpenAI's logprobs.content entry of token t, from logp (V,), the model's log-probabilities."""
+        entry = self.token_bytes(t, logp[t])
         if top:
-            top_v, top_i = logp.topk(min(top, logp.size(-1)), dim=-1)
-            top_v, top_i = top_v.tolist(), top_i.tolist()
-        out = []
-        for k, t in enumerate(answer):
-            entry = self.token_entry(t, chosen[k])
-            entry["top_logprobs"] = [self.token_entry(i, v) for i, v in zip(top_i[k], top_v[k])] if top else []
-            out.append(entry)
-        return out
+            values, ids = logp.topk(min(top, logp.size(-1)))
+            entry["top_logprobs"] = [self.token_bytes(k, v) for k, v in zip(ids.tolist(), values.tolist())]
+        else:
+            entry["top_logprobs"] = []
+        return entry
 
-    def token_entry(self, t, logprob):
+    def token_bytes(self, t, logprob):
         try:
             raw = self.tokenizer.enc.decode_single_token_bytes(t)
         except Exception:
@@ -306,7 +350,7 @@ def _text(content, k):
 
 
 def parse_request(body, served, cfg):
-    """Validate a chat completion request -> (Served, pending item, stream, include_usage). Raises ApiError."""
+    """Validate a chat completion request -> (Served, Request, stream, include_usage). Raises ApiError."""
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     name = body.get("model")
@@ -368,66 +412,63 @@ def parse_request(body, served, cfg):
                                 f"{s.block_size - len(prompt)} for this prompt)", key, "context_length_exceeded")
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    item = dict(prompt=prompt, instruction=instruction, n=n, max_tokens=max_tokens, temperature=temperature,
-                top_p=top_p, seed=seed, logprobs=logprobs, top_logprobs=top, done=threading.Event(),
-                result=None, error=None)
-    return s, item, stream, include_usage
+    req = Request(prompt=prompt, instruction=instruction, n=n, max_tokens=max_tokens, temperature=temperature,
+                  top_p=top_p, seed=seed, logprobs=logprobs, top_logprobs=top)
+    return s, req, stream, include_usage
 
 
-def completion(s, item, rid, created):
+def completion(s, req, rid, created):
     choices = []
-    for i, c in enumerate(item["result"]):
+    for i, c in enumerate(req.choices):
         choice = {"index": i, "message": {"role": "assistant", "content": c["text"]},
-                  "logprobs": {"content": c["logprobs"]} if "logprobs" in c else None,
+                  "logprobs": {"content": c["logprobs"]} if req.logprobs else None,
                   "finish_reason": c["finish_reason"]}
         if "reward" in c:
             choice["minigpt"] = {"reward": c["reward"]}
         choices.append(choice)
     return {"id": rid, "object": "chat.completion", "created": created, "model": s.name,
-            "system_fingerprint": None, "choices": choices, "usage": usage(item)}
+            "system_fingerprint": None, "choices": choices, "usage": usage(req)}
 
 
-def usage(item):
-    done = sum(len(c["tokens"]) for c in item["result"])
-    return {"prompt_tokens": len(item["prompt"]), "completion_tokens": done,
-            "total_tokens": len(item["prompt"]) + done}
+def usage(req):
+    done = sum(len(c["tokens"]) for c in req.choices)
+    return {"prompt_tokens": len(req.prompt), "completion_tokens": done, "total_tokens": len(req.prompt) + done}
 
 
-def pieces(tokenizer, tokens, text):
-    """Split the answer `text` into one delta per token, so that the deltas join to exactly `text`."""
-    raw = tokenizer.decode(tokens)
-    lead = len(raw) - len(raw.lstrip())
-    out, shown = [], ""
-    for k in range(1, len(tokens) + 1):
-        prefix = tokenizer.decode(tokens[:k])
-        if k < len(tokens) and prefix.endswith("\ufffd"):   # half a multi-byte character: wait for the rest
-            out.append("")
-            continue
-        mapped = prefix[lead:][: len(text)]
-        if k == len(tokens) or not mapped.startswith(shown):
-            mapped = text if k == len(tokens) else shown
-        out.append(mapped[len(shown):])
-        shown = mapped
-    return out
-
-
-def chunks(s, item, rid, created, include_usage):
-    """The chat.completion.chunk objects of a streamed answer, one per token per choice."""
+def chunks(s, req, rid, created, include_usage):
+    """The chat.completion.chunk objects of a streamed answer, made from the worker's news as it arrives: a
+    role chunk per choice, one chunk per token (its text delta may be empty while a character or trailing
+    space is held back), the finish chunk with our reward, and usage last. Raises ApiError on a worker error."""
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": s.name,
             "system_fingerprint": None}
-    for i, c in enumerate(item["result"]):
-        yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None}]}
-        for k, delta in enumerate(pieces(s.tokenizer, c["tokens"], c["text"])):
-            lp = {"content": [c["logprobs"][k]]} if "logprobs" in c else None
-            yield {**base, "choices": [{"index": i, "delta": {"content": delta}, "logprobs": lp,
-                                        "finish_reason": None}]}
-        last = {"index": i, "delta": {}, "logprobs": None, "finish_reason": c["finish_reason"]}
-        if "reward" in c:
-            last["minigpt"] = {"reward": c["reward"]}
-        yield {**base, "choices": [last]}
+
+    def chunk(i, delta, logprobs=None, finish_reason=None, **extra):
+        return {**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs,
+                                     "finish_reason": finish_reason, **extra}]}
+
+    for i in range(req.n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    tokens, shown = [[] for _ in range(req.n)], [""] * req.n
+    while True:
+        news = req.events.get()
+        if news[0] == "error":
+            raise news[1]
+        if news[0] == "done":
+            break
+        i = news[1]
+        if news[0] == "token":
+            tokens[i].append(news[2])
+            text = s.tokenizer.decode_streamed(tokens[i])
+            yield chunk(i, {"content": text[len(shown[i]):]}, {"content": [news[3]]} if news[3] else None)
+            shown[i] = text
+        else:  # finish: what was held back (nothing but dropped trailing spaces, as a rule), then the reason
+            c = req.choices[i]
+            if len(c["text"]) > len(shown[i]):
+                yield chunk(i, {"content": c["text"][len(shown[i]):]})
+            extra = {"minigpt": {"reward": c["reward"]}} if "reward" in c else {}
+            yield chunk(i, {}, finish_reason=c["finish_reason"], **extra)
     if include_usage:
-        yield {**base, "choices": [], "usage": usage(item)}
+        yield {**base, "choices": [], "usage": usage(req)}
 
 
 # ---- HTTP -------------------------------------------------------------------------------------------------
@@ -462,7 +503,7 @@ def make_handler(served, cfg):
                 self.end_headers()
                 return self.wfile.write(page)
             if path == "/health":
-                return self.send_json(200, {"status": "ok", "generate_calls": GENERATE_CALLS, "models": list(served)})
+                return self.send_json(200, {"status": "ok", **STATS, "models": list(served)})
             if path == "/v1/models":
                 return self.send_json(200, {"object": "list", "data": [model_card(s) for s in served.values()]})
             if path.startswith("/v1/models/"):
@@ -489,23 +530,36 @@ def make_handler(served, cfg):
                     request = json.loads(text, parse_constant=_reject_constant)
                 except ValueError as e:
                     raise ApiError(400, f"the body is not valid JSON: {e}") from None
-                s, item, stream, include_usage = parse_request(request, served, cfg)
+                s, req, stream, include_usage = parse_request(request, served, cfg)
             except ApiError as e:
                 return self.fail(e)
-            s.queue.put(item)
-            item["done"].wait()
-            if item["error"] is not None:
-                return self.fail(item["error"])
+            s.queue.put(req)
             rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
             if not stream:
-                return self.send_json(200, completion(s, item, rid, created))
+                while True:
+                    news = req.events.get()
+                    if news[0] == "error":
+                        return self.fail(news[1])
+                    if news[0] == "done":
+                        return self.send_json(200, completion(s, req, rid, created))
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
-            for chunk in chunks(s, item, rid, created, include_usage):
-                self.wfile.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode("utf-8") + b"\n\n")
-            self.wfile.write(b"data: [DONE]\n\n")
+            try:
+                try:
+                    for chunk in chunks(s, req, rid, created, include_usage):
+                        self.send_event(chunk)
+                except ApiError as e:                      # headers are sent: the error goes in the stream
+                    self.send_event(e.body())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client went away: free its rows in the batch
+                req.cancelled = True
+                self.close_connection = True
+
+        def send_event(self, obj):
+            self.wfile.write(b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n")
             self.wfile.flush()
 
         def read_body(self):

@@ -94,7 +94,9 @@ def generate(model, prompts, max_new_tokens, *, eos_id, pad_id, temperature=1.0,
     tokens up to and including its first eos, then pad_id (log-prob 0.0). The loop stops as soon as every
     row has finished. use_cache=True runs the whole prompt batch once, then one position per step through a
     KVCache; use_cache=False recomputes the full sequence every step (cropped to the last block_size tokens).
-    on_token, if given, is called with each step's new tokens (B,) as they are sampled (for streaming).
+    on_token, if given, is called each step as on_token(token (B,), logits (B, V)) with the new tokens and the
+    model's raw logits they were sampled from (for streaming); it may return a bool (B,) tensor of rows to end
+    now (a server's client that went away, or a row at its own length limit), which then count as finished.
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -126,13 +128,14 @@ def generate(model, prompts, max_new_tokens, *, eos_id, pad_id, temperature=1.0,
             token = token.masked_fill(finished, pad_id)
             logprob = logprob.masked_fill(finished, 0.0)
             tokens[:, t], logprobs[:, t] = token, logprob
-            if on_token is not None:
-                on_token(token)
+            stop = on_token(token, logits[:, -1]) if on_token is not None else None
             n = t + 1
             # Finished rows keep getting padding, which the mask hides from later steps.
             idx = torch.cat([idx, token[:, None]], dim=1)
             mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
             finished |= token == eos_id
+            if stop is not None:
+                finished |= stop.to(device)
             if finished.all():
                 break
         return tokens[:, :n], logprobs[:, :n]

@@ -301,6 +301,21 @@ class Tokenizer:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
         return self.enc.decode(ids, errors="replace")
 
+    def decode_streamed(self, ids, final=False):
+        """The text of an answer as it may be shown while its tokens are still coming (chat.py, serve.py).
+
+        decode(ids) without leading whitespace; until `final`, trailing whitespace and replacement characters
+        (half of a multi-byte character) are held back, so the text shown after each token is a prefix of the
+        final answer decode(ids).strip(), and the pieces shown one after another join to exactly that.
+        """
+        text = self.decode(ids).lstrip()
+        if final:
+            return text.rstrip()
+        end = len(text)
+        while end and (text[end - 1].isspace() or text[end - 1] == "\ufffd"):
+            end -= 1
+        return text[:end]
+
     def __repr__(self):
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
 

@@ -235,3 +235,30 @@ def test_temperature_scales_logprobs():
     response = tokens[0].tolist()
     assert torch.allclose(lp[0], full_sequence_logprobs(model, PROMPTS[0], response, 1.0), atol=1e-5)
     assert not torch.allclose(lp[0], full_sequence_logprobs(model, PROMPTS[0], response, 2.0), atol=1e-3)
+
+
+def test_on_token_sees_the_sampled_logits_and_can_end_rows():
+    """on_token gets each step's tokens and the raw logits they came from; rows it ends get padding from then
+    on, the other rows are sampled exactly as without it, and the loop stops once every row has ended."""
+    model = peaked_model()
+    kw = dict(eos_id=EOS, pad_id=PAD, temperature=0.7, top_p=0.9)
+    free, _ = generate(model, PROMPTS, 12, generator=torch.Generator().manual_seed(5), **kw)
+    seen = []
+
+    def stop_row_1_after_3(token, logits):
+        seen.append((token.clone(), logits.clone()))
+        return torch.tensor([False, len(seen) >= 3, False, False])
+
+    tokens, logprobs = generate(model, PROMPTS, 12, generator=torch.Generator().manual_seed(5),
+                                on_token=stop_row_1_after_3, **kw)
+    assert torch.equal(tokens[[0, 2, 3]], free[[0, 2, 3], : tokens.size(1)])
+    assert tokens[1, :3].tolist() == free[1, :3].tolist() and set(tokens[1, 3:].tolist()) <= {PAD}
+    assert torch.all(logprobs[1, 3:] == 0)
+    # the logits handed over are the model's own for the sampled position (here: step 0, the prompts)
+    idx, mask = left_pad(PROMPTS, PAD)
+    assert torch.allclose(seen[0][1], model(idx, attention_mask=mask)[:, -1], atol=1e-5)
+    assert torch.equal(seen[0][0], tokens[:, 0])
+
+    ended = generate(model, PROMPTS, 12, on_token=lambda token, logits: torch.ones(len(PROMPTS), dtype=torch.bool),
+                     generator=torch.Generator().manual_seed(5), **kw)[0]
+    assert ended.shape == (len(PROMPTS), 1)            # every row ended after the first step: the loop stops

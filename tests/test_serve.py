@@ -166,3 +166,19 @@ def test_concurrent_requests_are_batched(server):
         assert r["usage"]["completion_tokens"] <= 4 + i % 5
     calls = health(server)["generate_calls"] - before
     assert 1 <= calls < 16
+
+
+def test_streamed_choices_equal_the_plain_ones_for_the_same_seed(client):
+    kw = dict(model="ppo", messages=ASK, max_tokens=12, temperature=1.2, seed=3, n=3, logprobs=True)
+    plain = client.chat.completions.create(**kw)
+    texts, lps, finish, rewards = [""] * 3, [[] for _ in range(3)], [None] * 3, [None] * 3
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            lps[c.index] += [t.logprob for t in c.logprobs.content] if c.logprobs else []
+            if c.finish_reason:
+                finish[c.index], rewards[c.index] = c.finish_reason, c.model_extra["minigpt"]["reward"]
+    for i, c in enumerate(plain.choices):
+        assert texts[i] == c.message.content and finish[i] == c.finish_reason
+        assert lps[i] == [t.logprob for t in c.logprobs.content]
+        assert rewards[i] == c.model_extra["minigpt"]["reward"]

@@ -243,3 +243,27 @@ def test_pretraining_bpe_learns_the_chat_template_from_training_prompts_only():
     n_with = sum(len(with_prompts.encode(p)) for p in test)
     assert n_with < 0.7 * n_plain, (n_with, n_plain)
     assert with_prompts.decode(with_prompts.encode(test[0])) == test[0]
+
+
+def test_streamed_text_pieces_join_to_the_final_answer(tok):
+    """decode_streamed after each token is a prefix of the final answer decode(ids).strip(), holds back half
+    characters and trailing spaces, and the pieces shown one after another join to exactly the answer."""
+    rng = random.Random(4)
+    texts = ["  café 翻译成法语：你好 😀 end  ", "\n\nthe then  \n", "😀", "   ", "a \ufffd b"]
+    texts += ["".join(rng.choice("ab é中😀 \n\t") for _ in range(rng.randint(0, 30))) for _ in range(300)]
+    for text in texts:
+        ids = tok.encode(text)
+        # token boundaries inside every character: the same text as one token per byte
+        for seq in (ids, [tok.enc.encode_single_token(bytes([b])) for b in text.encode()]):
+            final = tok.decode(seq).strip()
+            shown = ""
+            for k in range(1, len(seq) + 1):
+                now = tok.decode_streamed(seq[:k])
+                assert final.startswith(now) and now.startswith(shown), (text, k)
+                assert not now.endswith("\ufffd") and now == now.strip()
+                shown = now
+            assert tok.decode_streamed(seq, final=True) == final
+    ids = tok.encode("é")
+    byte_tokens = [tok.enc.encode_single_token(bytes([b])) for b in "é".encode()]
+    assert tok.decode(byte_tokens[:1]) == "\ufffd" and tok.decode_streamed(byte_tokens[:1]) == ""
+    assert tok.decode_streamed(byte_tokens) == "é" and tok.decode(ids) == "é"
