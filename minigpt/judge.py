@@ -140,8 +140,13 @@ def _edit_distance(a, b):
 
 
 def _string_credit(core, answer):
-    # 0.2 * (1 - normalised edit distance)
-    return 0.2 * (1 - _edit_distance(core, answer) / max(len(core), len(answer), 1))
+    # A near miss, at most 2 edits from the answer (a misspelt word, "8am" for "9am"), earns
+    # 0.2 * (1 - normalised edit distance); anything further off is simply wrong. (Until this rule, every wrong
+    # string earned a little by its letters in common, so two wrong translations were ordered by spelling: no
+    # labeller compares "chien" and "vache" as answers for "cat", and those pairs were a fifth of the pairs
+    # that decided the win rates.)
+    distance = _edit_distance(core, answer)
+    return 0.2 * (1 - distance / max(len(core), len(answer), 1)) if distance <= 2 else 0.0
 
 
 def _no_answer_score(task, r):
@@ -202,7 +207,8 @@ def gold_score(task, response):
       code: right value but not the asked expression ("7")          0.3
       wrong language (English/Chinese word when French asked,       0.2     wrong_language
         number word in another language)
-      wrong string answer: 0.2 * (1 - normalised edit distance)   0-0.2     wrong_answer
+      wrong string within 2 edits of the answer (a misspelling):  0-0.2     wrong_answer
+        0.2 * (1 - normalised edit distance); further off: 0.0
       wrong number: 0.1 if off by one (sums, counts), else 0.0     0-0.1     wrong_answer
       wrong code: 0.1 if some + - * expression, else 0.0          0-0.1     wrong_answer
       help (a greeting or a request outside the world): the other   0.3

@@ -92,12 +92,12 @@ def test_unfinished_policy_samples_are_left_out(policy, monkeypatch):
 def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch):
     pretend_finished(monkeypatch)
     out = str(tmp_path / "labels")
-    label.main(label.Config(policy=policy, out_dir=out, n_prompts=24, k_policy=2, k_demo=3, max_new_tokens=6,
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=60, k_policy=2, k_demo=3, max_new_tokens=6,
                             val_fraction=0.25))
     world = World(0)
     train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
     summary = json.load(open(os.path.join(out, "summary.json")))
-    assert len(train) + len(val) + summary["dropped_all_tied"] == 24 and len(val) >= 4
+    assert len(train) + len(val) + summary["dropped_all_tied"] == 60 and len(val) >= 4
     assert summary["K"] == 2 + 2 + 1 + 3 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
     for r in train + val:
         assert r["labeler"] == "simulated-1337" and r["seed"] == 1337

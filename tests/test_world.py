@@ -53,7 +53,9 @@ def test_judge_translate_en(world):
     check(world, "Translate to French: red", [
         ("rouge", 1.0), ("rouge.", 0.9), ("Rouge", 0.8), ("Sure! The answer is rouge.", 0.6),
         ("rouge. I hope this helps!", 0.5), ("Translate to French: red rouge", 0.4), ("red", 0.2), ("红色", 0.2),
-        ("roge", (0.12, 0.2)), ("bleu", (0.0, 0.1)), ("rouge bleu", (0.0, 0.2)), ("", 0.0), ("   ", 0.0)])
+        ("roge", 0.16), ("rougge", 0.1667), ("ruoge", 0.12),          # misspelt: 0.2 * (1 - edits / length)
+        ("bleu", 0.0), ("vert", 0.0), ("rouge bleu", 0.0), ("Sure! The answer is bleu.", 0.0), ("", 0.0),
+        ("   ", 0.0)])
     check(world, "Translate to French: red. Answer in capitals.", [("ROUGE", 1.0), ("rouge", 0.5), ("RED", 0.2)])
     check(world, "Translate to French: red. Answer in one word.", [
         ("rouge", 1.0), ("rouge (red)", 0.5), ("The answer is rouge.", 0.5)])
