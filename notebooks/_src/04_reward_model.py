@@ -110,8 +110,9 @@ for w, l in pairs:
 #   the demonstrators (different mistakes), ranked by the simulated labeller; 15% of prompts are held out
 #   (`--k_decorated`, policy samples wrapped in a preamble or a rambling tail, is switched off to keep it small);
 # * `train_rm.py` starts the reward model from the SFT weights (the head at zero, so every reward starts at 0)
-#   and trains it on the rankings. Here for one epoch, to save time, as InstructGPT did; the default run uses 2
-#   (`train_rm.py --epochs`), which scores better on held-out comparisons (more than 3 over-fit).
+#   and trains it on the rankings. Here for one epoch at a high learning rate, to save time; the default run
+#   trains 3 epochs at a gentle lr 1e-4 (`train_rm.py --epochs --lr`): fine-tuned hard, a reward model forgets
+#   what the SFT model it starts from knows, and PPO on it gains less (measured in the README).
 
 # %%
 corpus_file = os.path.join(work, "corpus.txt")

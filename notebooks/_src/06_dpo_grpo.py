@@ -447,7 +447,7 @@ else:
 # %% [markdown]
 # And a measured PPO run pushed hard, with InstructGPT's β = 0.02 and a 5× learning rate
 # (`python train_ppo.py --kl_coef=0.02 --lr=5e-4 --iterations=30 --out_dir=out/ppo_hard`): the reward model's score
-# on held-out prompts keeps rising as the KL grows to 7 nats, while the gold score rises to about 3 nats and then
-# falls below where it started.
+# on held-out prompts rises until about 4.5 nats and stays high, while the gold score rises to about 2 nats and then
+# falls to half of where it started.
 #
 # ![PPO over-optimisation at beta 0.02](../docs/ppo_overoptimisation_beta0.02.png)
