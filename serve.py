@@ -123,7 +123,7 @@ def parse_models(items):
     return found
 
 
-@dataclass
+@dataclass(eq=False)   # compared (and hashed) by identity: two requests are never "equal"
 class Request:
     """One validated chat completion request on its way through a model's worker."""
     prompt: list                 # token ids of the rendered instruction
@@ -204,7 +204,7 @@ class Served:
         for req in batch:
             req.choices = [{"tokens": [], "logprobs": [] if req.logprobs else None, "finish_reason": None}
                            for _ in range(req.n)]
-        live = torch.ones(len(rows), dtype=torch.bool)
+        live = [True] * len(rows)
         want_logprobs = any(req.logprobs for req in batch)
 
         def on_token(token, logits):                  # token (B,), logits (B, V) at temperature 1
@@ -223,7 +223,7 @@ class Served:
                 else:
                     c["tokens"].append(t)
                     entry = self.token_entry(t, logp[r], req.top_logprobs) if req.logprobs else None
-                    if entry is not None:
+                    if req.logprobs:
                         c["logprobs"].append(entry)
                     req.events.put(("token", i, t, entry))
                     if len(c["tokens"]) == req.max_tokens:
@@ -234,7 +234,7 @@ class Served:
             self.finish(ended)
             with _COUNTER_LOCK:
                 STATS["decode_steps"] += 1
-            return ~live
+            return torch.tensor([not x for x in live])
 
         with _COUNTER_LOCK:
             STATS["generate_calls"] += 1
@@ -257,7 +257,7 @@ class Served:
                 req.choices[i]["reward"] = score
         for req, i in ended:
             req.events.put(("finish", i))
-        for req in {id(req): req for req, _ in ended}.values():
+        for req in dict.fromkeys(req for req, _ in ended):
             if all(c["finish_reason"] for c in req.choices):
                 req.events.put(("done",))
 
