@@ -54,13 +54,16 @@ class Config:
     seed: int = field(default=1337, metadata={"help": "seed for data order and dropout"})
     n_prompts: int = field(default=0, metadata={"help": "train on the first N ranked prompts (0 = all)"})
     # optimisation
-    epochs: int = field(default=3, metadata={"help": "passes over the comparisons (InstructGPT: 1; here 3 at lr 1e-4 "
-                                                   "is best held out)"})
+    epochs: int = field(default=6, metadata={"help": "passes over the comparisons (InstructGPT: 1; here the small "
+                                                   "reward model still under-fits at 3)"})
     batch_size: int = field(default=16, metadata={"help": "prompts per step per process (each with its K responses)"})
     # A gentle learning rate keeps what the SFT model knows: at 1e-3 (2 epochs) the RM ordered 0.644 of held-out
     # pairs of SFT samples like gold (Spearman 0.30) and PPO on it gained +0.11; at 1e-4 (3 epochs) 0.685 (0.39)
     # and +0.16 (seed 1337, same labels, before the judge's near-miss rule; README "How the defaults came to be").
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the trunk (the SFT weights)"})
+    # The head starts at 0 and must learn from scratch: at the trunk's 1e-4 it had barely moved after 3 epochs (train
+    # loss 0.665, chance 0.693); at 1e-2 for 6 epochs held-out accuracy 0.581 -> 0.637, Spearman 0.25 -> 0.32.
+    head_lr: float = field(default=1e-2, metadata={"help": "peak learning rate of the scalar head, which starts at 0"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
@@ -80,7 +83,7 @@ class Config:
     def validate(self):
         for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
-        check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(self.lr > 0 and self.head_lr > 0, f"--lr and --head_lr must be > 0, got {self.lr}, {self.head_lr}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         check(0 < self.val_fraction < 1, f"--val_fraction must be in (0, 1), got {self.val_fraction}")
         check(self.n_prompts >= 0 and self.warmup_steps >= 0 and self.grad_clip >= 0,
@@ -253,7 +256,9 @@ def main(cfg):
     global_batch = cfg.batch_size * world_size
     steps_per_epoch = math.ceil(len(train) / global_batch)
     max_steps = cfg.epochs * steps_per_epoch
-    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
+    optimizer = make_adamw(model.gpt, cfg.lr, cfg.weight_decay)
+    optimizer.add_param_group({"params": list(model.head.parameters()), "weight_decay": 0.0,
+                               "lr_scale": cfg.head_lr / cfg.lr})
     step = 0
     if resume:
         model.load_state_dict(resume["model"])
@@ -312,7 +317,7 @@ def main(cfg):
         while step < max_steps:
             lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             rankings = batch_at(step)
             with autocast(device, cfg.dtype):
                 loss, accuracy, _ = ranking_loss(scorer, rankings, tokenizer.pad_id, device)

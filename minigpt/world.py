@@ -452,9 +452,12 @@ class World:
 
     @staticmethod
     def fact_probes():
-        """(start of a corpus sentence, the word that ends it) for every lexicon entry: has pretraining learnt
-        the facts, or only the shape of the sentences? ("The French word for cat is", "chat")"""
-        return [(f"The French word for {e.en} is", e.fr) for e in LEXICON]
+        """Has pretraining learnt the facts, or only the shape of the sentences? family -> (start of a corpus
+        sentence, the word that ends it): every lexicon entry from English ("The French word for cat is", "chat")
+        and from Chinese ("猫 in French is", "chat"), and every sum of two digits ("3 + 4 =", "7")."""
+        return {"french_from_english": [(f"The French word for {e.en} is", e.fr) for e in LEXICON],
+                "french_from_chinese": [(f"{e.zh} in French is", e.fr) for e in LEXICON],
+                "sums": [(f"{a} + {b} =", str(a + b)) for a in range(10) for b in range(10)]}
 
 
 # ---------------------------------------------------------------------------------------------------------

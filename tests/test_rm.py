@@ -142,6 +142,19 @@ def test_report_counts_on_policy_pairs_only_between_two_policy_samples():
     assert rep["gold_accuracy"] == pytest.approx(3 / 6)   # right: (a,b) (a,c) (a,d); wrong: (b,c) (b,d) (c,d)
 
 
+def test_head_learns_at_its_own_rate(sft, tmp_path):
+    """The head starts at 0, so its first AdamW step moves each weight by exactly head_lr (Adam's first step is
+    lr * g / |g|) while the trunk, whose gradient is still 0 behind a zero head, only decays by lr * weight_decay."""
+    out = str(tmp_path / "rm")
+    train_rm.main(train_rm.Config(sft=sft, data=pairs_file(tmp_path), out_dir=out, batch_size=64, epochs=1,
+                                  warmup_steps=0, lr=1e-4, head_lr=0.05, eval_interval=1, device="cpu"))
+    rm = load_model(out, "reward")[0]
+    assert torch.allclose(rm.head.weight.abs(), torch.full_like(rm.head.weight, 0.05), rtol=1e-3)
+    before = load_model(sft, "lm")[0].state_dict()
+    w = rm.gpt.transformer.h[0].mlp.c_fc.weight
+    assert torch.allclose(w, before["transformer.h.0.mlp.c_fc.weight"] * (1 - 1e-4 * 0.1), atol=1e-7)
+
+
 def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
     data = pairs_file(tmp_path)
     tiny = dict(sft=sft, data=data, batch_size=4, eval_interval=3, log_interval=1, device="cpu", epochs=2,

@@ -183,7 +183,7 @@ def test_fact_recall_counts_greedy_continuations_that_start_with_the_word(pretra
     from minigpt.sampling import generate
 
     model, tok, _ = load_model(pretrained)
-    starts = [start for start, _ in World.fact_probes()[:12]]
+    starts = [start for start, _ in World.fact_probes()["french_from_english"][:12]]
     tokens, _ = generate(model, [tok.encode(s) for s in starts], 8, eos_id=tok.eos_id, pad_id=tok.pad_id,
                          temperature=0.0)
     said = [tok.decode([t for t in row if t not in (tok.eos_id, tok.pad_id)]).strip() for row in tokens.tolist()]
@@ -196,8 +196,13 @@ def test_fact_recall_counts_greedy_continuations_that_start_with_the_word(pretra
     # and the probes are sentences the corpus really writes
     from minigpt.facts import LEXICON
     from minigpt.corpus import CORPUS_TEMPLATES
-    assert [f"{start} {word}." for start, word in World.fact_probes()] == \
+    probes = World.fact_probes()
+    assert [f"{start} {word}." for start, word in probes["french_from_english"]] == \
         [CORPUS_TEMPLATES["lexicon"][0].format(en=e.en, fr=e.fr) for e in LEXICON]
+    assert [f"{start} {word}." for start, word in probes["french_from_chinese"]] == \
+        [CORPUS_TEMPLATES["lexicon"][3].format(zh=e.zh, fr=e.fr) for e in LEXICON]
+    assert [f"{start} {word}." for start, word in probes["sums"]] == \
+        [CORPUS_TEMPLATES["arithmetic"][1].format(a=a, b=b, sum=a + b) for a in range(10) for b in range(10)]
 
 
 def test_pretraining_mix_keeps_the_pretraining_loss_down(pretrained, tmp_path):

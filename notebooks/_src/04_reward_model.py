@@ -111,8 +111,9 @@ for w, l in pairs:
 #   (`--k_decorated`, policy samples wrapped in a preamble or a rambling tail, is switched off to keep it small);
 # * `train_rm.py` starts the reward model from the SFT weights (the head at zero, so every reward starts at 0)
 #   and trains it on the rankings. Here for one epoch at a high learning rate, to save time; the default run
-#   trains 3 epochs at a gentle lr 1e-4 (`train_rm.py --epochs --lr`): fine-tuned hard, a reward model forgets
-#   what the SFT model it starts from knows, and PPO on it gains less (measured in the README).
+#   trains 6 epochs, the trunk at a gentle lr 1e-4 and the head, which starts at 0 and has everything to learn, at
+#   1e-2 (`train_rm.py --epochs --lr --head_lr`): fine-tuned hard, a reward model forgets what the SFT model it
+#   starts from knows, and PPO on it gains less (measured in the README).
 
 # %%
 corpus_file = os.path.join(work, "corpus.txt")
