@@ -46,7 +46,7 @@ class Config:
     n_prompts: int = field(default=0, metadata={"help": "test prompts to use (0 = all)"})
     samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per test prompt (each paired with the "
                                                                  "same-numbered answer of every other model for win rates)"})
-    no_eos_penalty: float = field(default=-1.0, metadata={"help": "best-of-N: the score of a sample that never ended "
+    no_eos_penalty: float = field(default=-5.0, metadata={"help": "best-of-N: the score of a sample that never ended "
                                                               "(train_ppo.py's rule and default)"})
     max_new_tokens: int = field(default=32, metadata={"help": "longest answer"})
     val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for the val loss"})

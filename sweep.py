@@ -65,7 +65,7 @@ class Config:
     batch_size: int = field(default=256, metadata={"help": "best-of-n: responses per generation / reward model batch"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response (best-of-n and PPO; PPO's default)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (best-of-n and PPO)"})
-    no_eos_penalty: float = field(default=-1.0, metadata={"help": "score of a response that never ended, instead of "
+    no_eos_penalty: float = field(default=-5.0, metadata={"help": "score of a response that never ended, instead of "
                                                               "the RM's (best-of-n and PPO: train_ppo.py's rule)"})
     # RL
     ppo_runs: str = field(default="0.1:60,0.03:60,0.01:120", metadata={"help": "PPO runs as KL_COEF:ITERATIONS,... "

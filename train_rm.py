@@ -7,9 +7,10 @@ element (K forward passes instead of C(K,2); shuffled pairs over-fit in a single
     loss(θ) = −1/C(K,2) · Σ_{y_w above y_l} log σ(r_θ(x, y_w) − r_θ(x, y_l))
 
 The reward is read at the last real token (the end-of-text) of prompt ⊕ response ⊕ eos, rendered with the
-same template as SFT. After training, the head's bias is shifted so the demonstrations score 0 on average.
+same template as SFT. After training, the head is rescaled so the demonstrations' rewards have mean 0 and
+standard deviation 1.
 
-    python train_rm.py                         # out/labels (label.py) -> out/rm, about 70 s on 2 cores
+    python train_rm.py                         # out/labels (label.py) -> out/rm, about 2 minutes on 2 cores
     python train_rm.py --data=pairs.jsonl      # your comparisons: ranked lists or {"prompt","chosen","rejected"}
     torchrun --standalone --nproc_per_node=2 train_rm.py
 """
@@ -142,19 +143,27 @@ def all_rewards(scorer, rankings, pad_id, device, batch=64):
             for r in rewards_of(scorer, rankings[i: i + batch], pad_id, device)]
 
 
-# ---- the demonstrations' mean reward is 0 -----------------------------------------------------------------
+# ---- the demonstrations' rewards: mean 0, standard deviation 1 -------------------------------------------
 
-def center_on_demonstrations(reward_model, tokenizer, prompts, responses, device):
-    """Shift the head's bias so that the mean reward of (prompt, demonstration) pairs is exactly 0 -> shift."""
+def normalise_on_demonstrations(reward_model, tokenizer, prompts, responses, device):
+    """Rescale the head so the rewards of (prompt, demonstration) pairs have mean exactly 0 (InstructGPT's bias)
+    and standard deviation 1 (OpenAI's lm-human-preferences' gain) -> (shift, gain). The order of any two
+    responses is unchanged; PPO's kl_coef then means the same whatever scale the training happened to reach.
+
+        r'(x, y) = (r(x, y) - mean) / std    i.e.  w' = w / std,  b' = (b - mean) / std
+    """
     seqs = encode_rankings(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, responses)],
                            reward_model.config.block_size)
     was_training = reward_model.training
     reward_model.eval()
-    mean = torch.cat(all_rewards(reward_model.score, seqs, tokenizer.pad_id, device)).double().mean().item()
+    rewards = torch.cat(all_rewards(reward_model.score, seqs, tokenizer.pad_id, device)).double()
+    mean, std = rewards.mean().item(), rewards.std(correction=0).item()
+    gain = 1.0 / std if std > 0 else 1.0    # an untrained (zero) head scores everything alike: leave the scale be
     with torch.no_grad():
-        reward_model.head.bias -= mean
+        reward_model.head.weight *= gain
+        reward_model.head.bias.sub_(mean).mul_(gain)
     reward_model.train(was_training)
-    return -mean
+    return -mean, gain
 
 
 def demonstrations_for_bias(cfg, world, train):
@@ -349,12 +358,12 @@ def main(cfg):
         sys.exit(130)
 
     if master:
-        # ---- InstructGPT: a bias so that the demonstrations have mean reward 0 ----
+        # ---- InstructGPT's bias (demonstrations have mean reward 0) and OpenAI's gain (standard deviation 1) ----
         prompts, demos = demonstrations_for_bias(cfg, world, train_recs)
-        shift = center_on_demonstrations(raw_model, tokenizer, prompts, demos, device)
+        shift, gain = normalise_on_demonstrations(raw_model, tokenizer, prompts, demos, device)
         save_model(cfg.out_dir, raw_model, tokenizer, "reward", cfg, step,
                    extra={"model_config": dataclasses.asdict(dataclasses.replace(raw_model.config, dropout=0.0))})
-        rep = evaluate()   # after the shift: the same orderings, rewards now relative to the demonstrations
+        rep = evaluate()   # after the rescaling: the same orderings, rewards in units of the demonstrations' spread
         rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
         plot_metrics(os.path.join(cfg.out_dir, "loss.png"), rows, "step",
                      {"ranking loss": ["train_loss", "val_loss"],
@@ -372,7 +381,7 @@ def main(cfg):
             "on_policy_gold_accuracy": rep.get("on_policy_gold_accuracy"), "on_policy_pairs": rep.get("on_policy_pairs"),
             "sft_likelihood": {k: lik[k] for k in ("gold_accuracy", "on_policy_gold_accuracy", "spearman")}
                               if "spearman" in rep else None,
-            "val_loss": rep["loss"], "bias": shift, "bias_demonstrations": len(demos),
+            "val_loss": rep["loss"], "bias": shift, "gain": gain, "bias_demonstrations": len(demos),
             "n_train_prompts": len(train), "n_val_prompts": len(val), "K": label_summary(cfg).get("K", K),
             "mean_ranked": sum(map(len, train)) / len(train),
             "n_train_pairs": sum(len(r) * (len(r) - 1) // 2 for r in train), "epochs": cfg.epochs, "steps": step,
@@ -391,7 +400,7 @@ def main(cfg):
                   f"like gold ({summary['on_policy_pairs']} pairs); the SFT model's log-likelihood as the ranker: "
                   f"{fmt(summary['sft_likelihood']['on_policy_gold_accuracy'])} (all pairs: "
                   f"{fmt(summary['sft_likelihood']['gold_accuracy'])})")
-        print(f"bias shift {shift:+.4f} (demonstrations now average 0); done in {summary['seconds']:.0f}s; "
+        print(f"bias shift {shift:+.4f}, gain {gain:.3f} (demonstrations now average 0, standard deviation 1); done in {summary['seconds']:.0f}s; "
               f"weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()
 

@@ -95,16 +95,21 @@ def test_kwise_loss_is_mean_of_pairwise_losses(tokenizer, K):
     assert rm.head.weight.grad is not None and rm.head.weight.grad.abs().sum() > 0
 
 
-def test_bias_makes_demonstrations_mean_zero(tokenizer):
+def test_demonstrations_get_mean_zero_and_std_one_in_the_same_order(tokenizer):
     rm = tiny_rm(tokenizer)
     prompts, demos = PROMPTS * 2, RESPONSES
     rankings = train_rm.encode_rankings(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
     before = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
-    shift = train_rm.center_on_demonstrations(rm, tokenizer, prompts, demos, "cpu")
+    shift, gain = train_rm.normalise_on_demonstrations(rm, tokenizer, prompts, demos, "cpu")
     after = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
     assert abs(before.mean().item()) > 0.1 and shift == pytest.approx(-before.mean().item(), abs=1e-6)
-    assert abs(after.mean().item()) < 1e-5
-    torch.testing.assert_close(after - before, torch.full_like(before, shift), atol=1e-5, rtol=0)  # order kept
+    assert gain == pytest.approx(1 / before.double().std(correction=0).item(), rel=1e-6)
+    assert abs(after.mean().item()) < 1e-5 and after.std(correction=0).item() == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(after, (before + shift) * gain, atol=1e-5, rtol=0)   # r' = (r - mean) / std: order kept
+    # a head that scores everything alike (train_rm's zero start) is shifted, never divided by 0
+    flat = tiny_rm(tokenizer)
+    torch.nn.init.zeros_(flat.head.weight)
+    assert train_rm.normalise_on_demonstrations(flat, tokenizer, prompts, demos, "cpu")[1] == 1.0
 
 
 def pairs_file(tmp_path):
@@ -148,8 +153,9 @@ def test_head_learns_at_its_own_rate(sft, tmp_path):
     out = str(tmp_path / "rm")
     train_rm.main(train_rm.Config(sft=sft, data=pairs_file(tmp_path), out_dir=out, batch_size=64, epochs=1,
                                   warmup_steps=0, lr=1e-4, head_lr=0.05, eval_interval=1, device="cpu"))
-    rm = load_model(out, "reward")[0]
-    assert torch.allclose(rm.head.weight.abs(), torch.full_like(rm.head.weight, 0.05), rtol=1e-3)
+    rm, gain = load_model(out, "reward")[0], json.load(open(os.path.join(out, "summary.json")))["gain"]
+    head = rm.head.weight / gain                 # the saved head is rescaled (demonstrations' std 1): undo it
+    assert torch.allclose(head.abs(), torch.full_like(head, 0.05), rtol=1e-3)
     before = load_model(sft, "lm")[0].state_dict()
     w = rm.gpt.transformer.h[0].mlp.c_fc.weight
     assert torch.allclose(w, before["transformer.h.0.mlp.c_fc.weight"] * (1 - 1e-4 * 0.1), atol=1e-7)
@@ -198,14 +204,15 @@ def test_end_to_end_on_labels(sft, tmp_path):
     for name in ("model.pt", "last.pt", "tokenizer.json", "config.json", "metrics.jsonl", "loss.png",
                  "reward_vs_gold.png"):
         assert os.path.isfile(os.path.join(out, name)), name
-    # the saved reward model gives the world's demonstrations mean reward 0
+    # the saved reward model gives the world's demonstrations mean reward 0 and standard deviation 1
     rm, tok, ckpt = load_model(out, "reward")
     assert ckpt["kind"] == "reward" and rm.config.dropout == 0.0
     cfg = train_rm.Config(bias_prompts=20)
     prompts, demos = train_rm.demonstrations_for_bias(cfg, World(0), [])
     rankings = train_rm.encode_rankings(tok, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
-    assert abs(torch.cat(train_rm.all_rewards(rm.eval().score, rankings, tok.pad_id, "cpu")).mean().item()) < 1e-4
-    assert summary["bias"] != 0
+    rewards = torch.cat(train_rm.all_rewards(rm.eval().score, rankings, tok.pad_id, "cpu"))
+    assert abs(rewards.mean().item()) < 1e-4 and rewards.std(correction=0).item() == pytest.approx(1.0, abs=1e-4)
+    assert summary["bias"] != 0 and summary["gain"] != 1
 
 
 def test_bad_labels_folder_is_one_line(tmp_path, capsys):
