@@ -1,6 +1,6 @@
 """The whole InstructGPT recipe in one command, each stage run by its own script.
 
-    python pipeline.py            # ~10 minutes on 2 CPU cores; then read out/report.md
+    python pipeline.py            # ~20 minutes on 2 CPU cores; then read out/report.md
     python pipeline.py --quick    # a miniature of the same run in about 40 s, in out/quick (what the tests run)
     python pipeline.py --force=rm # rerun from the reward model on (later stages too)
 

@@ -153,7 +153,8 @@ for text, gold, mistake, source in zip(rec["responses"], rec["gold"], rec["mista
 # $$\text{loss}(\theta) = -\frac{1}{\binom{K}{2}} \sum_{(y_w, y_l)} \log \sigma\big(r_\theta(x, y_w) - r_\theta(x, y_l)\big)$$
 #
 # — a logistic regression on reward *differences*: only the order matters, so adding a constant to every reward
-# changes nothing (which is why `train_rm.py` is free to shift the bias so that demonstrations average 0).
+# changes nothing (which is why `train_rm.py` is free to shift the bias so that demonstrations average 0, and to
+# scale the head so that their rewards spread with standard deviation 1: PPO's β then means the same for every run).
 # Score our ranked K responses with the trained reward model and compute the loss both ways:
 
 # %%

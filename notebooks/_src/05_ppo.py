@@ -185,7 +185,7 @@ with torch.no_grad():
     logprobs = response_logprobs(policy, batch, T)                           # (B, N) log π_φ(y_t | x, y_<t)
     ref_logprobs = response_logprobs(reference, batch, T)                    # (B, N) log π_SFT(y_t | x, y_<t)
     values = response_values(value_model, batch)                             # (B, N) V(s_t)
-    scores, rm_scores = final_score(reward_model, tok, batch, no_eos_penalty=-1.0)  # (B,) r_θ(x, y)
+    scores, rm_scores = final_score(reward_model, tok, batch, no_eos_penalty=-5.0)  # (B,) r_θ(x, y)
     rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, beta)  # (B, N)
     adv_raw, returns = gae(rewards, values, mask, gamma=1.0, lam=0.95)       # (B, N)
     adv = masked_whiten(adv_raw, mask)                                       # (B, N) what the loss uses
@@ -199,8 +199,8 @@ for t, text, s in zip(tasks, batch["texts"], scores.tolist()):
 # * `log π`, `log π_ref` — the token's log-probability under the policy and under the frozen SFT model;
 # * `KL_t = log π − log π_ref` — how much more (or less) likely the policy made this token than SFT did;
 # * `r_t = −β·KL_t`, plus the reward model's score **at the last token only** (the end-of-text, where the reward
-#   model reads the whole answer). A response that used up its 12 tokens without ending gets a fixed score of −1
-#   instead (`--no_eos_penalty`, as in training), listed above as reward −1.00;
+#   model reads the whole answer). A response that used up its 12 tokens without ending gets a fixed score of −5
+#   instead (`--no_eos_penalty`, as in training), listed above as reward −5.00;
 # * `V_t` — the value model's guess, before token t, of the reward still to come;
 # * `A_t` — the GAE advantage: $\delta_t = r_t + V_{t+1} - V_t$ and $A_t = \delta_t + \gamma\lambda A_{t+1}$, computed
 #   backwards from the end ($\gamma = 1$, $\lambda = 0.95$); `return = A_t + V_t` is the value model's target;
