@@ -381,7 +381,8 @@ def main(cfg):
             "on_policy_gold_accuracy": rep.get("on_policy_gold_accuracy"), "on_policy_pairs": rep.get("on_policy_pairs"),
             "sft_likelihood": {k: lik[k] for k in ("gold_accuracy", "on_policy_gold_accuracy", "spearman")}
                               if "spearman" in rep else None,
-            "val_loss": rep["loss"], "bias": shift, "gain": gain, "bias_demonstrations": len(demos),
+            "val_loss": rep["loss"],   # of the rescaled rewards: the ranking loss depends on their scale, accuracy not
+            "bias": shift, "gain": gain, "bias_demonstrations": len(demos),
             "n_train_prompts": len(train), "n_val_prompts": len(val), "K": label_summary(cfg).get("K", K),
             "mean_ranked": sum(map(len, train)) / len(train),
             "n_train_pairs": sum(len(r) * (len(r) - 1) // 2 for r in train), "epochs": cfg.epochs, "steps": step,
@@ -400,8 +401,8 @@ def main(cfg):
                   f"like gold ({summary['on_policy_pairs']} pairs); the SFT model's log-likelihood as the ranker: "
                   f"{fmt(summary['sft_likelihood']['on_policy_gold_accuracy'])} (all pairs: "
                   f"{fmt(summary['sft_likelihood']['gold_accuracy'])})")
-        print(f"bias shift {shift:+.4f}, gain {gain:.3f} (demonstrations now average 0, standard deviation 1); done in {summary['seconds']:.0f}s; "
-              f"weights in {cfg.out_dir}/model.pt")
+        print(f"bias shift {shift:+.4f}, gain {gain:.3f} (demonstrations now average 0, standard deviation 1); "
+              f"done in {summary['seconds']:.0f}s; weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()
 
 
