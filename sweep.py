@@ -68,7 +68,7 @@ class Config:
     no_eos_penalty: float = field(default=-5.0, metadata={"help": "score of a response that never ended, instead of "
                                                               "the RM's (best-of-n and PPO: train_ppo.py's rule)"})
     # RL
-    ppo_runs: str = field(default="0.1:60,0.03:60,0.01:120", metadata={"help": "PPO runs as KL_COEF:ITERATIONS,... "
+    ppo_runs: str = field(default="0.2:60,0.05:60,0.01:120", metadata={"help": "PPO runs as KL_COEF:ITERATIONS,... "
                                                                              "(empty = none); each in out_dir/ppo_beta<β>. A "
                                                                              "run's first k iterations are those of a k-iteration "
                                                                              "run (prompts and noise follow (seed, iteration)), "
