@@ -445,9 +445,9 @@ else:
     print(f"{sweep_png} does not exist yet: `python sweep.py` makes it (from the repository root).")
 
 # %% [markdown]
-# And a measured PPO run pushed hard, with InstructGPT's β = 0.02 and a 5× learning rate
-# (`python train_ppo.py --kl_coef=0.02 --lr=5e-4 --iterations=30 --out_dir=out/ppo_hard`): the reward model's score
-# on held-out prompts rises until about 4.5 nats and stays high, while the gold score rises to about 2 nats and then
-# falls to half of where it started.
+# And a measured PPO run pushed hard, with InstructGPT's β = 0.02 and twice the learning rate
+# (`python train_ppo.py --kl_coef=0.02 --lr=2e-4 --out_dir=out/ppo_hard`): the reward model's score on held-out
+# prompts rises all the way to 8 nats, while the gold score rises until about 1.6 nats and then falls to half of
+# where it started.
 #
 # ![PPO over-optimisation at beta 0.02](../docs/ppo_overoptimisation_beta0.02.png)
