@@ -244,7 +244,8 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
         }
     report = {
         "models": models,
-        "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman")},
+        "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
+                                      "labels_spearman_within_prompt")},
         "rm_per_mistake_accuracy": rm.get("per_mistake_accuracy"),
         "rm_on_policy": {"pairs": rm.get("on_policy_pairs"), "reward_model": rm.get("on_policy_gold_accuracy"),
                          "sft_likelihood": (rm.get("sft_likelihood") or {}).get("on_policy_gold_accuracy")},
@@ -285,7 +286,8 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
               f"Held-out pairwise accuracy **{_fmt(r['accuracy'])}**, beside the agreement of two independent "
               f"simulated labellers {_fmt(r['labeler_agreement'])} and the labels' ceiling (noisy labels vs the "
               f"noise-free gold order) {_fmt(r['ceiling'])}. Spearman correlation of reward with gold score: "
-              f"{_fmt(r['spearman'])}.", ""]
+              f"{_fmt(r['spearman'])} across all prompts, {_fmt(r['spearman_within_prompt'])} within a prompt "
+              f"(the labels' order: {_fmt(r['labels_spearman_within_prompt'])}).", ""]
     if report["rm_per_mistake_accuracy"]:
         lines += ["| the worse response's mistake | RM accuracy |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in report["rm_per_mistake_accuracy"].items()] + [""]

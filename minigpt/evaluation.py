@@ -91,6 +91,12 @@ def spearman(x, y):
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
+def _nanmean(values):
+    """Mean of the defined values (a ranking whose gold scores are all equal has no Spearman); NaN if none."""
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else float("nan")
+
+
 # accuracy = mean over pairs (i above j in a ranking) of [r_i > r_j], a tie counting 1/2
 def ranking_report(records, rewards):
     """How well scores order ranked responses. records: {"responses": best..worst, optional "gold", "mistakes",
@@ -99,7 +105,11 @@ def ranking_report(records, rewards):
     accuracy        pairs ordered like the labels
     gold_accuracy   pairs of different gold score ordered like gold; ceiling: how often the labels do so
     per_mistake     gold_accuracy by the worse response's mistake;  on_policy: between two policy samples
-    spearman        rank correlation of every score with its gold score
+    spearman        rank correlation of every score with its gold score, across all prompts
+    spearman_within_prompt   the same within each ranking, averaged over rankings: what comparisons can teach
+                    (a pairwise loss never sees one prompt's rewards beside another's, so it leaves each prompt's
+                    offset free, which the global number counts against it); labels_spearman_within_prompt:
+                    the same for the labeller's order (best first), its yardstick
     """
     def credit(a, b):   # an untrained model that scores everything alike gets 1/2, not 0
         return 1.0 if a > b else 0.5 if a == b else 0.0
@@ -125,10 +135,14 @@ def ranking_report(records, rewards):
                 on_policy.append(hit)
     xs = [x for r in rewards for x in r]
     gs = [g for rec in records for g in rec["gold"]]
+    within = [spearman(r, rec["gold"]) for rec, r in zip(records, rewards)]
+    by_labels = [spearman(range(len(rec["gold"]), 0, -1), rec["gold"]) for rec in records]   # best first
     out.update({
         "gold_accuracy": sum(gold_hits) / max(len(gold_hits), 1),
         "ceiling": sum(ceiling) / max(len(ceiling), 1),
         "spearman": spearman(xs, gs),
+        "spearman_within_prompt": _nanmean(within),
+        "labels_spearman_within_prompt": _nanmean(by_labels),
         "per_mistake_accuracy": {k: sum(v) / len(v) for k, v in sorted(per_mistake.items())},
         "per_mistake_pairs": {k: len(v) for k, v in sorted(per_mistake.items())},
         "on_policy_gold_accuracy": sum(on_policy) / len(on_policy) if on_policy else None,

@@ -59,6 +59,22 @@ def test_ranking_report_counts_pairs_of_each_ranking_ties_as_half():
     assert rep == {"accuracy": 2.5 / 4}
 
 
+def test_spearman_within_prompt_leaves_each_prompts_offset_free():
+    records = [{"responses": list("abc"), "gold": [1.0, 0.5, 0.0]},     # labelled in gold's order
+               {"responses": list("de"), "gold": [0.6, 0.9]},            # the labeller swapped these two
+               {"responses": list("fg"), "gold": [0.5, 0.5]}]            # all alike: no Spearman, left out
+    rewards = [[10.0, 11.0, 9.0], [-6.0, -5.0], [1.0, 2.0]]
+    rep = ranking_report(records, rewards)
+    # ranking 1: reward ranks (2, 3, 1) against gold ranks (3, 2, 1): centred (0, 1, -1) . (1, 0, -1) / 2 = 1/2;
+    # ranking 2: -6 < -5 and 0.6 < 0.9, rho = 1; mean (1/2 + 1) / 2, whatever the offsets 10 and -5 between them
+    assert rep["spearman_within_prompt"] == pytest.approx(0.75)
+    assert rep["labels_spearman_within_prompt"] == pytest.approx((1.0 - 1.0) / 2)
+    shifted = ranking_report(records, [[x - 100.0 * k for x in r] for k, r in enumerate(rewards)])
+    assert shifted["spearman_within_prompt"] == rep["spearman_within_prompt"]
+    assert shifted["spearman"] != rep["spearman"]                       # the global number moves with the offsets
+    assert math.isnan(ranking_report(records[2:], rewards[2:])["spearman_within_prompt"])
+
+
 def test_best_of_n_kl_by_hand_and_its_limits():
     from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound
     # two equally likely responses, best of 2: q = (1/4, 3/4) against p = (1/2, 1/2)

@@ -46,7 +46,8 @@ def test_every_stage_and_the_report_exist(quick_run):
         assert math.isfinite(report["models"][name]["kl_to_sft"])
         assert report["models"][name]["train_seconds"] > 0                  # quality beside compute
     assert set(report["dpo_implicit_reward"]) == {"accuracy", "gold_accuracy", "on_policy_gold_accuracy", "spearman"}
-    for key in ("accuracy", "labeler_agreement", "ceiling", "spearman"):
+    for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
+                "labels_spearman_within_prompt"):
         assert report["rm"][key] is None or math.isfinite(report["rm"][key]), key
     assert math.isfinite(report["rm"]["accuracy"])
     md = (out / "report.md").read_text()

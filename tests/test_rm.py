@@ -197,7 +197,8 @@ def test_end_to_end_on_labels(sft, tmp_path):
                         "--bias_prompts=20", "--device=cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     summary = json.load(open(os.path.join(out, "summary.json")))
-    for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "per_mistake_accuracy", "bias",
+    for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
+                "labels_spearman_within_prompt", "per_mistake_accuracy", "bias",
                 "n_train_prompts", "K", "seconds", "on_policy_pairs", "sft_likelihood"):
         assert summary[key] is not None, key
     assert 0 <= summary["accuracy"] <= 1 and -1 <= summary["spearman"] <= 1 and summary["K"] == 2 + 2 + 1 + 4
