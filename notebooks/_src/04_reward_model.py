@@ -193,7 +193,10 @@ print("fresh rewards:", r0.tolist(), "  loss:", round(rm_ranking_loss(r0).item()
 # The real test is on held-out prompts the reward model never trained on. For every held-out response we compute
 # the reward and compare it with the gold score. `train_rm.py` printed the pair accuracy (how often the reward
 # orders a held-out pair like the labeller did) next to two reference numbers: how often the labels themselves
-# agree with gold (the **ceiling** — a reward model learns from noisy labels), and 0.5 (a coin).
+# agree with gold (the **ceiling** — a reward model learns from noisy labels), and 0.5 (a coin). Spearman is
+# printed twice: across all responses, and within each prompt (averaged). Comparisons only ever set two answers to
+# the SAME prompt side by side, so they cannot teach one prompt's rewards against another's; the within-prompt
+# number is what they can teach, and the labels' own within-prompt Spearman is its yardstick.
 #
 # Expect a modest result at this size: a 0.09M-parameter model trained for a few seconds on ~340 rankings learns
 # the easy signals first (a correct demonstration beats a garbled policy sample; the wrong language is bad) and
@@ -202,8 +205,9 @@ print("fresh rewards:", r0.tolist(), "  loss:", round(rm_ranking_loss(r0).item()
 
 # %%
 summary = json.load(open(os.path.join(d["rm"], "summary.json")))
-for key in ("accuracy", "gold_accuracy", "ceiling", "labeler_agreement", "spearman"):
-    print(f"{key:<18} {summary[key]:.3f}")
+for key in ("accuracy", "gold_accuracy", "ceiling", "labeler_agreement", "spearman", "spearman_within_prompt",
+            "labels_spearman_within_prompt"):
+    print(f"{key:<30} {summary[key]:.3f}")
 
 val = load_comparisons(os.path.join(d["labels"], "val.jsonl"))
 rewards, golds, sources = [], [], []
