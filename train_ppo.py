@@ -73,14 +73,14 @@ class Config:
                                                           "each --group_size times)"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits end-of-text is penalised"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the log-probs use the same one)"})
-    no_eos_penalty: float = field(default=-5.0, metadata={"help": "score given instead of the RM's to a response without end-of-text "
-                                                               "(train_rm.py scales the demonstrations' rewards to std 1; "
-                                                               "finished SFT samples then score down to -4.6, none below -5, "
-                                                               "so not ending never pays)"})
+    no_eos_penalty: float = field(default=-5.0, metadata={"help": "score instead of the RM's for a response without "
+                                                               "end-of-text (train_rm.py scales the demonstrations' "
+                                                               "rewards to std 1; finished SFT samples then score down "
+                                                               "to -4.6, none below -5, so not ending never pays)"})
     # reward: r = RM score - beta * KL
-    kl_coef: float = field(default=0.2, metadata={"help": "beta, the per-token KL penalty to the SFT model, in units of the "
-                                                          "demonstrations' reward spread (InstructGPT 0.02; here small "
-                                                          "values let PPO find the reward model's holes)"})
+    kl_coef: float = field(default=0.2, metadata={"help": "beta, the per-token KL penalty to the SFT model, in "
+                                                          "units of the demonstrations' reward spread (InstructGPT "
+                                                          "0.02; here small values let PPO find the RM's holes)"})
     adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta towards --kl_target (Ziegler et al.)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive KL: target KL per response, nats"})
     kl_horizon: int = field(default=1000, metadata={"help": "adaptive KL: horizon in episodes (Ziegler: 10000 of ~1M episodes; "

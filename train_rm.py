@@ -376,9 +376,8 @@ def main(cfg):
             "accuracy": rep["accuracy"], "gold_accuracy": rep.get("gold_accuracy"),
             "labeler_agreement": two_labeller_agreement(cfg, world, val_recs) if world else None,
             "ceiling": rep.get("ceiling"),
-            "spearman": None if math.isnan(rep.get("spearman", math.nan)) else rep["spearman"],
-            **{k: None if math.isnan(rep.get(k, math.nan)) else rep[k]
-               for k in ("spearman_within_prompt", "labels_spearman_within_prompt")},
+            **{k: None if math.isnan(rep.get(k, math.nan)) else rep[k]       # NaN (no gold) is written as null
+               for k in ("spearman", "spearman_within_prompt", "labels_spearman_within_prompt")},
             "per_mistake_accuracy": rep.get("per_mistake_accuracy"), "per_mistake_pairs": rep.get("per_mistake_pairs"),
             "on_policy_gold_accuracy": rep.get("on_policy_gold_accuracy"), "on_policy_pairs": rep.get("on_policy_pairs"),
             "sft_likelihood": {k: lik[k] for k in ("gold_accuracy", "on_policy_gold_accuracy", "spearman",
@@ -395,7 +394,8 @@ def main(cfg):
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         print(f"held-out pair accuracy {fmt(summary['accuracy'])} (two labellers agree {fmt(summary['labeler_agreement'])}, "
               f"labels vs gold {fmt(summary['ceiling'])}); vs gold order {fmt(summary['gold_accuracy'])}; "
-              f"Spearman with gold {fmt(summary['spearman'])}, within a prompt {fmt(summary['spearman_within_prompt'])} "
+              f"Spearman with gold {fmt(summary['spearman'])}, within a prompt "
+              f"{fmt(summary['spearman_within_prompt'])} "
               f"(the labels' order {fmt(summary['labels_spearman_within_prompt'])})")
         if summary["per_mistake_accuracy"]:
             print("accuracy by the loser's mistake: " + ", ".join(
