@@ -14,9 +14,9 @@ Distance is d = √KL(π || π_SFT), in nats^½. Two ways to move away from the 
 Then Gao's functional forms, fitted to the gold GAIN R = gold(d) − gold(0) by least squares:
   best-of-n  R(d) = d (α − β d)          RL  R(d) = d (α − β log d)
 (and the same forms to the proxy's gain). Best-of-n uses the first --n_prompts of the world's test prompts; the RL
-points are PPO's own 64 validation prompts (held out from its training prompts, never the test split), because
-train_ppo.py evaluates there while it trains. Each curve is measured against its own d = 0 point (the SFT model on
-its prompts), so the gains are comparable; the absolute scores at d = 0 differ by prompt set.
+points are PPO's own 64 validation prompts, 4 samples each (held out from its training prompts, never the test
+split), because train_ppo.py evaluates there while it trains. Each curve is measured against its own d = 0 point
+(the SFT model on its prompts), so the gains are comparable; the absolute scores at d = 0 differ by prompt set.
 
     python sweep.py                                    # out/sft + out/rm -> out/sweep, about 9 minutes on 2 idle cores
     python sweep.py --ppo_runs=0.02:60 --ppo_args="--lr=2e-4"      # one harder-pushed RL run

@@ -103,6 +103,8 @@ class Config:
     ptx_batch_size: int = field(default=8, metadata={"help": "pretraining windows per PPO minibatch"})
     # selection and safety
     val_prompts: int = field(default=64, metadata={"help": "ppo prompts held out to select the checkpoint by RM score"})
+    val_samples: int = field(default=4, metadata={"help": "responses sampled per validation prompt (one RM score "
+                                                          "per response has std ~1: 64 of them give +-0.25)"})
     kl_budget: float = field(default=10.0, metadata={"help": "select only checkpoints whose validation KL is below this, nats"})
     max_kl: float = field(default=50.0, metadata={"help": "stop if the rollout KL per response exceeds this, nats"})
     eval_interval: int = field(default=5, metadata={"help": "iterations between validation + checkpoint"})
@@ -114,7 +116,7 @@ class Config:
 
     def validate(self):
         for key in ("iterations", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size", "eval_interval",
-                    "log_interval", "ptx_batch_size", "val_prompts"):
+                    "log_interval", "ptx_batch_size", "val_prompts", "val_samples"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.algo in ("ppo", "grpo"), f"--algo must be ppo or grpo, got {self.algo!r}")
         check(self.group_size > 0, f"--group_size must be > 0, got {self.group_size}")
@@ -309,13 +311,13 @@ def main(cfg):
     if len(tasks) < cfg.val_prompts + cfg.batch_size:
         raise UserError(f"the world has {len(tasks)} ppo prompts: too few for --val_prompts={cfg.val_prompts} "
                         f"+ --batch_size={cfg.batch_size}")
-    val_tasks, train_tasks = tasks[:cfg.val_prompts], tasks[cfg.val_prompts:]
+    val_tasks, train_tasks = tasks[:cfg.val_prompts] * cfg.val_samples, tasks[cfg.val_prompts:]
     pretrain_val_tokens = torch.tensor(tokenizer.encode(world.corpus_val()), dtype=torch.long)
     ptx_tokens = torch.tensor(tokenizer.encode(world.corpus()), dtype=torch.long) if cfg.ptx_coef > 0 else None
     if master:
         value = "no value model (GRPO)" if grpo else f"value {value_model.gpt.num_params() / 1e6:.2f}M from {cfg.rm}"
         print(f"models: policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}, {value}; {len(train_tasks)} "
-              f"training prompts, {len(val_tasks)} validation prompts")
+              f"training prompts, {cfg.val_prompts} validation prompts x {cfg.val_samples} samples")
 
     iteration, elapsed_before = 0, 0.0
     best = dict(iteration=-1, val_rm_score=-math.inf)
@@ -450,7 +452,7 @@ def main(cfg):
                       "response length": ["length"]}, title="PPO rollouts by iteration")
         # Where the policy went: proxy (RM) and gold score against KL, point by point in iteration order. Pushed
         # too far (Gao et al. 2022) the proxy keeps rising while gold turns down; whether it does here, the plot shows.
-        # The KL is a 64-sample estimate (mean of log π − log π_SFT), so near 0 it can come out slightly negative.
+        # The KL is a 256-sample estimate (mean of log π − log π_SFT), so near 0 it can come out slightly negative.
         plot_metrics(os.path.join(cfg.out_dir, "proxy_vs_gold.png"), val_rows, "val_kl",
                      {"RM score (proxy)": ["val_rm_score"], "gold score": ["val_gold"]},
                      title="validation prompts, in iteration order: scores against KL to the SFT model (nats)")

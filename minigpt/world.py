@@ -120,6 +120,10 @@ MADE_UP_FACTS = ["6pm", "9am", "4", "7", "$12", "Bonjour", "3 + 4", "30", "Paris
 
 # Split sizes (distinct instruction texts; disjoint). Each split is balanced across the kinds.
 SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test": 300, "probe": 100}
+# More prompts for the labellers, appended to "rm" and dealt after every other split, so that adding them changed
+# not one prompt of the others. Ranked prompts are what the reward model lacks most: 1,024 -> 2,100 training prompts
+# took its held-out accuracy 0.637 -> 0.671 and PPO's gold gain +0.156 -> +0.192 (seed 1337; README).
+RM_EXTRA = 1260
 
 # ---------------------------------------------------------------------------------------------------------
 # The demonstrators' habits. InstructGPT's premise: demonstrations are costly and carry their writers' habits, SFT
@@ -409,6 +413,7 @@ class World:
             self._by_instruction[t.instruction] = t
         # deal each kind's shuffled pool out to the splits, the same number per kind (test first)
         self._splits = {name: [] for name in SPLIT_SIZES}
+        extra_rm = []
         for kind in KINDS:
             pool = list(pools[kind])
             rng.shuffle(pool)
@@ -418,10 +423,15 @@ class World:
                 assert i + n <= len(pool), f"not enough {kind} tasks for split {name}"
                 self._splits[name] += pool[i:i + n]
                 i += n
+            n = math.ceil(RM_EXTRA / len(KINDS))
+            assert i + n <= len(pool), f"not enough {kind} tasks for the extra rm prompts"
+            extra_rm += pool[i:i + n]
         rng.shuffle(probe_tasks)
         self._splits["probe"] = probe_tasks[:SPLIT_SIZES["probe"]]
         for name in self._splits:
             rng.shuffle(self._splits[name])
+        random.Random(f"extra-rm-{seed}").shuffle(extra_rm)   # its own generator: the shuffles above stay as they were
+        self._splits["rm"] += extra_rm
 
     def split(self, name):
         if name not in self._splits:

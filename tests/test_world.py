@@ -8,7 +8,7 @@ from minigpt import judge
 from minigpt import world as W
 from minigpt.facts import LEXICON
 from minigpt.judge import gold_score
-from minigpt.world import (KINDS, MISTAKES, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
+from minigpt.world import (KINDS, MISTAKES, RM_EXTRA, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
                            demonstration, demonstrator_response, gold_agreement, labeler_agreement)
 
 
@@ -217,7 +217,8 @@ def test_demonstrations_mistake_rate_and_mostly_visible(world):
 def test_splits_sizes_disjoint_and_balanced(world):
     splits = {name: world.split(name) for name in SPLIT_SIZES}
     for name, tasks in splits.items():
-        assert abs(len(tasks) - SPLIT_SIZES[name]) <= len(KINDS), name
+        size = SPLIT_SIZES[name] + (RM_EXTRA if name == "rm" else 0)
+        assert abs(len(tasks) - size) <= len(KINDS), name
         assert len({t.instruction for t in tasks}) == len(tasks)
     names = list(splits)
     for i, a in enumerate(names):
@@ -225,6 +226,21 @@ def test_splits_sizes_disjoint_and_balanced(world):
             assert not {t.instruction for t in splits[a]} & {t.instruction for t in splits[b]}, (a, b)
     counts = {k: sum(t.kind == k for t in splits["test"]) for k in KINDS}
     assert min(counts.values()) == max(counts.values())
+
+
+def test_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
+    """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more, dealt last: without them
+    every other split and the first deal are the same prompts in the same order. Both parts are balanced."""
+    rm = world.split("rm")
+    monkeypatch.setattr(W, "RM_EXTRA", 0)
+    without = World(0)
+    for name in SPLIT_SIZES:
+        assert without.split(name) == (rm[:len(without.split("rm"))] if name == "rm" else world.split(name)), name
+    first = len(KINDS) * -(-SPLIT_SIZES["rm"] // len(KINDS))                     # ceil per kind, times the kinds
+    assert len(rm) == first + RM_EXTRA
+    for part in (rm[:first], rm[first:]):
+        counts = [sum(t.kind == k for t in part) for k in KINDS]
+        assert min(counts) == max(counts) == len(part) // len(KINDS)
 
 
 def test_probe_facts_never_reach_sft_rm_or_ppo(world):
