@@ -121,8 +121,8 @@ MADE_UP_FACTS = ["6pm", "9am", "4", "7", "$12", "Bonjour", "3 + 4", "30", "Paris
 # Split sizes (distinct instruction texts; disjoint). Each split is balanced across the kinds.
 SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test": 300, "probe": 100}
 # More prompts for the labellers, appended to "rm" and dealt after every other split, so that adding them changed
-# not one prompt of the others. Ranked prompts are what the reward model lacks most: 1,024 -> 2,100 training prompts
-# took its held-out accuracy 0.637 -> 0.671 and PPO's gold gain +0.156 -> +0.192 (seed 1337; README).
+# not one prompt of the others. Ranked prompts are what the reward model lacks most: 1,024 -> 2,095 training prompts
+# took its held-out accuracy 0.624 -> 0.671 and its Spearman with gold within a prompt 0.44 -> 0.57 (seed 1337; README).
 RM_EXTRA = 1260
 
 # ---------------------------------------------------------------------------------------------------------

@@ -447,7 +447,7 @@ else:
 # %% [markdown]
 # And a measured PPO run pushed hard, with InstructGPT's β = 0.02 and twice the learning rate
 # (`python train_ppo.py --kl_coef=0.02 --lr=2e-4 --out_dir=out/ppo_hard`): the reward model's score on held-out
-# prompts rises all the way to 8 nats, while the gold score rises until about 1.6 nats and then falls to half of
+# prompts rises all the way to 5.4 nats, while the gold score rises until about 1.6 nats and then falls below
 # where it started.
 #
 # ![PPO over-optimisation at beta 0.02](../docs/ppo_overoptimisation_beta0.02.png)
