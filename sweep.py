@@ -18,7 +18,7 @@ points are PPO's own 64 validation prompts, 4 samples each (held out from its tr
 split), because train_ppo.py evaluates there while it trains. Each curve is measured against its own d = 0 point
 (the SFT model on its prompts), so the gains are comparable; the absolute scores at d = 0 differ by prompt set.
 
-    python sweep.py                                    # out/sft + out/rm -> out/sweep, about 9 minutes on 2 idle cores
+    python sweep.py                                    # out/sft + out/rm -> out/sweep, about 11 minutes on 2 idle cores
     python sweep.py --ppo_runs=0.02:60 --ppo_args="--lr=2e-4"      # one harder-pushed RL run
 
 Writes <out_dir>/overoptimisation.png, the PPO run folders, and <out_dir>/sweep.json last.
