@@ -317,7 +317,7 @@ def main(cfg):
     if master:
         value = "no value model (GRPO)" if grpo else f"value {value_model.gpt.num_params() / 1e6:.2f}M from {cfg.rm}"
         print(f"models: policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}, {value}; {len(train_tasks)} "
-              f"training prompts, {cfg.val_prompts} validation prompts x {cfg.val_samples} samples")
+              f"training prompts, {len(val_tasks)} validation responses ({cfg.val_prompts} prompts x {cfg.val_samples})")
 
     iteration, elapsed_before = 0, 0.0
     best = dict(iteration=-1, val_rm_score=-math.inf)

@@ -1,4 +1,4 @@
-"""serve.py's batching seen from inside: a request is answered as soon as its own rows end (not when the
+"""The batching of minigpt/serving.py seen from inside: a request is answered as soon as its own rows end (not when the
 batch's longest does), and a client that disconnects mid-stream frees its rows at once. The server runs in
 this process over a tiny model slowed to 20 ms a step that never ends an answer by itself, so every answer
 runs to its max_tokens and the order of events is not a race."""
@@ -13,6 +13,7 @@ import torch
 
 import serve
 from minigpt.model import GPT, GPTConfig
+from minigpt.serving import STATS, Served
 from minigpt.tokenizer import Tokenizer
 
 from conftest import TEXT
@@ -39,7 +40,7 @@ def slow_server():
     model = SlowGPT(GPTConfig(block_size=96, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16))
     model.eos_id = tokenizer.eos_id
     cfg = serve.Config(batch_wait_ms=200)
-    served = {"slow": serve.Served("slow", "(in memory)", model.eval(), tokenizer, None, cfg)}
+    served = {"slow": Served("slow", "(in memory)", model.eval(), tokenizer, None, cfg.max_batch, cfg.batch_wait_ms)}
     server = serve.Server(("127.0.0.1", 0), serve.make_handler(served, cfg))
     served["slow"].thread.start()
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -64,7 +65,7 @@ def wait_for(condition, seconds=10):
 
 
 def test_a_short_request_does_not_wait_for_the_long_one_in_its_batch(slow_server):
-    calls = serve.STATS["generate_calls"]
+    calls = STATS["generate_calls"]
     answers, start = {}, threading.Barrier(2)
 
     def run(name, max_tokens):
@@ -78,7 +79,7 @@ def test_a_short_request_does_not_wait_for_the_long_one_in_its_batch(slow_server
         t.start()
     for t in threads:
         t.join(60)
-    assert serve.STATS["generate_calls"] == calls + 1                      # one batch for both
+    assert STATS["generate_calls"] == calls + 1                      # one batch for both
     assert answers["short"][1] == set() and answers["long"][1] == {"short"}  # the short one came back first
     assert answers["short"][0]["usage"]["completion_tokens"] == 3
     assert answers["long"][0]["usage"]["completion_tokens"] == 50
@@ -86,15 +87,15 @@ def test_a_short_request_does_not_wait_for_the_long_one_in_its_batch(slow_server
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_rows(slow_server):
-    steps, cancelled = serve.STATS["decode_steps"], serve.STATS["cancelled"]
+    steps, cancelled = STATS["decode_steps"], STATS["cancelled"]
     conn, r = ask(slow_server, 50, stream=True)
     for line in r:                                  # read until the first token's chunk, then hang up
         if line.startswith(b"data: ") and b'"content": ""' not in line:
             break
     r.close()
     conn.close()
-    wait_for(lambda: serve.STATS["cancelled"] == cancelled + 1)
-    assert serve.STATS["decode_steps"] - steps < 25          # far fewer than the 50 it asked for
+    wait_for(lambda: STATS["cancelled"] == cancelled + 1)
+    assert STATS["decode_steps"] - steps < 25          # far fewer than the 50 it asked for
     conn, r = ask(slow_server, 2)                            # and the server answers the next one
     assert json.loads(r.read())["usage"]["completion_tokens"] == 2
     conn.close()

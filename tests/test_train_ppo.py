@@ -243,7 +243,7 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args + ["--iterations=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "8 validation prompts x 4 samples" in done.stdout                 # val_samples: 32 scored responses
+    assert "32 validation responses (8 prompts x 4)" in done.stdout          # --val_samples defaults to 4
     for name in ("model.pt", "last.pt", "summary.json", "metrics.jsonl", "config.json", "tokenizer.json", "ppo.png"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
