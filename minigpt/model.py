@@ -12,6 +12,7 @@ prompt alone would.
 """
 
 import json
+import contextlib
 import math
 import struct
 from dataclasses import dataclass
@@ -88,6 +89,19 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, n_head, T_total, head_dim)
 
+        # bf16 on CPU: the Linear layers' matmuls gain most (AMX), but PyTorch's CPU attention kernels, SDPA's
+        # backward above all, are slower in bf16 than in fp32 (a pretraining step measured 182 ms with bf16
+        # attention, 114 ms with it in fp32, 174 ms all fp32), so there the attention itself runs in fp32.
+        fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if fp32_attention:
+            q, k, v = q.float(), k.float(), v.float()
+        with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
+            y = self.attend(q, k, v, allowed, T, head_dim)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, allowed, T, head_dim):
+        """softmax(Q K^T / sqrt(d_k) + M) V for q (B, n_head, T, head_dim), k and v (B, n_head, T_total, head_dim)."""
         if self.flash:
             # Same maths as below in a fused kernel; the boolean mask means the same thing (True = attend).
             y = F.scaled_dot_product_attention(
@@ -101,14 +115,12 @@ class CausalSelfAttention(nn.Module):
             # with M = 0 where attention is allowed and -inf where it is not (the future, or padding).
             att = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)  # (B, n_head, T, T_total)
             if allowed is None:
-                allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
             att = att.masked_fill(~allowed, float("-inf"))
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
             y = att @ v  # (B, n_head, T, head_dim)
-
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        return y
 
 
 class MLP(nn.Module):

@@ -114,8 +114,11 @@ def generate(model, prompts, max_new_tokens, *, eos_id, pad_id, temperature=1.0,
         tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((B, max_new_tokens), device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
-        cache = KVCache(model.config, B, T0 + max_new_tokens, device, next(model.parameters()).dtype) \
-            if use_cache else None
+        # Under bf16 autocast on CUDA the cache holds bf16 keys/values as c_attn makes them (half the memory
+        # traffic); on CPU the attention runs in fp32 (see CausalSelfAttention), so there it stays fp32.
+        bf16_cache = device.type == "cuda" and torch.is_autocast_enabled("cuda")
+        cache_dtype = torch.bfloat16 if bf16_cache else next(model.parameters()).dtype
+        cache = KVCache(model.config, B, T0 + max_new_tokens, device, cache_dtype) if use_cache else None
         n = 0
         for t in range(max_new_tokens):
             if cache is None:

@@ -32,12 +32,63 @@ def pick_device(name="auto"):
     return name
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def check_dtype(dtype):
+    """For a Config's validate(): a bad --dtype is a one-line error before any model loads."""
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype={dtype}: expected auto, float32 or bfloat16")
+
+
+_BF16_SPEEDUP = {}  # device type -> measured bf16/fp32 matmul speed ratio, once per process
+
+
+def bf16_speedup(device, n=512, reps=3):
+    """How many times faster a bf16 matmul is than an fp32 one on `device` (a ~10 ms probe, cached).
+
+    Speed = 2n³ FLOPs / best-of-`reps` time. bf16 halves the bytes moved, and where the hardware has bf16 units
+    (CPU: AMX or AVX512-BF16; CUDA: Ampere and later) it multiplies several times faster; elsewhere it is
+    emulated and slower than fp32. MPS is left at fp32.
+    """
+    kind = device.split(":")[0]
+    if kind not in _BF16_SPEEDUP:
+        if kind == "mps" or (kind == "cuda" and not torch.cuda.is_bf16_supported()):
+            _BF16_SPEEDUP[kind] = 0.0
+        else:
+            best = {}
+            for dtype in (torch.float32, torch.bfloat16):
+                a = torch.randn(n, n, device=device, dtype=dtype)
+                times = []
+                for _ in range(reps + 1):  # the first one warms up
+                    if kind == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    a @ a
+                    if kind == "cuda":
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t)
+                best[dtype] = min(times[1:])
+            _BF16_SPEEDUP[kind] = best[torch.float32] / best[torch.bfloat16]
+    return _BF16_SPEEDUP[kind]
+
+
+def resolve_dtype(dtype, device):
+    """auto -> bfloat16 where the probe finds bf16 matmul clearly (1.5x) faster than fp32, else float32."""
+    check_dtype(dtype)
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if bf16_speedup(device) >= 1.5 else "float32"
+
+
 def autocast(device, dtype="float32"):
-    """bf16 autocast where asked (pays off on CUDA; on CPU only with AMX/AVX512-bf16), else a no-op."""
-    if dtype == "float32":
+    """bf16 autocast where asked (or where auto resolves to it), else a no-op.
+
+    Parameters stay fp32 under autocast (only the matmuls' inputs are cast), so gradients and the Adam states
+    are fp32 as well: no loss scaling, no master weights.
+    """
+    if resolve_dtype(dtype, device) == "float32":
         return contextlib.nullcontext()
-    if dtype != "bfloat16":
-        raise UserError(f"--dtype={dtype}: expected float32 or bfloat16")
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
