@@ -26,8 +26,9 @@ from minigpt.losses import sft_loss
 from minigpt.model import GPT, GPTConfig
 from minigpt.sampling import generate
 from minigpt.tokenizer import Tokenizer
-from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
-                              cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
+from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
+                              cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics,
+                              resolve_dtype, setup_distributed)
 from minigpt.world import World
 
 
@@ -65,11 +66,13 @@ class Config:
     eval_batches: int = field(default=8, metadata={"help": "validation batches per evaluation"})
     log_interval: int = field(default=20, metadata={"help": "steps between progress lines"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (autocast)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
 
     def validate(self):
+        check_dtype(self.dtype)
         for key in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
                     "max_steps", "eval_interval", "eval_batches", "log_interval", "tokenizer_chars"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
@@ -166,8 +169,9 @@ def main(cfg):
         step, best_val = resume["step"], resume["best_val"]
         if master:
             print(f"resumed from {cfg.out_dir}/last.pt at step {step}")
+    dtype = resolve_dtype(cfg.dtype, device)
     if master:
-        print(f"model: {model.num_params() / 1e6:.2f}M parameters")
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters; dtype {dtype}")
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
@@ -181,7 +185,7 @@ def main(cfg):
         losses = []
         for _ in range(cfg.eval_batches):
             x, y = get_batch(val_tokens, cfg.block_size, cfg.batch_size * world_size, rank, world_size, g)
-            with autocast(device, cfg.dtype):
+            with autocast(device, dtype):
                 logits = raw_model(x.to(device))
             losses.append(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()).item())
         model.train()
@@ -214,9 +218,10 @@ def main(cfg):
                 x, y = get_batch(train_tokens, cfg.block_size, cfg.batch_size * world_size, rank, world_size, data_rng)
                 # DDP: synchronise gradients only on the last micro-step
                 sync = world_size == 1 or micro == cfg.grad_accum - 1
-                with (nullcontext() if sync else model.no_sync()), autocast(device, cfg.dtype):
+                with (nullcontext() if sync else model.no_sync()), autocast(device, dtype):
                     logits = model(x.to(device))
-                    # next-token cross-entropy: L = -(1/N) Σ_t log p(x_{t+1} | x_≤t)
+                    # next-token cross-entropy: L = -(1/N) Σ_t log p(x_{t+1} | x_≤t), in fp32 (logits.float():
+                    # bf16 keeps 3 significant digits, too few for a log-softmax over 2,048 tokens)
                     loss = sft_loss(logits.float(), y.to(device), torch.ones_like(y, device=device)) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
@@ -252,11 +257,13 @@ def main(cfg):
         plot_metrics(os.path.join(cfg.out_dir, "loss.png"), rows, "step",
                      {"pretraining loss": ["train_loss", "val_loss"]}, title="pretraining")
         summary = {"best_val_loss": best_val, "steps": step, "seconds": time.time() - start_time,
-                   "params": raw_model.num_params(), "train_tokens": len(train_tokens), "skipped_steps": guard.skipped}
+                   "params": raw_model.num_params(), "train_tokens": len(train_tokens), "skipped_steps": guard.skipped,
+                   "dtype": dtype}
         if world is not None:   # the world's facts are learnt late: the lexicon by step ~1,000, sums by ~2,000
             best_model = load_model(cfg.out_dir)[0].to(device)
-            summary["fact_recall"] = {family: fact_recall(best_model, tokenizer, probes)
-                                      for family, probes in World.fact_probes().items()}
+            with autocast(device, dtype):
+                summary["fact_recall"] = {family: fact_recall(best_model, tokenizer, probes)
+                                          for family, probes in World.fact_probes().items()}
             print("facts recalled: " + ", ".join(f"{family} {share:.0%}"
                                                  for family, share in summary["fact_recall"].items()))
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)

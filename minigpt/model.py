@@ -101,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def attend(self, q, k, v, allowed, T, head_dim):
-        """softmax(Q K^T / sqrt(d_k) + M) V for q (B, n_head, T, head_dim), k and v (B, n_head, T_total, head_dim)."""
+        """softmax(Q K^T / sqrt(d_k) + M) V; q (B, n_head, T, hd), k and v (B, n_head, T_total, hd)."""
         if self.flash:
             # Same maths as below in a fused kernel; the boolean mask means the same thing (True = attend).
             y = F.scaled_dot_product_attention(
