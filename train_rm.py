@@ -36,6 +36,7 @@ from minigpt.evaluation import ranking_report
 from minigpt.losses import rm_batch_loss, sequence_logprob
 from minigpt.model import GPT, RewardModel
 from minigpt.sampling import right_pad
+from minigpt.training import check_dtype, resolve_dtype
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
                               cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
 from minigpt.world import SimulatedLabeler, World, labeler_agreement
@@ -77,11 +78,13 @@ class Config:
                                                              "training (the final report uses all)"})
     log_interval: int = field(default=5, metadata={"help": "steps between progress lines"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (autocast)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
 
     def validate(self):
+        check_dtype(self.dtype)
         for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.head_lr > 0, f"--lr and --head_lr must be > 0, got {self.lr}, {self.head_lr}")
@@ -279,7 +282,8 @@ def main(cfg):
     if master:
         n_pairs = sum(len(r) * (len(r) - 1) // 2 for r in train)
         print(f"data: {len(train)} train rankings (K <= {K}, {n_pairs} pairs), {len(val)} held out; "
-              f"model: {model.gpt.num_params() / 1e6:.2f}M parameters; {max_steps} steps")
+              f"model: {model.gpt.num_params() / 1e6:.2f}M parameters, dtype {resolve_dtype(cfg.dtype, device)}; "
+              f"{max_steps} steps")
     raw_model = model
     scorer = Scorer(model)
     if cfg.compile:
@@ -389,6 +393,7 @@ def main(cfg):
             "mean_ranked": sum(map(len, train)) / len(train),
             "n_train_pairs": sum(len(r) * (len(r) - 1) // 2 for r in train), "epochs": cfg.epochs, "steps": step,
             "seconds": time.time() - t0, "params": raw_model.gpt.num_params(), "skipped_steps": guard.skipped,
+            "dtype": resolve_dtype(cfg.dtype, device),
         }
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731

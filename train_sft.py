@@ -36,6 +36,7 @@ from minigpt.losses import sft_loss
 from minigpt.model import GPT
 from minigpt.respond import respond
 from minigpt.tokenizer import Tokenizer
+from minigpt.training import check_dtype, resolve_dtype
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, all_reduce_sum, autocast,
                               cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics,
                               setup_distributed)
@@ -84,11 +85,13 @@ class Config:
                                                               "(InstructGPT selected by reward-model score)"})
     log_interval: int = field(default=10, metadata={"help": "steps between progress lines"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (autocast)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
 
     def validate(self):
+        check_dtype(self.dtype)
         for key in ("batch_size", "eval_interval", "log_interval", "max_new_tokens", "max_chars", "ptx_batch_size"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
@@ -285,7 +288,8 @@ def main(cfg):
         if master:
             print(f"resumed from {cfg.out_dir}/last.pt at step {step}")
     if master:
-        print(f"model: {model.num_params() / 1e6:.2f}M parameters, dropout {cfg.dropout}; {max_steps} steps = "
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters, dropout {cfg.dropout}, dtype "
+              f"{resolve_dtype(cfg.dtype, device)}; {max_steps} steps = "
               f"{max_steps * global_batch / len(train):.1f} epochs of {len(train)} demonstrations")
     raw_model = model
     if cfg.compile:
@@ -430,7 +434,8 @@ def main(cfg):
             "init_gold_greedy": best["gold_greedy_init"], "init_val_loss": best["val_loss_init"],
             "selected_by": cfg.select, "steps": step, "epochs": step * global_batch / len(train),
             "n_train": len(train), "n_val": len(val), "train_mistake_rate": mistakes / len(train_pairs) if world else None,
-            "seconds": time.time() - start_time, "params": raw_model.num_params(), "skipped_steps": guard.skipped}
+            "seconds": time.time() - start_time, "params": raw_model.num_params(), "skipped_steps": guard.skipped,
+            "dtype": resolve_dtype(cfg.dtype, device)}
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         print(f"done: best validation loss {best['val_loss']:.4f} at step {best['val_step']}"
               + (f"; best gold {best['gold']:.3f} at step {best['gold_step']} (pretrained: {best['gold_init']:.3f})"

@@ -366,7 +366,8 @@ class RewardModel(nn.Module):
     def forward(self, idx, attention_mask=None, position_ids=None):
         """idx (B, T) -> one scalar per position (B, T)."""
         hidden = self.gpt.trunk(idx, attention_mask, position_ids)  # (B, T, C)
-        return self.head(hidden).squeeze(-1)  # (B, T)
+        with torch.autocast(idx.device.type, enabled=False):  # the scalar reward in fp32: losses and GAE read it
+            return self.head(hidden.float()).squeeze(-1)  # (B, T)
 
     def score(self, idx, attention_mask):
         """The value at each row's last real token, (B,). Works for left- and right-padded rows.
