@@ -17,6 +17,7 @@ from minigpt.cli import run
 from minigpt.data import encode_for_reward, render_prompt
 from minigpt.model import GPT, GPTConfig, RewardModel
 from minigpt.ppo import group_advantages, k3_kl, kl_penalty_rewards, masked_mean
+from minigpt.training import autocast
 from minigpt.rollout import response_logprobs, response_values, rollout, score
 from minigpt.tokenizer import Tokenizer
 
@@ -65,7 +66,7 @@ def rolled_out(tiny, cfg, seed=0, lengths=None):
                     torch.Generator().manual_seed(seed))
     if lengths:
         end_early(batch, lengths, tiny.tokenizer)
-    with torch.no_grad():
+    with torch.no_grad(), autocast("cpu", cfg.dtype):                        # as main(): pi_old in cfg.dtype too
         logprobs = response_logprobs(policy, batch, cfg.temperature)
         values = response_values(value_model, batch)
         scores, _ = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
@@ -132,7 +133,7 @@ def test_grpo_update_has_no_value_model_and_puts_the_k3_kl_in_the_loss(tiny):
     policy.load_state_dict(tiny.policy.state_dict())
     batch = rollout(policy, tiny.tokenizer, [t for t in TASKS[:2] for _ in range(4)], cfg.max_new_tokens,
                     cfg.temperature, torch.Generator().manual_seed(3))
-    with torch.no_grad():
+    with torch.no_grad(), autocast("cpu", cfg.dtype):
         logprobs = response_logprobs(policy, batch, cfg.temperature)
         scores, _ = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
     advantages = group_advantages(scores, 4)[:, None] * batch["mask"]
