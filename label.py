@@ -1,14 +1,14 @@
 """Stage 3: collecting comparisons (数据标注). For each prompt, show K responses to a labeller and ask
 for a ranking, best first. The reward model learns from these rankings.
 
-The K candidates, shuffled together, are
-  * k_policy samples from the SFT model (temperature 1): what PPO will later ask the reward model about;
+By default the K candidates are what a model wrote, as in InstructGPT, whose labellers ranked only model
+outputs: k_policy samples of the SFT model (temperature 1), what PPO will later ask the reward model about.
+Three world-built kinds of candidate can be added, each measured (README, "What the rankings hold"):
   * k_decorated of those samples wrapped in a surface mistake (a preamble, a rambling tail, the question
-    repeated): the same content in a worse style, so style is never confused with correctness;
+    repeated): the same content in a worse style;
   * k_other samples the policy gave to OTHER prompts (of another task kind): fluent, but off-topic here;
-  * k_demo responses by the world's demonstrators: the right answer or one named kind of mistake each.
-InstructGPT's labellers also ranked responses from several sources; the demonstrators' responses make
-the reward model see both very good and typically bad answers to every prompt.
+  * k_demo responses by the world's demonstrators: the right answer or one named kind of mistake each
+    (written answers: a ranking that holds them teaches the right fact directly, not by comparison).
 
     python label.py                           # simulated labeller on the world's RM prompts, seconds
     python label.py --labeler=human           # you rank them in the terminal; rerun to continue
@@ -56,11 +56,11 @@ class Config:
     val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts held out as validation "
                                                                 "comparisons (spread evenly over the prompts)"})
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
-    k_decorated: int = field(default=2, metadata={"help": "policy samples also shown wrapped in a surface mistake "
+    k_decorated: int = field(default=0, metadata={"help": "policy samples also shown wrapped in a surface mistake "
                              "(preamble, rambling, repeated question): style compared with content held fixed"})
-    k_other: int = field(default=1, metadata={"help": "samples for other prompts (another task kind) shown as "
+    k_other: int = field(default=0, metadata={"help": "samples for other prompts (another task kind) shown as "
                                                       "responses to this one: fluent but off-topic"})
-    k_demo: int = field(default=4, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
+    k_demo: int = field(default=0, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
                                                      "or the right answer)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the policy"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest sampled response (as in PPO's rollouts)"})
