@@ -60,7 +60,7 @@ class Config:
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     json: str = field(default="out/eval/eval.json", metadata={"help": "where to write the results (empty = nowhere)"})
     show: int = field(default=3, metadata={"help": "side-by-side samples to print"})
-    batch_size: int = field(default=64, metadata={"help": "prompts per generation batch"})
+    batch_size: int = field(default=256, metadata={"help": "prompts per generation batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
 
     def validate(self):
@@ -376,7 +376,10 @@ def main(cfg):
            "prompt_tie_rates": prompt_ties, "baseline": baseline, "split": cfg.split, "n_prompts": len(tasks),
            "n_probe_prompts": len(probe),
            "samples_per_prompt": cfg.samples_per_prompt,
-           "temperature": cfg.temperature, "seed": cfg.seed, "samples": samples}
+           "temperature": cfg.temperature, "seed": cfg.seed, "samples": samples,
+           # every answer's gold score, sample-major (answer s of prompt p at s * n_prompts + p), for paired
+           # comparisons of any two systems: minigpt.evaluation.bootstrap_ci95
+           "scores": gold, "probe_scores": probe_gold}
     if cfg.json:
         write_json(cfg.json, finite(out))
         print(f"\nwrote {cfg.json}")

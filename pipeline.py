@@ -28,7 +28,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from minigpt.checkpoint import write_json
+from minigpt.evaluation import bootstrap_ci95, mean_gain
 from minigpt.cli import UserError, check, run
 
 STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval"]
@@ -273,6 +276,16 @@ def write_report(out_dir, seconds, cfg):
             "probe_per_task": m.get("probe_per_task"),
             "train_seconds": seconds.get(name),
         }
+    # The fair baseline: what DPO and PPO gain over SFT on the rankings' best answers (Preferred-FT) is what the
+    # rejected answers taught. Paired answer by answer, with a 95% interval by bootstrap over prompts.
+    scores, S = evaluation.get("scores") or {}, evaluation.get("samples_per_prompt") or 1
+    if "preferred_ft" in scores:
+        base = np.asarray(scores["preferred_ft"]).reshape(S, -1)
+        for name in ("ppo", "ppo_ptx", "dpo", "grpo", "best_of_4"):
+            if name in scores:
+                a = np.asarray(scores[name]).reshape(S, -1)
+                models[name]["gain_vs_preferred_ft"] = mean_gain(a, base)
+                models[name]["gain_vs_preferred_ft_ci95"] = bootstrap_ci95(mean_gain, a, base, seed=seed)
     report = {
         "models": models,
         "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
@@ -314,6 +327,12 @@ def write_report(out_dir, seconds, cfg):
                      f"({_fmt(m['prompt_tie_rate_vs_sft'], '.0%')}) | {_fmt(m['kl_to_sft'], '.2f')} | "
                      f"{_fmt(m['pretrain_val_loss'])} | {_fmt(m['eos_rate'], '.0%')} | {_fmt(m['mean_len'], '.1f')} | "
                      f"{_fmt(m['train_seconds'], '.0f')} |")
+    beyond = [(n, m) for n, m in models.items() if m.get("gain_vs_preferred_ft") is not None]
+    if beyond:
+        lines += ["", "Against the fair baseline, Preferred-FT (SFT on each ranking's best answer; what a method "
+                      "gains beyond it is what the rejected answers taught): "
+                  + ", ".join(f"{n} {m['gain_vs_preferred_ft']:+.3f} {_ci(m['gain_vs_preferred_ft_ci95'])}"
+                              for n, m in beyond) + "."]
     probe_kinds = sorted({k for m in models.values() for k in (m.get("probe_per_task") or {})})
     if probe_kinds:
         lines += ["", "## Facts no later stage saw", "",
