@@ -1,4 +1,5 @@
-"""Stage 6: evaluation. Compare models on held-out instructions (world.split("test")) with the gold judge.
+"""Stage 6: evaluation. Compare models on held-out instructions with the gold judge: the world's `test` split,
+which nothing is ever chosen on, or its `dev` split, where defaults are chosen (--split=dev).
 
     python evaluate.py --models=pretrain:out/pretrain,sft:out/sft,ppo:out/ppo
     python evaluate.py --models=out/sft,out/ppo --ref=out/sft --rm=out/rm --best_of=4 --greedy
@@ -7,21 +8,25 @@ Every model answers the same prompts, sampled at one temperature with the same s
 gold score (mean and 95% interval, per task kind), exact-match rate, how often the answer ends with
 end-of-text, its length, the loss on held-out pretraining text (the "alignment tax"), the KL to a
 reference model (--ref), the reward model's score (--rm), and the gold score on probe instructions whose
-facts appear only in the pretraining text. Then pairwise win rates: on how many prompts the gold judge
-prefers A's answer over B's (ties left out, reported beside). --best_of=N adds best-of-N sampling from
-one model, reranked by the reward model: RLHF's simplest competitor.
+facts appear only in the pretraining text. Against the baseline model (--baseline): the paired gain in gold
+score and the win rate (on how many answers the gold judge prefers A's answer to B's, ties left out and
+reported beside), each with a 95% interval by bootstrap over prompts (a prompt's answers are resampled
+together: they are not independent). --best_of=N adds best-of-N sampling from one model, reranked by the
+reward model: RLHF's simplest competitor; it draws its own samples, independent of the answers it is paired with.
 """
 
 import math
 import os
+import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
 from minigpt.cli import UserError, check, run
-from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound, mean_ci95, win_rate
+from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95, mean_gain, win_fraction, win_rate
 from minigpt.judge import MISTAKE_KINDS, mistakes
 from minigpt.losses import sequence_logprob
 from minigpt.respond import respond
@@ -36,7 +41,8 @@ STAGES = ("pretrain", "sft", "ppo", "ppo_ptx")   # looked for under out/ when --
 class Config:
     models: str = field(default="", metadata={"help": "NAME:FOLDER,... (or bare folders, named by their basename); "
                                                       "empty = every finished stage among out/" + ",out/".join(STAGES)})
-    baseline: str = field(default="", metadata={"help": "the model the table's win rates are against (default: the first)"})
+    baseline: str = field(default="", metadata={"help": "the model gains and win rates are against (default: the first)"})
+    split: str = field(default="test", metadata={"help": "test (only reported) or dev (where defaults are chosen)"})
     ref: str = field(default="", metadata={"help": "reference model folder for the KL column (e.g. out/sft)"})
     rm: str = field(default="", metadata={"help": "reward model folder for the RM-score column (e.g. out/rm)"})
     best_of: int = field(default=0, metadata={"help": "N > 1 adds best-of-N by reward model (needs --rm)"})
@@ -54,11 +60,12 @@ class Config:
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     json: str = field(default="out/eval/eval.json", metadata={"help": "where to write the results (empty = nowhere)"})
     show: int = field(default=3, metadata={"help": "side-by-side samples to print"})
-    batch_size: int = field(default=64, metadata={"help": "prompts per generation batch"})
+    batch_size: int = field(default=256, metadata={"help": "prompts per generation batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
 
     def validate(self):
         check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
+        check(self.split in ("test", "dev"), f"--split must be test or dev, got {self.split!r}")
         for key in ("max_new_tokens", "val_tokens", "batch_size", "samples_per_prompt"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.n_prompts >= 0 and self.show >= 0, "--n_prompts and --show must be >= 0")
@@ -172,14 +179,18 @@ def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=N
             "all_rm": scores.view(samples, n, P) if scores is not None else None}
 
 
+def per_kind(tasks, scores):
+    """Mean score per task kind."""
+    by_kind = {}
+    for t, s in zip(tasks, scores):
+        by_kind.setdefault(t.kind, []).append(s)
+    return {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
+
+
 def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
-    """The numbers of one system, in the JSON's shape, plus the gold score of every answer (for win rates).
-    tasks[i] is the task answers[i] answers (each test task once per sample)."""
+    """The numbers of one system, in the JSON's shape, plus the gold score of every answer and of every probe answer
+    (for gains and win rates). tasks[i] is the task answers[i] answers (each test task once per sample)."""
     gold = [world.gold_score(t, text) for t, text in zip(tasks, ans["texts"])]
-    per_task = {}
-    for t, s in zip(tasks, gold):
-        per_task.setdefault(t.kind, []).append(s)
-    mean, ci = mean_ci95(gold)
     lengths = [sum(1 for tok in row if tok != pad_id) - int(e) for row, e in zip(ans["tokens"].tolist(), ans["eos"])]
     probe = [world.gold_score(t, text) for t, text in zip(probe_tasks, probe_ans["texts"])] if probe_ans else []
     counts = {kind: 0 for kind in MISTAKE_KINDS}
@@ -187,8 +198,8 @@ def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
         for kind in mistakes(t, text):
             counts[kind] += 1
     return {
-        "gold_mean": mean, "gold_ci95": ci,
-        "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
+        "gold_mean": sum(gold) / len(gold),
+        "per_task": per_kind(tasks, gold),
         "exact_match": sum(s == 1.0 for s in gold) / len(gold),
         "eos_rate": sum(ans["eos"]) / len(gold),
         "mean_len": sum(lengths) / len(lengths),
@@ -196,16 +207,40 @@ def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
         "kl_to_ref": kl,
         "rm_score": ans["rm"].mean().item() if ans["rm"] is not None else None,
         "probe_gold_mean": sum(probe) / len(probe) if probe else None,
+        "probe_per_task": per_kind(probe_tasks, probe) if probe else None,
         "n_responses": len(gold),
         "mistake_counts": counts,
-    }, gold
+    }, gold, probe
+
+
+def with_intervals(results, gold, probe_gold, baseline, samples, seed):
+    """Add to each system's results: its gold mean's 95% interval, and against the baseline the paired gain and
+    the win rate with theirs (on test and probe prompts), by bootstrap over prompts. gold[system]: scores laid out
+    sample-major (answer s of prompt p at s * P + p)."""
+    def grid(scores):                                                            # -> (samples, P)
+        return np.asarray(scores, dtype=np.float64).reshape(samples, -1)
+
+    for system, r in results.items():
+        a = grid(gold[system])
+        r["gold_ci95"] = bootstrap_ci95(lambda x: x.mean(), a, seed=seed)
+        if probe_gold[system]:
+            r["probe_gold_ci95"] = bootstrap_ci95(lambda x: x.mean(), grid(probe_gold[system]), seed=seed)
+        if system == baseline:
+            continue
+        b = grid(gold[baseline])
+        r["gain_vs_baseline"], r["gain_ci95"] = mean_gain(a, b), bootstrap_ci95(mean_gain, a, b, seed=seed)
+        r["win_rate_vs_baseline"], r["win_rate_ci95"] = win_fraction(a, b), bootstrap_ci95(win_fraction, a, b, seed=seed)
+        if probe_gold[system]:
+            pa, pb = grid(probe_gold[system]), grid(probe_gold[baseline])
+            r["probe_gain_vs_baseline"] = mean_gain(pa, pb)
+            r["probe_gain_ci95"] = bootstrap_ci95(mean_gain, pa, pb, seed=seed)
 
 
 def finite(x):
     """NaN/inf -> None, so the JSON stays valid."""
     if isinstance(x, dict):
         return {k: finite(v) for k, v in x.items()}
-    if isinstance(x, list):
+    if isinstance(x, (list, tuple)):
         return [finite(v) for v in x]
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
@@ -227,18 +262,25 @@ def fmt(x, spec=".3f"):
 def print_table(results, wins, ties, baseline):
     names = list(results)
     w = max(10, *(len(n) for n in names))
-    print(f"\n{'model':<{w}} {'gold':>13} {'exact':>6} {'eos':>5} {'len':>5} {'val loss':>8} {'KL ref':>7} "
-          f"{'RM':>6} {'probe':>6} {'win vs ' + baseline:>14}")
+    def ci(pair, spec=".3f"):
+        return "" if pair is None else f"[{fmt(pair[0], spec)}, {fmt(pair[1], spec)}]"
+
+    print(f"\n{'model':<{w}} {'gold [95% CI]':>21} {'gain vs ' + baseline + ' [95% CI]':>28} "
+          f"{'win rate vs ' + baseline + ' [CI] (ties)':>30} {'exact':>6} {'eos':>5} {'len':>5} {'val loss':>8} "
+          f"{'KL ref':>7} {'RM':>6} {'probe':>6}")
     for n in names:
         r = results[n]
-        win = "" if n == baseline else f"{fmt(wins[f'{n}_vs_{baseline}'], '.2f')} (t {ties[f'{n}_vs_{baseline}']:.2f})"
-        print(f"{n:<{w}} {fmt(r['gold_mean'])} ±{fmt(r['gold_ci95'])} {fmt(r['exact_match'], '.2f'):>6} "
-              f"{fmt(r['eos_rate'], '.2f'):>5} {fmt(r['mean_len'], '.1f'):>5} {fmt(r['pretrain_val_loss']):>8} "
-              f"{fmt(r['kl_to_ref'], '.2f'):>7} {fmt(r['rm_score'], '.2f'):>6} {fmt(r['probe_gold_mean']):>6} {win:>14}")
+        gain = "" if n == baseline else f"{fmt(r['gain_vs_baseline'], '+.3f')} {ci(r['gain_ci95'])}"
+        win = "" if n == baseline else (f"{fmt(wins[f'{n}_vs_{baseline}'], '.2f')} {ci(r['win_rate_ci95'], '.2f')} "
+                                        f"({ties[f'{n}_vs_{baseline}']:.2f})")
+        print(f"{n:<{w}} {fmt(r['gold_mean'])} {ci(r['gold_ci95']):>15} {gain:>28} {win:>30} "
+              f"{fmt(r['exact_match'], '.2f'):>6} {fmt(r['eos_rate'], '.2f'):>5} {fmt(r['mean_len'], '.1f'):>5} "
+              f"{fmt(r['pretrain_val_loss']):>8} {fmt(r['kl_to_ref'], '.2f'):>7} {fmt(r['rm_score'], '.2f'):>6} "
+              f"{fmt(r['probe_gold_mean']):>6}")
     kinds = sorted({k for r in results.values() for k in r["per_task"]})
-    print(f"\n{'gold by task':<{w}} " + " ".join(f"{k[:10]:>10}" for k in kinds))
+    print(f"\n{'gold by task':<{w}} " + " ".join(f"{k:>13}" for k in kinds))
     for n in names:
-        print(f"{n:<{w}} " + " ".join(f"{fmt(results[n]['per_task'].get(k)):>10}" for k in kinds))
+        print(f"{n:<{w}} " + " ".join(f"{fmt(results[n]['per_task'].get(k)):>13}" for k in kinds))
 
 
 def main(cfg):
@@ -265,7 +307,7 @@ def main(cfg):
         raise UserError(f"--baseline={baseline}: not among --models ({', '.join(loaded)})")
 
     world = World(cfg.world_seed)
-    tasks = world.split("test")
+    tasks = world.split(cfg.split)
     tasks = tasks[: cfg.n_prompts] if cfg.n_prompts else tasks
     probe = world.split("probe")[: cfg.n_prompts or None]
     val_text = world.corpus_val()
@@ -280,7 +322,7 @@ def main(cfg):
     if cfg.best_of:
         systems.append((f"best_of_{cfg.best_of}", cfg.best_of_model, cfg.temperature, cfg.best_of))
 
-    results, gold, answers, val_losses = {}, {}, {}, {}
+    results, gold, probe_gold, answers, val_losses = {}, {}, {}, {}, {}
     for system, name, temperature, n in systems:
         folder, model, tok = loaded[name]
         if name not in val_losses:
@@ -288,8 +330,11 @@ def main(cfg):
         S = cfg.samples_per_prompt if temperature > 0 else 1                  # greedy answers are all the same
         print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}, "
               f"{S} per prompt{f', each the best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
-        ans = answer(model, tok, tasks, cfg, temperature, cfg.seed, S, n, rm[0] if rm else None)
-        probe_ans = answer(model, tok, probe, cfg, temperature, cfg.seed + 1, 1, n, rm[0] if rm else None) if probe else None
+        # Every model samples with the same seed. Best-of-n draws its own samples: with the seed of the model it
+        # samples from, a prompt's first answer would often be that model's own first answer, a tie by construction.
+        seed = cfg.seed if n == 1 else random.Random(f"{cfg.seed}-{system}").randrange(2 ** 31)
+        ans = answer(model, tok, tasks, cfg, temperature, seed, S, n, rm[0] if rm else None)
+        probe_ans = answer(model, tok, probe, cfg, temperature, seed + 1, S, n, rm[0] if rm else None) if probe else None
         kl, kl_bound = None, None
         if ref and temperature > 0:
             if n == 1:
@@ -304,12 +349,13 @@ def main(cfg):
                 draws = ans["all_rm"].permute(2, 0, 1).reshape(len(tasks), -1).tolist()   # (P, S*n)
                 kl = sum(best_of_n_kl(d, n) for d in draws) / len(draws)
                 kl_bound = best_of_n_kl_bound(n)
-        results[system], gold[system] = report(world, tasks * S, ans, probe, probe_ans, tok.pad_id,
-                                               val_losses[name], kl)
+        results[system], gold[system], probe_gold[system] = report(world, tasks * S, ans, probe * S, probe_ans,
+                                                                   tok.pad_id, val_losses[name], kl)
         results[system].update(samples_per_prompt=S, kl_bound=kl_bound)
         answers[system] = ans["texts"]
         if S != cfg.samples_per_prompt:                                        # pair greedy with every sample
             gold[system] = gold[system] * cfg.samples_per_prompt
+            probe_gold[system] = probe_gold[system] * cfg.samples_per_prompt
             answers[system] = answers[system] * cfg.samples_per_prompt
 
     wins, ties = pairwise(gold)                                               # answer by answer
@@ -317,6 +363,7 @@ def main(cfg):
     per_prompt = {s: [sum(g[k * P + p] for k in range(cfg.samples_per_prompt)) / cfg.samples_per_prompt
                       for p in range(P)] for s, g in gold.items()}
     prompt_wins, prompt_ties = pairwise(per_prompt)                          # prompt by prompt (mean of its answers)
+    with_intervals(results, gold, probe_gold, baseline, cfg.samples_per_prompt, cfg.seed)
     print_table(results, wins, ties, baseline)
     samples = [{"instruction": t.instruction, "answer": t.answer, "kind": t.kind,
                 "responses": {s: {"text": answers[s][i], "gold": gold[s][i]} for s in results}}
@@ -326,9 +373,13 @@ def main(cfg):
         for s, r in sample["responses"].items():
             print(f"  {s:>14} [{r['gold']:.2f}] {r['text'][:120]!r}")
     out = {"models": results, "win_rates": wins, "tie_rates": ties, "prompt_win_rates": prompt_wins,
-           "prompt_tie_rates": prompt_ties, "n_prompts": len(tasks),
+           "prompt_tie_rates": prompt_ties, "baseline": baseline, "split": cfg.split, "n_prompts": len(tasks),
+           "n_probe_prompts": len(probe),
            "samples_per_prompt": cfg.samples_per_prompt,
-           "temperature": cfg.temperature, "seed": cfg.seed, "samples": samples}
+           "temperature": cfg.temperature, "seed": cfg.seed, "samples": samples,
+           # every answer's gold score, sample-major (answer s of prompt p at s * n_prompts + p), for paired
+           # comparisons of any two systems: minigpt.evaluation.bootstrap_ci95
+           "scores": gold, "probe_scores": probe_gold}
     if cfg.json:
         write_json(cfg.json, finite(out))
         print(f"\nwrote {cfg.json}")

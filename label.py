@@ -1,14 +1,15 @@
 """Stage 3: collecting comparisons (数据标注). For each prompt, show K responses to a labeller and ask
 for a ranking, best first. The reward model learns from these rankings.
 
-The K candidates, shuffled together, are
-  * k_policy samples from the SFT model (temperature 1): what PPO will later ask the reward model about;
+By default the K candidates are what a model wrote, as in InstructGPT, whose labellers ranked only model
+outputs: k_policy samples of the SFT model at each of --temperatures, what PPO will later ask the reward model
+about (InstructGPT's labellers ranked outputs of several models and sampling settings).
+Three world-built kinds of candidate can be added, each measured (README, "What the rankings hold"):
   * k_decorated of those samples wrapped in a surface mistake (a preamble, a rambling tail, the question
-    repeated): the same content in a worse style, so style is never confused with correctness;
+    repeated): the same content in a worse style;
   * k_other samples the policy gave to OTHER prompts (of another task kind): fluent, but off-topic here;
-  * k_demo responses by the world's demonstrators: the right answer or one named kind of mistake each.
-InstructGPT's labellers also ranked responses from several sources; the demonstrators' responses make
-the reward model see both very good and typically bad answers to every prompt.
+  * k_demo responses by the world's demonstrators: the right answer or one named kind of mistake each
+    (written answers: a ranking that holds them teaches the right fact directly, not by comparison).
 
     python label.py                           # simulated labeller on the world's RM prompts, seconds
     python label.py --labeler=human           # you rank them in the terminal; rerun to continue
@@ -56,13 +57,14 @@ class Config:
     val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts held out as validation "
                                                                 "comparisons (spread evenly over the prompts)"})
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
-    k_decorated: int = field(default=2, metadata={"help": "policy samples also shown wrapped in a surface mistake "
+    k_decorated: int = field(default=0, metadata={"help": "policy samples also shown wrapped in a surface mistake "
                              "(preamble, rambling, repeated question): style compared with content held fixed"})
-    k_other: int = field(default=1, metadata={"help": "samples for other prompts (another task kind) shown as "
+    k_other: int = field(default=0, metadata={"help": "samples for other prompts (another task kind) shown as "
                                                       "responses to this one: fluent but off-topic"})
-    k_demo: int = field(default=4, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
+    k_demo: int = field(default=0, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
                                                      "or the right answer)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the policy"})
+    temperatures: str = field(default="1.0", metadata={"help": "sampling temperatures of the policy, comma-separated: "
+                                                               "k_policy samples at each"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest sampled response (as in PPO's rollouts)"})
     labeler_temperature: float = field(default=0.27, metadata={"help": "noise of the simulated labeller "
                                                                        "(0 = always the gold order)"})
@@ -79,7 +81,11 @@ class Config:
               "--k_policy, --k_decorated, --k_other and --k_demo must be >= 0")
         check(self.k_policy + self.k_demo >= 2, f"need K = k_policy + k_demo >= 2 responses per prompt to rank, "
                                                 f"got {self.k_policy + self.k_demo}")
-        check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
+        try:
+            temperatures = [float(t) for t in self.temperatures.split(",")]
+        except ValueError:
+            raise UserError(f"--temperatures: expected numbers separated by commas, got {self.temperatures!r}") from None
+        check(all(t > 0 for t in temperatures), f"--temperatures must all be > 0, got {self.temperatures}")
         check(self.max_new_tokens > 0 and self.batch_size > 0, "--max_new_tokens and --batch_size must be > 0")
         check(self.labeler_temperature >= 0, f"--labeler_temperature must be >= 0, got {self.labeler_temperature}")
 
@@ -101,19 +107,22 @@ def demo_responses(world, task, k, seed):
 def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
     """Yield (task, [{"response", "mistake", "source", "gold"}]) for each task, sampling the policy `chunk` prompts
     at a time. A policy sample's mistake is the first that minigpt.judge.mistakes names (None when right)."""
+    temperatures = [float(t) for t in cfg.temperatures.split(",")]
+    k = cfg.k_policy * len(temperatures)                                      # policy samples per prompt
     for start in range(0, len(tasks), chunk):
         part = tasks[start: start + chunk]
-        texts = []
-        if cfg.k_policy:
+        texts = [[] for _ in part]                                            # per prompt, None = never ended
+        for temperature in temperatures if cfg.k_policy else []:
             instructions = [t.instruction for t in part for _ in range(cfg.k_policy)]
-            out = respond(model, tokenizer, instructions, cfg.max_new_tokens, cfg.temperature,
+            out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature,
                           generator=generator, batch_size=cfg.batch_size)
             # A sample that never emitted end-of-text is left out: the reward model reads a response + eos, and
             # PPO never asks it about an unfinished one (it gets the fixed no-EOS penalty instead).
-            texts = [text if ended else None for text, ended in zip(out.texts, out.eos)]
+            for i, (text, ended) in enumerate(zip(out.texts, out.eos)):
+                texts[i // cfg.k_policy].append(text if ended else None)
         for n, task in enumerate(part):
             cands = []
-            samples = [r for r in texts[n * cfg.k_policy: (n + 1) * cfg.k_policy] if r is not None]
+            samples = [r for r in texts[n] if r is not None]
             for r in samples:   # its mistake as the judge names it (the first, if it shows two)
                 cands.append({"response": r, "mistake": (mistakes(task, r) or [None])[0], "source": "policy",
                               "gold": world.gold_score(task, r)})
@@ -127,9 +136,9 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
             # A fluent answer to another question: another prompt's sample (of a different kind) shown here. With
             # none of these the RM never saw an off-topic answer, and PPO learnt to answer "3 * 1" to everything.
             rng = random.Random(f"other-{cfg.seed}-{task.instruction}")
-            others = [m for m, t in enumerate(part) if t.kind != task.kind and texts[m * cfg.k_policy]] if texts else []
+            others = [m for m, t in enumerate(part) if t.kind != task.kind and k and texts[m][0]]
             for m in rng.sample(others, min(cfg.k_other, len(others))):
-                r = texts[m * cfg.k_policy]
+                r = texts[m][0]
                 cands.append({"response": r, "mistake": "off_topic", "source": "other", "gold": world.gold_score(task, r)})
             for r, kind in demo_responses(world, task, cfg.k_demo, cfg.seed):
                 cands.append({"response": r, "mistake": kind, "source": "demo", "gold": world.gold_score(task, r)})
@@ -311,15 +320,17 @@ def main(cfg):
         os.remove(summary_path)                   # the stage is in progress until summary.json is back
     write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
     generator = torch.Generator().manual_seed(cfg.seed)
-    K = cfg.k_policy + (min(cfg.k_decorated, cfg.k_policy) + cfg.k_other if cfg.k_policy else 0) + cfg.k_demo
-    print(f"labelling {len(tasks)} prompts x K={K} responses ({cfg.k_policy} from {cfg.policy}, up to "
+    k = cfg.k_policy * len(cfg.temperatures.split(","))
+    K = k + (min(cfg.k_decorated, k) + cfg.k_other if k else 0) + cfg.k_demo
+    print(f"labelling {len(tasks)} prompts x K={K} responses ({k} from {cfg.policy} at temperatures "
+          f"{cfg.temperatures}, up to "
           f"{cfg.k_decorated} of them decorated, {cfg.k_other} off-topic, {cfg.k_demo} from the demonstrators); "
           f"labeller {identity}")
 
     skipped, quit_early, dropped = 0, False, 0
     if cfg.labeler == "simulated":
         labeler = SimulatedLabeler(cfg.seed, cfg.labeler_temperature)
-        chunk = max(1, cfg.batch_size // max(cfg.k_policy, 1))
+        chunk = max(1, cfg.batch_size // max(k, 1))
         ranked = {"train": [], "val": []}
         for n, (task, cands) in enumerate(candidates(world, model, tokenizer, tasks, cfg, generator, chunk)):
             order = labeler.rank(task, [c["response"] for c in cands])   # ties (equal gold) dropped

@@ -4,8 +4,14 @@
     python pipeline.py --quick    # a miniature of the same run in about 40 s, in out/quick (what the tests run)
     python pipeline.py --force=rm # rerun from the reward model on (later stages too)
 
-    tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> GRPO -> evaluation
-    -> report      (DPO and GRPO, what came after InstructGPT, on the same comparisons and reward model)
+    python pipeline.py --world_seed=1 --seed=1   # another world: its own splits and probe facts (report on these)
+    python pipeline.py --eval_split=dev           # evaluate on the dev split, where defaults are chosen
+
+    tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> Preferred-FT -> GRPO
+    -> evaluation -> report   (DPO and GRPO, what came after InstructGPT, on the same comparisons and reward model;
+                               Preferred-FT, SFT on each ranking's best response: the baseline they must beat)
+
+Defaults are chosen on world 0's dev split; the numbers to believe are the test splits of other worlds.
 
 Every command is printed before it runs, so any stage can be rerun by hand. A stage whose folder
 holds its last file (summary.json; eval.json for evaluation) is complete and is skipped, so an
@@ -22,11 +28,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from minigpt.checkpoint import write_json
+from minigpt.evaluation import bootstrap_ci95, mean_gain
 from minigpt.cli import UserError, check, run
 
-STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "grpo", "eval"]
-RLHF = ["ppo", "ppo_ptx", "dpo", "grpo"]         # the models trained from the comparisons, evaluated against SFT
+STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval"]
+RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]   # the models trained from the comparisons, against SFT
 
 # Flags that shrink each stage to a miniature for --quick (tiny model, a few steps).
 QUICK = {
@@ -39,6 +48,7 @@ QUICK = {
     "ppo": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
     "ppo_ptx": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
     "dpo": ["--batch_size=4", "--kl_prompts=8", "--eval_interval=5"],
+    "preferred_ft": ["--max_steps=5", "--batch_size=8", "--eval_interval=5", "--eval_prompts=8"],
     "grpo": ["--iterations=2", "--batch_size=2", "--minibatch_size=4", "--val_prompts=8"],
     "eval": ["--n_prompts=16", "--samples_per_prompt=2", "--val_tokens=2048"],
 }
@@ -90,16 +100,20 @@ class Config:
     quick: bool = field(default=False, metadata={"help": "a miniature run (tiny model, few steps) in ~1 minute"})
     force: str = field(default="", metadata={"help": f"rerun from this stage on: one of {', '.join(STAGES)}"})
     seed: int = field(default=1337, metadata={"help": "seed passed to every stage"})
+    world_seed: int = field(default=0, metadata={"help": "the instruction world (its splits and probe facts), passed to "
+                                                         "every stage; defaults were chosen on world 0's dev split"})
+    eval_split: str = field(default="test", metadata={"help": "test (only reported) or dev (where defaults are chosen)"})
     ptx_coef: float = field(default=1.0, metadata={"help": "PPO-ptx pretraining-loss coefficient (gamma)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
 
     def validate(self):
         check(self.force in ("", *STAGES), f"--force={self.force}: expected one of {', '.join(STAGES)}")
+        check(self.eval_split in ("test", "dev"), f"--eval_split must be test or dev, got {self.eval_split!r}")
 
 
 def stage_commands(cfg):
     o = cfg.out_dir
-    common = [f"--seed={cfg.seed}", f"--device={cfg.device}"]
+    common = [f"--seed={cfg.seed}", f"--world_seed={cfg.world_seed}", f"--device={cfg.device}"]
     models = f"pretrained:{o}/pretrain,sft:{o}/sft," + ",".join(f"{m}:{o}/{m}" for m in RLHF)
     commands = {
         "pretrain": ["train_pretrain.py", f"--out_dir={o}/pretrain"],
@@ -110,32 +124,39 @@ def stage_commands(cfg):
         "ppo_ptx": ["train_ppo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/ppo_ptx",
                     f"--ptx_coef={cfg.ptx_coef}"],
         "dpo": ["train_dpo.py", f"--sft={o}/sft", f"--labels={o}/labels", f"--out_dir={o}/dpo"],
+        # Preferred-FT: DPO's learning rate and epochs, on the same rankings' best responses
+        "preferred_ft": ["train_sft.py", f"--init={o}/sft", f"--preferred={o}/labels", f"--out_dir={o}/preferred_ft",
+                         "--lr=1e-4", "--epochs=2", "--warmup_steps=10", "--eval_interval=50"],
         # GRPO: 16 prompts x 4 samples = PPO's 64 responses per iteration. It optimises the reward model faster
-        # than PPO (an exact per-prompt baseline), into its holes too: at PPO's lr 1e-4 gold fell after ~15
+        # than PPO (its baseline is the mean reward of the prompt's 4 samples, its own included, not a learnt
+        # value), into its holes too: at PPO's lr 1e-4 gold fell after ~15
         # iterations (seed 2: test gold 0.27, answers collapsing to "0"); lr 3e-5 and 30 iterations stop short
         "grpo": ["train_ppo.py", "--algo=grpo", "--batch_size=16", "--group_size=4", "--lr=3e-5", "--iterations=30",
                  f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/grpo"],
-        "eval": ["evaluate.py", f"--models={models}", f"--ref={o}/sft", f"--rm={o}/rm", "--best_of=4",
-                 f"--json={o}/eval/eval.json"],
+        "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}", f"--ref={o}/sft",
+                 f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
     }
     return {s: [sys.executable, *cmd, *common, *(QUICK[s] if cfg.quick else [])] for s, cmd in commands.items()}
 
 
 def check_kind_of_run(cfg):
-    """A miniature's stages must never be taken for the real run's (or the reverse): out_dir/pipeline.json says
-    which kind of run wrote the folder, and a folder of the other kind is refused."""
+    """A miniature's stages must never be taken for the real run's (or the reverse), nor one world's for another's:
+    out_dir/pipeline.json says which kind of run wrote the folder, and a folder of another kind is refused."""
     path = os.path.join(cfg.out_dir, "pipeline.json")
     if os.path.exists(path):
         with open(path) as f:
-            was_quick = json.load(f).get("quick")
-        if was_quick != cfg.quick:
+            was = json.load(f)
+        if was.get("quick") != cfg.quick:
             kinds = {True: "a --quick miniature", False: "a full run"}
-            raise UserError(f"{cfg.out_dir} holds {kinds[was_quick]}'s stages and this is {kinds[cfg.quick]}: "
+            raise UserError(f"{cfg.out_dir} holds {kinds[was.get('quick')]}'s stages and this is {kinds[cfg.quick]}: "
                             "use another --out_dir, or delete that folder")
+        if was.get("world_seed", 0) != cfg.world_seed:
+            raise UserError(f"{cfg.out_dir} holds the stages of world {was.get('world_seed', 0)} and this is world "
+                            f"{cfg.world_seed}: use another --out_dir, or delete that folder")
     elif any(os.path.isdir(os.path.join(cfg.out_dir, s)) for s in STAGES):
         raise UserError(f"{cfg.out_dir} holds stage folders of an unknown kind of run (no pipeline.json): "
                         "use another --out_dir, or delete them")
-    write_json(path, {"quick": cfg.quick})
+    write_json(path, {"quick": cfg.quick, "world_seed": cfg.world_seed})
 
 
 def main(cfg):
@@ -164,9 +185,12 @@ def main(cfg):
         seconds[stage] = round(time.time() - t0, 1)
         write_json(timing_path, seconds)
     print(f"\n{'=' * 78}\n[{len(STAGES) + 1}/{len(STAGES) + 1}] report\n{'=' * 78}")
-    write_report(cfg.out_dir, seconds, quick=cfg.quick, seed=cfg.seed, ptx_coef=cfg.ptx_coef)
-    print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {sum(seconds.values()):.0f}s in all); "
-          f"read {cfg.out_dir}/report.md")
+    write_report(cfg.out_dir, seconds, cfg)
+    total = sum(seconds.values())
+    print(f"\n{'stage':>12} {'seconds':>8} {'share':>6}")
+    for stage, t in seconds.items():
+        print(f"{stage:>12} {t:8.0f} {t / max(total, 1e-9):6.0%}")
+    print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {total:.0f}s in all); read {cfg.out_dir}/report.md")
     if cfg.quick:
         print("\nStep through any stage in a debugger, on these outputs with tiny settings (c = run to the breakpoint, "
               "n = next line, s = step into, p x = print x):")
@@ -176,6 +200,10 @@ def main(cfg):
 
 def _fmt(x, spec=".3f"):
     return "–" if x is None else format(x, spec)
+
+
+def _ci(pair, spec=".3f"):
+    return "" if not pair or None in pair else f"[{format(pair[0], spec)}, {format(pair[1], spec)}]"
 
 
 def git_commit(here):
@@ -220,8 +248,9 @@ def mistake_section(out_dir, models):
     return lines + ["", "![what RLHF changed](mistakes.png)"]
 
 
-def write_report(out_dir, seconds, quick, seed, ptx_coef):
+def write_report(out_dir, seconds, cfg):
     """out/report.json (the figures) and out/report.md (the same, with plots and sample answers)."""
+    quick, seed = cfg.quick, cfg.seed
     def load(*parts):
         path = os.path.join(out_dir, *parts)
         return json.load(open(path)) if os.path.exists(path) else {}
@@ -231,8 +260,10 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
     models = {}
     for name, m in evaluation.get("models", {}).items():
         models[name] = {
-            "gold_mean": m["gold_mean"], "gold_ci95": m["gold_ci95"],
+            "gold_mean": m["gold_mean"], "gold_ci95": m["gold_ci95"], "per_task": m.get("per_task"),
+            "gain_vs_sft": m.get("gain_vs_baseline"), "gain_ci95": m.get("gain_ci95"),
             "win_rate_vs_sft": evaluation.get("win_rates", {}).get(f"{name}_vs_sft"),
+            "win_rate_ci95": m.get("win_rate_ci95"),
             "tie_rate_vs_sft": evaluation.get("tie_rates", {}).get(f"{name}_vs_sft"),
             "prompt_win_rate_vs_sft": evaluation.get("prompt_win_rates", {}).get(f"{name}_vs_sft"),
             "prompt_tie_rate_vs_sft": evaluation.get("prompt_tie_rates", {}).get(f"{name}_vs_sft"),
@@ -240,8 +271,21 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
             "eos_rate": m.get("eos_rate"), "mean_len": m.get("mean_len"), "rm_score": m.get("rm_score"),
             "kl_bound": m.get("kl_bound"), "samples_per_prompt": m.get("samples_per_prompt"),
             "n_responses": m.get("n_responses"), "mistake_counts": m.get("mistake_counts"),
+            "probe_gold_mean": m.get("probe_gold_mean"), "probe_gold_ci95": m.get("probe_gold_ci95"),
+            "probe_gain_vs_sft": m.get("probe_gain_vs_baseline"), "probe_gain_ci95": m.get("probe_gain_ci95"),
+            "probe_per_task": m.get("probe_per_task"),
             "train_seconds": seconds.get(name),
         }
+    # The fair baseline: what DPO and PPO gain over SFT on the rankings' best answers (Preferred-FT) is what the
+    # rejected answers taught. Paired answer by answer, with a 95% interval by bootstrap over prompts.
+    scores, S = evaluation.get("scores") or {}, evaluation.get("samples_per_prompt") or 1
+    if "preferred_ft" in scores:
+        base = np.asarray(scores["preferred_ft"]).reshape(S, -1)
+        for name in ("ppo", "ppo_ptx", "dpo", "grpo", "best_of_4"):
+            if name in scores:
+                a = np.asarray(scores[name]).reshape(S, -1)
+                models[name]["gain_vs_preferred_ft"] = mean_gain(a, base)
+                models[name]["gain_vs_preferred_ft_ci95"] = bootstrap_ci95(mean_gain, a, base, seed=seed)
     report = {
         "models": models,
         "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
@@ -253,7 +297,8 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
         "dpo_implicit_reward": {k: dpo.get(k) for k in ("accuracy", "gold_accuracy", "on_policy_gold_accuracy",
                                                         "spearman")} if dpo else None,
         "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
-        "seed": seed, "ptx_coef": ptx_coef, "kl_coef": ppo.get("kl_coef"),
+        "seed": seed, "world_seed": cfg.world_seed, "eval_split": evaluation.get("split"),
+        "ptx_coef": cfg.ptx_coef, "kl_coef": ppo.get("kl_coef"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         # the largest resident memory of any stage this process ran (Linux reports kilobytes)
         "peak_stage_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
@@ -261,21 +306,46 @@ def write_report(out_dir, seconds, quick, seed, ptx_coef):
     }
     write_json(os.path.join(out_dir, "report.json"), report)
 
+    split = report["eval_split"]
     lines = ["# minigpt: what each stage of InstructGPT did", "",
              f"Run {'--quick (a miniature: numbers mean nothing)' if quick else 'with the defaults'} "
-             f"on {report['machine']}, seed {seed}, commit {report['commit']}, "
-             f"{report['total_seconds']:.0f} s of stages, at most {report['peak_stage_rss_mb']} MB of memory. Held-out test prompts, gold judge, "
-             f"temperature {evaluation.get('temperature')}, {evaluation.get('n_prompts')} prompts x "
-             f"{evaluation.get('samples_per_prompt')} samples; win rates pair each answer with the SFT model's "
-             "answer of the same number to the same prompt, ties left out; 'by prompt' compares each prompt's mean.", "",
-             "| model | gold score (95% CI) | win rate vs SFT (ties) | by prompt (ties) | KL to SFT | pretrain val loss "
-             "| EOS rate | mean length | training s |", "|---|---|---|---|---|---|---|---|---|"]
+             f"on {report['machine']}, world {cfg.world_seed}, seed {seed}, commit {report['commit']}, "
+             f"{report['total_seconds']:.0f} s of stages, at most {report['peak_stage_rss_mb']} MB of memory. "
+             f"Held-out **{split}** prompts of world {cfg.world_seed}"
+             + (" (the split defaults are chosen on: development numbers)" if split == "dev" else "")
+             + f", gold judge, temperature {evaluation.get('temperature')}, {evaluation.get('n_prompts')} prompts x "
+             f"{evaluation.get('samples_per_prompt')} samples. Gains and win rates pair each answer with the SFT "
+             "model's answer of the same number to the same prompt (win rates leave ties out); 95% intervals by "
+             "bootstrap over prompts; 'by prompt' compares each prompt's mean.", "",
+             "| model | gold [95% CI] | gain vs SFT [95% CI] | win rate vs SFT [95% CI] (ties) | by prompt (ties) "
+             "| KL to SFT | pretrain val loss | EOS rate | mean length | training s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
-        lines.append(f"| {name} | {m['gold_mean']:.3f} ± {m['gold_ci95']:.3f} | {_fmt(m['win_rate_vs_sft'], '.0%')} "
+        lines.append(f"| {name} | {m['gold_mean']:.3f} {_ci(m['gold_ci95'])} | {_fmt(m['gain_vs_sft'], '+.3f')} "
+                     f"{_ci(m['gain_ci95'])} | {_fmt(m['win_rate_vs_sft'], '.0%')} {_ci(m['win_rate_ci95'], '.0%')} "
                      f"({_fmt(m['tie_rate_vs_sft'], '.0%')}) | {_fmt(m['prompt_win_rate_vs_sft'], '.0%')} "
                      f"({_fmt(m['prompt_tie_rate_vs_sft'], '.0%')}) | {_fmt(m['kl_to_sft'], '.2f')} | "
                      f"{_fmt(m['pretrain_val_loss'])} | {_fmt(m['eos_rate'], '.0%')} | {_fmt(m['mean_len'], '.1f')} | "
                      f"{_fmt(m['train_seconds'], '.0f')} |")
+    beyond = [(n, m) for n, m in models.items() if m.get("gain_vs_preferred_ft") is not None]
+    if beyond:
+        lines += ["", "Against the fair baseline, Preferred-FT (SFT on each ranking's best answer; what a method "
+                      "gains beyond it is what the rejected answers taught): "
+                  + ", ".join(f"{n} {m['gain_vs_preferred_ft']:+.3f} {_ci(m['gain_vs_preferred_ft_ci95'])}"
+                              for n, m in beyond) + "."]
+    probe_kinds = sorted({k for m in models.values() for k in (m.get("probe_per_task") or {})})
+    if probe_kinds:
+        lines += ["", "## Facts no later stage saw", "",
+                  f"The probe split: {evaluation.get('n_probe_prompts')} translations of words that only the "
+                  "pretraining text states (no SFT, ranking or PPO prompt mentions them). Does each method's gain "
+                  "carry to facts it never saw?", "",
+                  "| model | probe gold [95% CI] | gain vs SFT [95% CI] | " + " | ".join(probe_kinds) + " |",
+                  "|---" * (3 + len(probe_kinds)) + "|"]
+        for name, m in models.items():
+            if m.get("probe_gold_mean") is not None:
+                lines.append(f"| {name} | {m['probe_gold_mean']:.3f} {_ci(m['probe_gold_ci95'])} | "
+                             f"{_fmt(m['probe_gain_vs_sft'], '+.3f')} {_ci(m['probe_gain_ci95'])} | "
+                             + " | ".join(_fmt((m["probe_per_task"] or {}).get(k)) for k in probe_kinds) + " |")
     bound = [m["kl_bound"] for m in models.values() if m.get("kl_bound") is not None]
     if bound:
         lines += ["", f"Best-of-n's KL is estimated on the samples it chose from (short answers repeat); the usual "

@@ -6,12 +6,17 @@ the same next-token loss as pretraining, counted only on the response and its en
     python train_sft.py --data=demos.json                # your own file (seed JSON list, Alpaca, JSONL)
     python train_sft.py --init=gpt2/ --tokenizer=gpt2    # start from a Hugging Face GPT-2 folder
     torchrun --standalone --nproc_per_node=2 train_sft.py
+    python train_sft.py --init=out/sft --preferred=out/labels --out_dir=out/preferred_ft --lr=1e-4 --epochs=2
+
+The last is Preferred-FT, the DPO paper's fair baseline: SFT continued on the top-ranked response of each
+ranking, the same rankings the reward model and DPO learn from. What DPO and PPO gain beyond it is what the
+rejected responses taught: the value of comparing, not just of seeing more good answers.
 
 Each step also adds the next-token loss on a few windows of pretraining text (--ptx_coef, like PPO-ptx
 later): InstructGPT's SFT did not use it, but a model this small otherwise forgets what pretraining taught.
 
 On the built-in world every evaluation also samples answers to held-out instructions and asks the gold
-judge (world.score) how good they are. InstructGPT saw the validation loss bottom out after about one
+judge (world.gold_score) how good they are. InstructGPT saw the validation loss bottom out after about one
 epoch while human preference kept rising; summary.json reports where each peaked here.
 """
 
@@ -30,8 +35,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
                                 save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import (clean_demonstrations, encode_prompt_response, lm_windows, load_demonstrations, load_text,
-                          render_prompt, sft_batch)
+from minigpt.data import (clean_demonstrations, encode_prompt_response, lm_windows, load_demonstrations, load_rankings,
+                          load_text, render_prompt, sft_batch)
 from minigpt.losses import sft_loss
 from minigpt.model import GPT
 from minigpt.respond import respond
@@ -52,6 +57,8 @@ class Config:
                                                          "(needed with a Hugging Face --init)"})
     data: str = field(default="", metadata={"help": "demonstrations file (JSON list, Alpaca, JSONL); empty = the "
                                                     "world's simulated demonstrators"})
+    preferred: str = field(default="", metadata={"help": "Preferred-FT: a label.py folder (or comparisons file) whose "
+                                                         "top-ranked responses are the demonstrations"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     error_rate: float = field(default=ERROR_RATE, metadata={"help": "how often the simulated demonstrators make a "
                               "mistake (minigpt/world.py: their habits; 0 = clean demonstrations)"})
@@ -103,6 +110,7 @@ class Config:
         check(self.ptx_coef >= 0, f"--ptx_coef must be >= 0, got {self.ptx_coef}")
         check(self.tokenizer in ("", "gpt2"), f"--tokenizer must be empty or gpt2, got {self.tokenizer!r}")
         check(self.select in ("val_loss", "gold"), f"--select must be val_loss or gold, got {self.select!r}")
+        check(not (self.data and self.preferred), "--data and --preferred are two sources of demonstrations: pick one")
 
 
 # ---- starting point -------------------------------------------------------------------------------
@@ -172,6 +180,20 @@ def file_demonstrations(cfg, rng):
     return pairs[n_val:], pairs[:n_val]
 
 
+def preferred_demonstrations(source):
+    """(train pairs, validation pairs) for Preferred-FT: the best response of each ranking (label.py's folder, its
+    train.jsonl and val.jsonl; or a comparisons file, every n-th ranking held out as in train_rm.py)."""
+    if os.path.isdir(source):
+        train_recs, val_recs = load_rankings(source)
+    else:
+        train_recs, val_recs = load_rankings("", data=source)
+    train, val = ([(render_prompt(r["prompt"]), r["responses"][0]) for r in recs] for recs in (train_recs, val_recs))
+    if not train or not val:
+        raise UserError(f"{source}: Preferred-FT needs rankings to train on and held-out ones to validate on; got "
+                        f"{len(train)} and {len(val)}")
+    return train, val
+
+
 def encode_examples(tokenizer, pairs, block_size):
     """[(prompt, response)] -> [(ids, loss_mask)]: prompt + response + end-of-text, loss on the last two.
     Examples whose response does not fit in block_size at all are dropped."""
@@ -238,6 +260,10 @@ def main(cfg):
     world, eval_tasks, mistakes = None, [], None
     if cfg.data:
         train_pairs, val_pairs = file_demonstrations(cfg, rng)
+    elif cfg.preferred:
+        train_pairs, val_pairs = preferred_demonstrations(cfg.preferred)
+        world = World(cfg.world_seed)                        # for the gold-scored evaluations and the corpus mix
+        eval_tasks = world.split("sft_val")[: cfg.eval_prompts]
     else:
         world = World(cfg.world_seed)
         train_pairs, mistakes = world_demonstrations(world, "sft_train", rng, cfg.error_rate)
@@ -250,7 +276,8 @@ def main(cfg):
     if master:
         dropped = len(train_pairs) + len(val_pairs) - len(train) - len(val)
         print(f"data: {len(train)} train / {len(val)} validation demonstrations"
-              + (f", {mistakes / len(train_pairs):.0%} of train demonstrations contain a mistake" if world else "")
+              + (f", {mistakes / len(train_pairs):.0%} of train demonstrations contain a mistake" if mistakes is not None else "")
+            + (f" (the top-ranked response of each ranking in {cfg.preferred})" if cfg.preferred else "")
               + (f"; {dropped} dropped (no room for the response in {block_size} tokens)" if dropped else ""))
 
     # The pretraining mix: in a model this small, SFT alone overwrites what pretraining taught (the pretraining
@@ -433,7 +460,8 @@ def main(cfg):
             "final_gold_greedy": final.get("gold_greedy"), "init_gold": best["gold_init"],
             "init_gold_greedy": best["gold_greedy_init"], "init_val_loss": best["val_loss_init"],
             "selected_by": cfg.select, "steps": step, "epochs": step * global_batch / len(train),
-            "n_train": len(train), "n_val": len(val), "train_mistake_rate": mistakes / len(train_pairs) if world else None,
+            "n_train": len(train), "n_val": len(val),
+            "train_mistake_rate": mistakes / len(train_pairs) if mistakes is not None else None,
             "seconds": time.time() - start_time, "params": raw_model.num_params(), "skipped_steps": guard.skipped,
             "dtype": resolve_dtype(cfg.dtype, device)}
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)

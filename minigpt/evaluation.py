@@ -9,20 +9,6 @@ from itertools import combinations
 import numpy as np
 
 
-# mean +- 1.96 * s / sqrt(n),   s = sample standard deviation (ddof=1)
-def mean_ci95(xs):
-    """(mean, half_width) of a 95% normal-approximation confidence interval.
-
-    n = 1 -> half width 0.0; n = 0 -> (nan, nan).
-    """
-    xs = np.asarray(list(xs), dtype=np.float64)
-    if xs.size == 0:
-        return float("nan"), float("nan")
-    if xs.size == 1:
-        return float(xs[0]), 0.0
-    return float(xs.mean()), float(1.96 * xs.std(ddof=1) / math.sqrt(xs.size))
-
-
 # win_rate = wins / (wins + losses),  tie_rate = ties / n,  tie when |a_i - b_i| <= 1e-9
 def win_rate(a, b, tol=1e-9):
     """How often system A beats system B on the same prompts -> (win_rate, tie_rate).
@@ -40,6 +26,36 @@ def win_rate(a, b, tol=1e-9):
     wins, losses = int(((diff > 0) & ~ties).sum()), int(((diff < 0) & ~ties).sum())
     rate = wins / (wins + losses) if wins + losses > 0 else float("nan")
     return rate, float(ties.sum()) / a.size
+
+
+# Percentile bootstrap over prompts. Each model answers every prompt S times, and a prompt's answers are alike
+# (an easy prompt is easy for all of them), so the S·P answers are not S·P independent draws: resampling whole
+# prompts (columns) keeps each prompt's answers together. For b = 1..B: draw P prompt indices with replacement,
+# compute the statistic on those columns; the interval is the 2.5th and 97.5th percentiles of the B values.
+def bootstrap_ci95(statistic, *scores, n_boot=2000, seed=0):
+    """95% interval of statistic(*scores) when prompts are resampled -> (low, high).
+
+    scores: arrays (S, P), answer s of prompt p at [s, p], paired across arrays (the same prompt, the same answer
+    number). statistic takes arrays of the same shape, with the resampled prompts as columns, and returns a float
+    (NaN values, e.g. a win rate with no decisive pair, are left out of the percentiles)."""
+    scores = [np.asarray(x, dtype=np.float64) for x in scores]
+    P = scores[0].shape[1]
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(*(x[:, cols] for x in scores)) for cols in rng.integers(0, P, size=(n_boot, P))])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def mean_gain(a, b):
+    """Paired gain of A over B: the mean of a − b over every answer."""
+    return float(np.mean(np.asarray(a) - np.asarray(b)))
+
+
+def win_fraction(a, b, tol=1e-9):
+    """wins / (wins + losses) of A over B, answer by answer, ties left out (NaN if every pair is a tie)."""
+    return win_rate(np.ravel(a), np.ravel(b), tol)[0]
 
 
 # KL(best-of-n || π) ≤ log n − (n−1)/n,  equality when no two samples have the same score (Gao et al. 2022)

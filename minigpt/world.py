@@ -119,11 +119,13 @@ HELP_REQUESTS = {  # (english, chinese) template -> fillers, each a tuple of (en
 MADE_UP_FACTS = ["6pm", "9am", "4", "7", "$12", "Bonjour", "3 + 4", "30", "Paris", "Madrid", "sunny", "closed"]
 
 # Split sizes (distinct instruction texts; disjoint). Each split is balanced across the kinds.
-SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test": 300, "probe": 100}
-# More prompts for the labellers, appended to "rm" and dealt after every other split, so that adding them changed
-# not one prompt of the others. Ranked prompts are what the reward model lacks most: 1,024 -> 2,095 training prompts
-# took its held-out accuracy 0.624 -> 0.671 and its Spearman with gold within a prompt 0.44 -> 0.57 (seed 1337; README).
-RM_EXTRA = 1260
+#   test  only reported, never looked at to choose anything;   dev  where every default is chosen
+#   probe facts that only the pretraining text states (no later stage sees them)
+SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test": 300, "probe": 100, "dev": 300}
+# More prompts for the labellers, appended to "rm". It and "dev" are dealt after every other split (dev first), each
+# shuffled with its own generator, so that adding them changed not one prompt of the others. Ranked prompts are what
+# the reward model lacks most: 1,024 -> 2,095 training prompts took its held-out accuracy 0.624 -> 0.671 (README).
+RM_EXTRA = 959
 
 # ---------------------------------------------------------------------------------------------------------
 # The demonstrators' habits. InstructGPT's premise: demonstrations are costly and carry their writers' habits, SFT
@@ -412,8 +414,8 @@ class World:
             assert t.instruction not in self._by_instruction, f"duplicate instruction {t.instruction!r}"
             self._by_instruction[t.instruction] = t
         # deal each kind's shuffled pool out to the splits, the same number per kind (test first)
-        self._splits = {name: [] for name in SPLIT_SIZES}
-        extra_rm = []
+        self._splits = {name: [] for name in SPLIT_SIZES if name != "dev"}
+        dev, extra_rm = [], []
         for kind in KINDS:
             pool = list(pools[kind])
             rng.shuffle(pool)
@@ -423,15 +425,19 @@ class World:
                 assert i + n <= len(pool), f"not enough {kind} tasks for split {name}"
                 self._splits[name] += pool[i:i + n]
                 i += n
-            n = math.ceil(RM_EXTRA / len(KINDS))
-            assert i + n <= len(pool), f"not enough {kind} tasks for the extra rm prompts"
-            extra_rm += pool[i:i + n]
+            n_dev, n_extra = math.ceil(SPLIT_SIZES["dev"] / len(KINDS)), math.ceil(RM_EXTRA / len(KINDS))
+            assert i + n_dev + n_extra <= len(pool), f"not enough {kind} tasks for the dev and extra rm prompts"
+            dev += pool[i:i + n_dev]
+            extra_rm += pool[i + n_dev:i + n_dev + n_extra]
         rng.shuffle(probe_tasks)
         self._splits["probe"] = probe_tasks[:SPLIT_SIZES["probe"]]
         for name in self._splits:
             rng.shuffle(self._splits[name])
-        random.Random(f"extra-rm-{seed}").shuffle(extra_rm)   # its own generator: the shuffles above stay as they were
+        # their own generators: the shuffles above stay as they were
+        random.Random(f"extra-rm-{seed}").shuffle(extra_rm)
         self._splits["rm"] += extra_rm
+        random.Random(f"dev-{seed}").shuffle(dev)
+        self._splits["dev"] = dev
 
     def split(self, name):
         if name not in self._splits:

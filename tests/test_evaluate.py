@@ -21,9 +21,11 @@ from minigpt.tokenizer import Tokenizer
 from minigpt.world import World
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = {"gold_mean", "gold_ci95", "per_task", "exact_match", "eos_rate", "mean_len", "pretrain_val_loss",
-        "kl_to_ref", "rm_score", "probe_gold_mean", "n_responses", "mistake_counts"}
-KEYS_JSON = KEYS | {"samples_per_prompt", "kl_bound"}
+KEYS = {"gold_mean", "per_task", "exact_match", "eos_rate", "mean_len", "pretrain_val_loss",
+        "kl_to_ref", "rm_score", "probe_gold_mean", "probe_per_task", "n_responses", "mistake_counts"}
+KEYS_JSON = KEYS | {"samples_per_prompt", "kl_bound", "gold_ci95", "probe_gold_ci95"}
+AGAINST_BASELINE = {"gain_vs_baseline", "gain_ci95", "win_rate_vs_baseline", "win_rate_ci95", "probe_gain_vs_baseline",
+                    "probe_gain_ci95"}
 
 
 # ---- the numbers, by hand --------------------------------------------------------------------------------
@@ -47,16 +49,14 @@ def test_report_on_hand_computed_answers():
     pad, eos = 9, 8
     ans = {"texts": ["4", "Bonjour", "Sure! The answer is rouge. Bye!", "rouge"], "eos": [True, False, True, True], "rm": torch.tensor([1.0, 2.0, 3.0, 4.0]),
            "tokens": torch.tensor([[1, eos, pad], [1, 2, 3], [eos, pad, pad], [4, 5, eos]])}
-    r, gold = evaluate.report(world, tasks, ans, [], None, pad, 3.5, 0.25)
-    assert set(r) == KEYS and gold == [1.0, 0.0, 0.5, 1.0]
+    r, gold, probe = evaluate.report(world, tasks, ans, [], None, pad, 3.5, 0.25)
+    assert set(r) == KEYS and gold == [1.0, 0.0, 0.5, 1.0] and probe == []
     assert r["gold_mean"] == 0.625
-    # s^2 = (0.375^2 + 0.625^2 + 0.125^2 + 0.375^2) / 3 = 0.6875 / 3 ; half width = 1.96 s / sqrt(4)
-    assert r["gold_ci95"] == pytest.approx(1.96 * math.sqrt(0.6875 / 3) / 2)
     assert r["per_task"] == {"arithmetic": 0.5, "translate_en": 0.75}
     assert r["exact_match"] == 0.5 and r["eos_rate"] == 0.75
     assert r["mean_len"] == (1 + 3 + 0 + 2) / 4                      # tokens before end-of-text, pad excluded
     assert r["rm_score"] == 2.5 and r["pretrain_val_loss"] == 3.5 and r["kl_to_ref"] == 0.25
-    assert r["probe_gold_mean"] is None and r["n_responses"] == 4
+    assert r["probe_gold_mean"] is None and r["probe_per_task"] is None and r["n_responses"] == 4
     assert r["mistake_counts"] == {"preamble": 1, "rambling": 1, "repeat_question": 0, "format": 0,
                                    "wrong_language": 0, "wrong_answer": 0, "refusal": 0, "off_topic": 1}
 
@@ -116,12 +116,18 @@ def test_json_has_every_key(folders):
     assert {"models", "win_rates", "tie_rates", "n_prompts", "temperature", "seed"} <= set(res)
     assert res["n_prompts"] == 6 and res["temperature"] == 1.0 and res["seed"] == 0 and res["samples_per_prompt"] == 3
     names = {"pretrain", "sft", "pretrain_greedy", "sft_greedy", "best_of_2"}
-    assert set(res["models"]) == names
+    assert set(res["models"]) == names and res["baseline"] == "pretrain" and res["split"] == "test"
     for name, m in res["models"].items():
-        assert set(m) == KEYS_JSON, name
+        assert set(m) == KEYS_JSON | (set() if name == "pretrain" else AGAINST_BASELINE), name
+        lo, hi = m["gold_ci95"]
+        assert lo <= m["gold_mean"] <= hi
+        if name != "pretrain":
+            lo, hi = m["gain_ci95"]
+            assert lo <= m["gain_vs_baseline"] <= hi
+            assert m["gain_vs_baseline"] == pytest.approx(m["gold_mean"] - res["models"]["pretrain"]["gold_mean"])
         assert m["n_responses"] == 6 * m["samples_per_prompt"] and m["samples_per_prompt"] == (1 if "greedy" in name else 3)
         assert sum(m["mistake_counts"].values()) >= m["n_responses"] * (1 - m["exact_match"]) - 1e-9
-        for key in KEYS - {"per_task", "kl_to_ref", "mistake_counts", "n_responses"}:
+        for key in KEYS - {"per_task", "probe_per_task", "kl_to_ref", "mistake_counts", "n_responses"}:
             assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key)
         assert m["per_task"] and all(0 <= v <= 1 for v in m["per_task"].values())
         assert 0 <= m["gold_mean"] <= 1 and 0 <= m["eos_rate"] <= 1

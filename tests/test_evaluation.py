@@ -2,23 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from minigpt.evaluation import mean_ci95, ranking_report, spearman, win_rate
-
-
-def test_mean_ci95_hand_computed():
-    # [1..5]: mean 3; s^2 = (4+1+0+1+4)/4 = 2.5; half width = 1.96 * sqrt(2.5) / sqrt(5) = 1.96 * 0.70711
-    mean, half = mean_ci95([1, 2, 3, 4, 5])
-    assert mean == 3.0
-    assert half == pytest.approx(1.96 * math.sqrt(0.5))
-
-
-def test_mean_ci95_edge_cases():
-    assert mean_ci95([7.5]) == (7.5, 0.0)
-    mean, half = mean_ci95([])
-    assert math.isnan(mean) and math.isnan(half)
-    assert mean_ci95(x for x in [2.0, 2.0]) == (2.0, 0.0)   # any iterable; no spread -> width 0
+from minigpt.evaluation import bootstrap_ci95, mean_gain, ranking_report, spearman, win_fraction, win_rate
 
 
 def test_win_rate_hand_computed():
@@ -106,3 +93,33 @@ def test_gao_fits_by_hand():
     # RL: R(1) = α, R(e) = e (α − β)
     assert fit_rl([1.0, math.e], [0.3, math.e * 0.2]) == pytest.approx((0.3, 0.1))
     assert gao_rl(math.e, 0.3, 0.1) == pytest.approx(math.e * 0.2)
+
+
+# ---- bootstrap over prompts ------------------------------------------------------------------------------------
+
+def test_bootstrap_matches_a_slow_reference():
+    """The same draws written out as loops: resample prompt columns, keep every answer of a drawn prompt."""
+    rng = np.random.default_rng(3)
+    a, b = rng.random((4, 30)), rng.random((4, 30))
+    lo, hi = bootstrap_ci95(mean_gain, a, b, n_boot=200, seed=7)
+    draws = np.random.default_rng(7).integers(0, 30, size=(200, 30))
+    values = []
+    for cols in draws:
+        diffs = [a[s][p] - b[s][p] for p in cols for s in range(4)]
+        values.append(sum(diffs) / len(diffs))
+    assert (lo, hi) == pytest.approx((np.percentile(values, 2.5), np.percentile(values, 97.5)), abs=1e-12)
+
+
+def test_bootstrap_counts_prompts_not_answers():
+    """Four identical answers per prompt carry one prompt's worth of information: the interval is exactly the one
+    of a single answer per prompt (an interval over 4·P independent answers would be half as wide)."""
+    x = np.random.default_rng(0).random((1, 50))
+    assert bootstrap_ci95(lambda s: s.mean(), np.repeat(x, 4, axis=0)) == pytest.approx(bootstrap_ci95(lambda s: s.mean(), x))
+    assert bootstrap_ci95(mean_gain, x + 0.25, x) == pytest.approx((0.25, 0.25))   # a constant gain is certain
+
+
+def test_win_fraction_leaves_ties_out():
+    a, b = np.array([[1.0, 0.5, 0.0, 1.0]]), np.array([[0.0, 0.5, 1.0, 0.0]])
+    assert win_fraction(a, b) == pytest.approx(2 / 3)                               # 2 wins, 1 loss, 1 tie
+    assert math.isnan(win_fraction(a[:, 1:2], b[:, 1:2]))
+    assert mean_gain(a, b) == pytest.approx(0.25)                                    # (1 + 0 - 1 + 1) / 4

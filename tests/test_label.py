@@ -12,7 +12,7 @@ import torch
 
 import label
 from minigpt.checkpoint import save_model
-from minigpt.cli import UserError
+from minigpt.cli import UserError, run
 from minigpt.data import load_comparisons
 from minigpt.judge import mistakes
 from minigpt.model import GPT, GPTConfig
@@ -92,8 +92,8 @@ def test_unfinished_policy_samples_are_left_out(policy, monkeypatch):
 def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch):
     pretend_finished(monkeypatch)
     out = str(tmp_path / "labels")
-    label.main(label.Config(policy=policy, out_dir=out, n_prompts=60, k_policy=2, k_demo=3, max_new_tokens=6,
-                            val_fraction=0.25))
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=60, k_policy=2, k_demo=3, k_decorated=2, k_other=1,
+                            max_new_tokens=6, val_fraction=0.25))
     world = World(0)
     train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
     summary = json.load(open(os.path.join(out, "summary.json")))
@@ -192,3 +192,23 @@ def test_unfinished_last_line_is_dropped(tmp_path):
     path.write_text('{"prompt": "a", "responses": ["x", "y"]}\n{"prompt": "b", "resp', encoding="utf-8")
     assert [r["prompt"] for r in label.read_labels(str(path))] == ["a"]
     assert path.read_text(encoding="utf-8") == '{"prompt": "a", "responses": ["x", "y"]}\n'
+
+
+def test_by_default_only_model_outputs_are_ranked(policy, tmp_path, monkeypatch):
+    """InstructGPT's labellers ranked model outputs: the default candidates are k_policy samples at each temperature,
+    no written answer, no world-built one."""
+    pretend_finished(monkeypatch)
+    out = str(tmp_path / "labels")
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=30, k_policy=3, temperatures="0.7,1.5",
+                            max_new_tokens=6))
+    records = read(os.path.join(out, "train.jsonl")) + read(os.path.join(out, "val.jsonl"))
+    assert json.load(open(os.path.join(out, "summary.json")))["K"] == 6
+    assert records and {s for r in records for s in r["sources"]} == {"policy"}
+    assert max(len(r["responses"]) for r in records) <= 6
+
+
+def test_bad_temperatures_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        run(label.main, label.Config, ["--temperatures=1.0,hot"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--temperatures: expected numbers" in err and err.count("\n") == 1

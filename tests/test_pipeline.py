@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ["pretrained", "sft", "ppo", "ppo_ptx", "dpo", "grpo", "best_of_4"]
+MODELS = ["pretrained", "sft", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "best_of_4"]
 
 
 def python(*args, **kw):
@@ -29,20 +29,27 @@ def quick_run(tmp_path_factory):
 
 def test_every_stage_and_the_report_exist(quick_run):
     out, stdout = quick_run
-    for stage in ("pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "grpo"):
+    for stage in ("pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"):
         assert (out / stage / "summary.json").exists(), stage
-    for stage in ("pretrain", "sft", "ppo", "ppo_ptx", "dpo", "grpo"):
+    for stage in ("pretrain", "sft", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"):
         assert (out / stage / "model.pt").exists(), stage
     assert (out / "eval" / "eval.json").exists()
     assert "$ " in stdout and "train_ppo.py" in stdout          # every command is printed
     report = json.loads((out / "report.json").read_text())
-    assert set(report) >= {"models", "rm", "stage_seconds", "total_seconds", "quick"} and report["quick"] is True
+    assert set(report) >= {"models", "rm", "stage_seconds", "total_seconds", "quick", "world_seed", "eval_split"}
+    assert report["quick"] is True and report["world_seed"] == 0 and report["eval_split"] == "test"
     assert set(report["models"]) == set(MODELS)
     for name, m in report["models"].items():
-        for key in ("gold_mean", "gold_ci95", "pretrain_val_loss", "eos_rate", "mean_len"):
+        for key in ("gold_mean", "pretrain_val_loss", "eos_rate", "mean_len", "probe_gold_mean"):
             assert math.isfinite(m[key]), (name, key)
         assert 0 <= m["gold_mean"] <= 1
-    for name in ("ppo", "ppo_ptx", "dpo", "grpo"):
+        lo, hi = m["gold_ci95"]
+        assert lo <= m["gold_mean"] <= hi
+        if name != "sft":   # paired against SFT: the gain is the difference of the means, inside its interval
+            assert m["gain_vs_sft"] == pytest.approx(m["gold_mean"] - report["models"]["sft"]["gold_mean"])
+            assert m["gain_ci95"][0] <= m["gain_vs_sft"] <= m["gain_ci95"][1]
+            assert len(m["win_rate_ci95"]) == 2 and m["probe_gain_vs_sft"] is not None
+    for name in ("ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"):
         assert math.isfinite(report["models"][name]["kl_to_sft"])
         assert report["models"][name]["train_seconds"] > 0                  # quality beside compute
     assert set(report["dpo_implicit_reward"]) == {"accuracy", "gold_accuracy", "on_policy_gold_accuracy", "spearman"}
@@ -58,7 +65,7 @@ def test_rerun_skips_finished_stages(quick_run):
     out, _ = quick_run
     r = python("pipeline.py", "--quick", f"--out_dir={out}")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("stage complete, skipped") == 9
+    assert r.stdout.count("stage complete, skipped") == 10
 
 
 def test_chat_answers_once_and_interactively(quick_run):
@@ -82,6 +89,8 @@ def test_a_full_run_never_reuses_a_quick_runs_stages(quick_run, tmp_path):
     r = python("pipeline.py", f"--out_dir={out}")
     assert r.returncode == 2 and "holds a --quick miniature's stages" in r.stderr and r.stderr.count("\n") == 1
     assert (out / "report.md").read_text() == before and "stage complete" not in r.stdout
+    r = python("pipeline.py", "--quick", "--world_seed=1", f"--out_dir={out}")   # another world's stages: refused
+    assert r.returncode == 2 and "holds the stages of world 0 and this is world 1" in r.stderr
     (tmp_path / "sft").mkdir()                                  # stage folders of unknown origin: refused too
     r = python("pipeline.py", "--quick", f"--out_dir={tmp_path}")
     assert r.returncode == 2 and "unknown kind of run" in r.stderr

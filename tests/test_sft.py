@@ -11,7 +11,7 @@ import torch
 import train_pretrain
 import train_sft
 from minigpt.checkpoint import load_checkpoint, load_model
-from minigpt.cli import run
+from minigpt.cli import UserError, run
 from minigpt.data import encode_prompt_response, render_prompt, sft_batch
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
@@ -231,3 +231,22 @@ def test_pretraining_mix_keeps_the_pretraining_loss_down(pretrained, tmp_path):
     assert any("ptx_loss" in r for r in rows)
     # SFT alone drifts away from the pretraining text; with the mix the same steps also fit it
     assert losses[1.0] < losses[0.0] - 0.2, losses
+
+
+def test_preferred_ft_learns_the_top_ranked_response_of_each_ranking(tmp_path):
+    """Preferred-FT's demonstrations are the best response of each ranking (train.jsonl -> train, val.jsonl -> val),
+    in the SFT prompt template; an empty file is a one-line error that names it."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    rows = {"train": [{"prompt": "计算2+2", "responses": ["4", "5", "Sure! 4."]},
+                      {"prompt": "Translate to French: red", "responses": ["rouge", "red"]}],
+            "val": [{"prompt": "What is 9 - 4?", "responses": ["5", "four"]}]}
+    for name, records in rows.items():
+        (labels / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    (labels / "summary.json").write_text("{}")
+    train, val = train_sft.preferred_demonstrations(str(labels))
+    assert train == [(render_prompt("计算2+2"), "4"), (render_prompt("Translate to French: red"), "rouge")]
+    assert val == [(render_prompt("What is 9 - 4?"), "5")]
+    (labels / "val.jsonl").write_text("")
+    with pytest.raises(UserError, match="val.jsonl: file is empty"):
+        train_sft.preferred_demonstrations(str(labels))

@@ -228,14 +228,18 @@ def test_splits_sizes_disjoint_and_balanced(world):
     assert min(counts.values()) == max(counts.values())
 
 
-def test_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
-    """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more, dealt last: without them
-    every other split and the first deal are the same prompts in the same order. Both parts are balanced."""
+def test_dev_and_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
+    """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more; those and the dev split are
+    dealt last: without them every other split and the first deal are the same prompts in the same order. Both
+    parts are balanced."""
     rm = world.split("rm")
     monkeypatch.setattr(W, "RM_EXTRA", 0)
+    monkeypatch.setitem(W.SPLIT_SIZES, "dev", 0)
     without = World(0)
+    assert without.split("dev") == [] and len(world.split("dev")) == 301
     for name in SPLIT_SIZES:
-        assert without.split(name) == (rm[:len(without.split("rm"))] if name == "rm" else world.split(name)), name
+        if name != "dev":
+            assert without.split(name) == (rm[:len(without.split("rm"))] if name == "rm" else world.split(name)), name
     first = len(KINDS) * -(-SPLIT_SIZES["rm"] // len(KINDS))                     # ceil per kind, times the kinds
     assert len(rm) == first + RM_EXTRA
     for part in (rm[:first], rm[first:]):
