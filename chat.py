@@ -14,7 +14,7 @@ from minigpt.checkpoint import check_same_tokenizer, load_model
 from minigpt.cli import UserError, check, run
 from minigpt.respond import encode_prompts
 from minigpt.sampling import generate
-from minigpt.training import pick_device
+from minigpt.training import autocast, check_dtype, pick_device
 
 
 @dataclass
@@ -28,8 +28,11 @@ class Config:
     max_new_tokens: int = field(default=48, metadata={"help": "longest answer in tokens"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
 
     def validate(self):
+        check_dtype(self.dtype)
         check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
         check(self.top_k >= 0, f"--top_k must be >= 0, got {self.top_k}")
         check(0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}")
@@ -57,9 +60,10 @@ def answer(model, tokenizer, instruction, cfg, generator, label=""):
         print(text[len(shown):], end="", flush=True)
         shown = text
 
-    generate(model, prompt, cfg.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-             temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None,
-             generator=generator, on_token=on_token)
+    with autocast(str(next(model.parameters()).device), cfg.dtype):
+        generate(model, prompt, cfg.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                 temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None,
+                 generator=generator, on_token=on_token)
     final = tokenizer.decode_streamed(sampled, final=True)
     print(final[len(shown):], flush=True)
     return final
@@ -74,11 +78,12 @@ def main(cfg):
         models.append((folder, model.eval(), tokenizer))
     for folder, _, tokenizer in models[1:]:
         check_same_tokenizer(models[0][2], tokenizer, models[0][0], folder)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    # each model its own random stream, all seeded alike: two identical checkpoints give identical answers
+    generators = [torch.Generator(device=device).manual_seed(cfg.seed) for _ in models]
     width = max(len(f) for f in folders)
 
     def reply(instruction):
-        for folder, model, tokenizer in models:
+        for (folder, model, tokenizer), generator in zip(models, generators):
             answer(model, tokenizer, instruction, cfg, generator, label=f"[{folder:>{width}}] " if len(models) > 1 else "")
 
     if cfg.prompt:

@@ -31,7 +31,7 @@ from minigpt.judge import MISTAKE_KINDS, mistakes
 from minigpt.losses import sequence_logprob
 from minigpt.respond import respond
 from minigpt.rollout import reward_inputs
-from minigpt.training import pick_device
+from minigpt.training import autocast, check_dtype, pick_device, resolve_dtype
 from minigpt.world import World
 
 STAGES = ("pretrain", "sft", "ppo", "ppo_ptx")   # looked for under out/ when --models is empty
@@ -62,8 +62,11 @@ class Config:
     show: int = field(default=3, metadata={"help": "side-by-side samples to print"})
     batch_size: int = field(default=256, metadata={"help": "prompts per generation batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
 
     def validate(self):
+        check_dtype(self.dtype)
         check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
         check(self.split in ("test", "dev"), f"--split must be test or dev, got {self.split!r}")
         for key in ("max_new_tokens", "val_tokens", "batch_size", "samples_per_prompt"):
@@ -148,7 +151,7 @@ def text_loss(model, tokenizer, text, max_tokens):
     x = ids[: n * T].view(n, T)
     y = ids[1: n * T + 1].view(n, T)
     device = next(model.parameters()).device
-    losses = [F.cross_entropy(model(x[i: i + 8].to(device)).flatten(0, 1), y[i: i + 8].flatten().to(device),
+    losses = [F.cross_entropy(model(x[i: i + 8].to(device)).float().flatten(0, 1), y[i: i + 8].flatten().to(device),
                               reduction="sum").item() for i in range(0, n, 8)]
     return sum(losses) / (n * T)
 
@@ -323,40 +326,43 @@ def main(cfg):
         systems.append((f"best_of_{cfg.best_of}", cfg.best_of_model, cfg.temperature, cfg.best_of))
 
     results, gold, probe_gold, answers, val_losses = {}, {}, {}, {}, {}
-    for system, name, temperature, n in systems:
-        folder, model, tok = loaded[name]
-        if name not in val_losses:
-            val_losses[name] = text_loss(model, tok, val_text, cfg.val_tokens)
-        S = cfg.samples_per_prompt if temperature > 0 else 1                  # greedy answers are all the same
-        print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}, "
-              f"{S} per prompt{f', each the best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
-        # Every model samples with the same seed. Best-of-n draws its own samples: with the seed of the model it
-        # samples from, a prompt's first answer would often be that model's own first answer, a tie by construction.
-        seed = cfg.seed if n == 1 else random.Random(f"{cfg.seed}-{system}").randrange(2 ** 31)
-        ans = answer(model, tok, tasks, cfg, temperature, seed, S, n, rm[0] if rm else None)
-        probe_ans = answer(model, tok, probe, cfg, temperature, seed + 1, S, n, rm[0] if rm else None) if probe else None
-        kl, kl_bound = None, None
-        if ref and temperature > 0:
-            if n == 1:
-                # KL(π || π_ref) ≈ mean over responses y ~ π of Σ_t [log π(y_t|·) − log π_ref(y_t|·)]
-                logp = logprob_of_responses(model, ans["prompts"], ans["tokens"], tok.pad_id, temperature, cfg.batch_size)
-                ref_logp = logprob_of_responses(ref[0], ans["prompts"], ans["tokens"], tok.pad_id, temperature,
-                                            cfg.batch_size)
-                kl = (logp - ref_logp).mean().item()
-            elif os.path.samefile(folder, cfg.ref):
-                # estimated on the S*n samples of each prompt (their empirical distribution); the analytic value
-                # log n − (n−1)/n is only an upper bound: it assumes all samples differ, and short answers repeat
-                draws = ans["all_rm"].permute(2, 0, 1).reshape(len(tasks), -1).tolist()   # (P, S*n)
-                kl = sum(best_of_n_kl(d, n) for d in draws) / len(draws)
-                kl_bound = best_of_n_kl_bound(n)
-        results[system], gold[system], probe_gold[system] = report(world, tasks * S, ans, probe * S, probe_ans,
-                                                                   tok.pad_id, val_losses[name], kl)
-        results[system].update(samples_per_prompt=S, kl_bound=kl_bound)
-        answers[system] = ans["texts"]
-        if S != cfg.samples_per_prompt:                                        # pair greedy with every sample
-            gold[system] = gold[system] * cfg.samples_per_prompt
-            probe_gold[system] = probe_gold[system] * cfg.samples_per_prompt
-            answers[system] = answers[system] * cfg.samples_per_prompt
+    dtype = resolve_dtype(cfg.dtype, device)
+    print(f"dtype: {dtype}")
+    with autocast(str(device), dtype):   # every forward pass; log-probs and losses are taken in fp32
+        for system, name, temperature, n in systems:
+            folder, model, tok = loaded[name]
+            if name not in val_losses:
+                val_losses[name] = text_loss(model, tok, val_text, cfg.val_tokens)
+            S = cfg.samples_per_prompt if temperature > 0 else 1                  # greedy answers are all the same
+            print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}, "
+                  f"{S} per prompt{f', each the best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
+            # Every model samples with the same seed. Best-of-n draws its own samples: with the seed of the model it
+            # samples from, a prompt's first answer would often be that model's own first answer, a tie by construction.
+            seed = cfg.seed if n == 1 else random.Random(f"{cfg.seed}-{system}").randrange(2 ** 31)
+            ans = answer(model, tok, tasks, cfg, temperature, seed, S, n, rm[0] if rm else None)
+            probe_ans = answer(model, tok, probe, cfg, temperature, seed + 1, S, n, rm[0] if rm else None) if probe else None
+            kl, kl_bound = None, None
+            if ref and temperature > 0:
+                if n == 1:
+                    # KL(π || π_ref) ≈ mean over responses y ~ π of Σ_t [log π(y_t|·) − log π_ref(y_t|·)]
+                    logp = logprob_of_responses(model, ans["prompts"], ans["tokens"], tok.pad_id, temperature, cfg.batch_size)
+                    ref_logp = logprob_of_responses(ref[0], ans["prompts"], ans["tokens"], tok.pad_id, temperature,
+                                                cfg.batch_size)
+                    kl = (logp - ref_logp).mean().item()
+                elif os.path.samefile(folder, cfg.ref):
+                    # estimated on the S*n samples of each prompt (their empirical distribution); the analytic value
+                    # log n − (n−1)/n is only an upper bound: it assumes all samples differ, and short answers repeat
+                    draws = ans["all_rm"].permute(2, 0, 1).reshape(len(tasks), -1).tolist()   # (P, S*n)
+                    kl = sum(best_of_n_kl(d, n) for d in draws) / len(draws)
+                    kl_bound = best_of_n_kl_bound(n)
+            results[system], gold[system], probe_gold[system] = report(world, tasks * S, ans, probe * S, probe_ans,
+                                                                       tok.pad_id, val_losses[name], kl)
+            results[system].update(samples_per_prompt=S, kl_bound=kl_bound)
+            answers[system] = ans["texts"]
+            if S != cfg.samples_per_prompt:                                        # pair greedy with every sample
+                gold[system] = gold[system] * cfg.samples_per_prompt
+                probe_gold[system] = probe_gold[system] * cfg.samples_per_prompt
+                answers[system] = answers[system] * cfg.samples_per_prompt
 
     wins, ties = pairwise(gold)                                               # answer by answer
     P = len(tasks)
@@ -376,7 +382,7 @@ def main(cfg):
            "prompt_tie_rates": prompt_ties, "baseline": baseline, "split": cfg.split, "n_prompts": len(tasks),
            "n_probe_prompts": len(probe),
            "samples_per_prompt": cfg.samples_per_prompt,
-           "temperature": cfg.temperature, "seed": cfg.seed, "samples": samples,
+           "temperature": cfg.temperature, "seed": cfg.seed, "dtype": dtype, "samples": samples,
            # every answer's gold score, sample-major (answer s of prompt p at s * n_prompts + p), for paired
            # comparisons of any two systems: minigpt.evaluation.bootstrap_ci95
            "scores": gold, "probe_scores": probe_gold}

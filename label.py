@@ -41,7 +41,7 @@ from minigpt.checkpoint import config_dict, load_model, write_json
 from minigpt.cli import UserError, check, run
 from minigpt.judge import mistakes
 from minigpt.respond import respond
-from minigpt.training import pick_device
+from minigpt.training import autocast, check_dtype, pick_device, resolve_dtype
 from minigpt.world import SURFACE_MISTAKES, SimulatedLabeler, World, applicable_mistakes, decorate, labeler_agreement
 
 
@@ -72,8 +72,11 @@ class Config:
     fresh: bool = field(default=False, metadata={"help": "discard labels already in out_dir (human labels are "
                                                          "otherwise continued, and never overwritten)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
 
     def validate(self):
+        check_dtype(self.dtype)
         check(self.labeler in ("simulated", "human"), f"--labeler must be simulated or human, got {self.labeler!r}")
         check(self.n_prompts >= 0, f"--n_prompts must be >= 0, got {self.n_prompts}")
         check(0 <= self.val_fraction < 1, f"--val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -114,8 +117,9 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
         texts = [[] for _ in part]                                            # per prompt, None = never ended
         for temperature in temperatures if cfg.k_policy else []:
             instructions = [t.instruction for t in part for _ in range(cfg.k_policy)]
-            out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature,
-                          generator=generator, batch_size=cfg.batch_size)
+            with autocast(str(next(model.parameters()).device), cfg.dtype):
+                out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature,
+                              generator=generator, batch_size=cfg.batch_size)
             # A sample that never emitted end-of-text is left out: the reward model reads a response + eos, and
             # PPO never asks it about an unfinished one (it gets the fixed no-EOS penalty instead).
             for i, (text, ended) in enumerate(zip(out.texts, out.eos)):
@@ -296,7 +300,8 @@ def main(cfg):
     if cfg.n_prompts:
         check(cfg.n_prompts <= len(tasks), f"--n_prompts={cfg.n_prompts}: the world has {len(tasks)} RM prompts")
         tasks = tasks[: cfg.n_prompts]
-    model, tokenizer, _ = load_model(cfg.policy, "lm", pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    model, tokenizer, _ = load_model(cfg.policy, "lm", device)
     model.eval()
     check(cfg.max_new_tokens < model.config.block_size,
           f"--max_new_tokens ({cfg.max_new_tokens}) must be < the policy's block_size ({model.config.block_size})")
@@ -323,7 +328,7 @@ def main(cfg):
     k = cfg.k_policy * len(cfg.temperatures.split(","))
     K = k + (min(cfg.k_decorated, k) + cfg.k_other if k else 0) + cfg.k_demo
     print(f"labelling {len(tasks)} prompts x K={K} responses ({k} from {cfg.policy} at temperatures "
-          f"{cfg.temperatures}, up to "
+          f"{cfg.temperatures}, dtype {resolve_dtype(cfg.dtype, device)}, up to "
           f"{cfg.k_decorated} of them decorated, {cfg.k_other} off-topic, {cfg.k_demo} from the demonstrators); "
           f"labeller {identity}")
 
@@ -377,7 +382,7 @@ def main(cfg):
         "ceiling": gold_agreement_of(held_out), "labeler_agreement": agreement,
         "ceiling_train": gold_agreement_of(train) if train else None,
         "policy_mean_gold": sum(policy_gold) / len(policy_gold) if policy_gold else None,
-        "seconds": time.time() - t0,
+        "seconds": time.time() - t0, "dtype": resolve_dtype(cfg.dtype, device),
     }
     if cfg.labeler == "human":   # how often the person orders a pair like a simulated labeller would
         summary["human_vs_simulated"] = labeler_agreement(

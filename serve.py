@@ -45,7 +45,7 @@ from minigpt.checkpoint import check_same_tokenizer, load_model
 from minigpt.cli import UserError, check, run
 from minigpt.data import render_prompt
 from minigpt.serving import STATS, ApiError, Request, Served
-from minigpt.training import pick_device
+from minigpt.training import check_dtype, pick_device, resolve_dtype
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "minigpt", "serve_page.html")  # GET /
 MAX_BODY = 1 << 20          # bytes of request body we accept
@@ -64,8 +64,11 @@ class Config:
     max_n: int = field(default=8, metadata={"help": "most choices (n) per request"})
     default_max_tokens: int = field(default=64, metadata={"help": "max_tokens when a request gives none"})
     device: str = field(default="cpu", metadata={"help": "auto, cpu, cuda or mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
 
     def validate(self):
+        check_dtype(self.dtype)
         check(0 < self.port < 65536, f"--port must be in 1..65535, got {self.port}")
         check(self.max_batch >= 1, f"--max_batch must be >= 1, got {self.max_batch}")
         check(self.batch_wait_ms >= 0, f"--batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
@@ -117,7 +120,8 @@ def load_all(cfg):
             continue                     # found by scanning: the reward model, or not a model at all
         if rm is not None:
             check_same_tokenizer(tokenizer, rm_tokenizer, folder, rm_folder)
-        served[name] = Served(name, folder, model.eval(), tokenizer, rm, cfg.max_batch, cfg.batch_wait_ms)
+        served[name] = Served(name, folder, model.eval(), tokenizer, rm, cfg.max_batch, cfg.batch_wait_ms,
+                              resolve_dtype(cfg.dtype, device))
     if not served:
         raise UserError(f"{cfg.out_dir}: no stage folder holds a language model (model.pt of kind 'lm'); "
                         f"run python pipeline.py first, or pass --models=name:folder")
@@ -428,6 +432,7 @@ def main(cfg):
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
     host, port = server.server_address[:2]
     rm = f"; reward model {rm_folder}" if rm_folder else ""
+    rm += f"; dtype {next(iter(served.values())).dtype}" if served else ""
     print(f"serving {', '.join(f'{n} ({s.folder})' for n, s in served.items())}{rm}", flush=True)
     print(f"http://{host}:{port}/v1  (OpenAI-compatible; GET /health, /v1/models, POST /v1/chat/completions)",
           flush=True)

@@ -39,7 +39,8 @@ from minigpt.evaluation import ranking_report
 from minigpt.losses import dpo_loss, token_logprobs
 from minigpt.rollout import response_logprobs, rollout
 from minigpt.sampling import right_pad
-from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, cleanup_distributed, cosine_lr,
+from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
+                              cleanup_distributed, cosine_lr, resolve_dtype,
                               make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
 
 
@@ -68,9 +69,12 @@ class Config:
     eval_interval: int = field(default=25, metadata={"help": "steps between validation + checkpoint"})
     log_interval: int = field(default=5, metadata={"help": "steps between progress lines"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
+                                                         "clearly faster), float32 or bfloat16"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
 
     def validate(self):
+        check_dtype(self.dtype)
         for key in ("epochs", "batch_size", "eval_interval", "log_interval", "kl_prompts", "max_new_tokens"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.beta > 0, f"--lr and --beta must be > 0, got {self.lr} and {self.beta}")
@@ -81,17 +85,22 @@ class Config:
 
 class SequenceLogprob(torch.nn.Module):
     """log π(y|x) of right-padded prompt ⊕ response ⊕ eos rows as the forward pass (so DDP can wrap it):
-    idx (B, T), response (B, T) 1 on the response and its end-of-text -> (B,)."""
+    idx (B, T), response (B, T) 1 on the response and its end-of-text -> (B,). The network runs under the
+    run's dtype (bf16 autocast where it pays); the log-softmax in fp32 (token_logprobs), so the policy and the
+    reference, computed the same way, agree exactly at the start."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, dtype="float32"):
         super().__init__()
         self.lm = lm
+        self.dtype = dtype
 
     def forward(self, idx, response):
-        hidden = self.lm.trunk(idx[:, :-1])                                   # (B, T-1, C) predicts idx[:, 1:]
         keep = response[:, 1:].bool()                                         # (B, T-1) the response's tokens
-        # the unembedding only where a response token is predicted (a quarter of the positions, most of the cost)
-        logp = token_logprobs(self.lm.lm_head(hidden[keep])[None], idx[:, 1:][keep][None])[0]   # (M,)
+        with autocast(str(idx.device), self.dtype):
+            hidden = self.lm.trunk(idx[:, :-1])                               # (B, T-1, C) predicts idx[:, 1:]
+            # the unembedding only where a response token is predicted (a quarter of the positions, most of the cost)
+            logits = self.lm.lm_head(hidden[keep])[None]                      # (1, M, V)
+        logp = token_logprobs(logits, idx[:, 1:][keep][None])[0]              # (M,)
         row = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(keep)[keep]     # (M,) each one's row
         return torch.zeros(idx.shape[0], device=idx.device).index_add(0, row, logp)           # (B,) Σ per response
 
@@ -139,8 +148,10 @@ def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
     """KL(π || π_SFT) per response, measured as PPO measures it: sample from π on held-out prompts and average
     Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck)."""
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
-    batch = rollout(policy, tokenizer, [SimpleNamespace(instruction=p) for p in prompts], cfg.max_new_tokens, 1.0, noise)
-    kl = (response_logprobs(policy, batch, 1.0) - response_logprobs(reference, batch, 1.0)) * batch["mask"]
+    with autocast(str(device), cfg.dtype):
+        batch = rollout(policy, tokenizer, [SimpleNamespace(instruction=p) for p in prompts], cfg.max_new_tokens, 1.0,
+                        noise)
+        kl = (response_logprobs(policy, batch, 1.0) - response_logprobs(reference, batch, 1.0)) * batch["mask"]
     return kl.sum(1).mean().item(), batch["mask"].sum(1).float().mean().item(), batch["eos"].float().mean().item()
 
 
@@ -155,6 +166,7 @@ def main(cfg):
     train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction)
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
+    dtype = resolve_dtype(cfg.dtype, device)
     policy, tokenizer, _ = load_model(cfg.sft, "lm", device)                  # π, trained
     reference, _, _ = load_model(cfg.sft, "lm", device)                      # π_SFT, frozen
     reference.requires_grad_(False).eval()
@@ -166,8 +178,8 @@ def main(cfg):
         raise UserError(f"need training and held-out comparisons, got {len(train)} and {len(val)}")
     kl_prompts = list(dict.fromkeys(r["prompt"] for r in val_recs))[: cfg.kl_prompts]
     # log π_SFT(y|x) of every response, once: the reference never changes
-    ref_train = all_logprobs(SequenceLogprob(reference), train, tokenizer.pad_id, device)
-    ref_val = all_logprobs(SequenceLogprob(reference), val, tokenizer.pad_id, device)
+    ref_train = all_logprobs(SequenceLogprob(reference, dtype), train, tokenizer.pad_id, device)
+    ref_val = all_logprobs(SequenceLogprob(reference, dtype), val, tokenizer.pad_id, device)
 
     global_batch = cfg.batch_size * world_size
     steps_per_epoch = math.ceil(len(train) / global_batch)
@@ -185,8 +197,8 @@ def main(cfg):
     if master:
         n_pairs = sum(len(r) * (len(r) - 1) // 2 for r in train)
         print(f"data: {len(train)} train rankings ({n_pairs} pairs), {len(val)} held out; "
-              f"policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}; β = {cfg.beta}; {max_steps} steps")
-    model = SequenceLogprob(policy)
+              f"policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}; β = {cfg.beta}; dtype {dtype}; {max_steps} steps")
+    model = SequenceLogprob(policy, dtype)
     if world_size > 1:
         model = DDP(model)
 
@@ -203,7 +215,7 @@ def main(cfg):
         return ids[rank::world_size] or ids[:1]
 
     def evaluate(n=len(val)):
-        logps = all_logprobs(SequenceLogprob(policy), val[:n], tokenizer.pad_id, device)
+        logps = all_logprobs(SequenceLogprob(policy, dtype), val[:n], tokenizer.pad_id, device)
         loss, accuracy, margin = ranking_dpo_loss(logps, ref_val[:n], cfg.beta)
         kl, length, eos = kl_to_reference(policy, reference, tokenizer, kl_prompts, cfg, device)
         return dict(val_loss=loss.item(), val_accuracy=accuracy, val_margin=margin, val_kl=kl, val_length=length,
@@ -275,7 +287,7 @@ def main(cfg):
             "spearman": None if math.isnan(ranking.get("spearman", math.nan)) else ranking["spearman"],
             "per_mistake_accuracy": ranking.get("per_mistake_accuracy"), "beta": cfg.beta,
             "n_train_prompts": len(train), "n_val_prompts": len(val), "epochs": cfg.epochs, "steps": step,
-            "seconds": time.time() - t0, "skipped_steps": guard.skipped,
+            "seconds": time.time() - t0, "skipped_steps": guard.skipped, "dtype": dtype,
         }
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731

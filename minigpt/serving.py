@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from minigpt.rollout import reward_inputs
 from minigpt.sampling import generate
+from minigpt.training import autocast
 
 # What GET /health reports: generate() calls (one per batch: tests check batching), sampling steps, and
 # requests whose client went away mid-answer.
@@ -60,8 +61,9 @@ class Request:
 class Served:
     """One loaded model, its queue of pending requests and the worker thread that answers them."""
 
-    def __init__(self, name, folder, model, tokenizer, rm, max_batch=32, batch_wait_ms=5.0):
+    def __init__(self, name, folder, model, tokenizer, rm, max_batch=32, batch_wait_ms=5.0, dtype="float32"):
         self.name, self.folder, self.model, self.tokenizer, self.rm = name, folder, model, tokenizer, rm
+        self.dtype = dtype                                   # autocast is per thread: the worker enters it itself
         self.max_batch, self.batch_wait_ms = max_batch, batch_wait_ms
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
@@ -154,9 +156,10 @@ class Served:
 
         with _COUNTER_LOCK:
             STATS["generate_calls"] += 1
-        generate(self.model, [req.prompt for req, _ in rows], max(req.max_tokens for req in batch),
-                 eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=batch[0].temperature,
-                 top_p=batch[0].top_p if batch[0].top_p < 1 else None, generator=generator, on_token=on_token)
+        with autocast(str(self.device), self.dtype):     # the reward model scores inside it too (finish)
+            generate(self.model, [req.prompt for req, _ in rows], max(req.max_tokens for req in batch),
+                     eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=batch[0].temperature,
+                     top_p=batch[0].top_p if batch[0].top_p < 1 else None, generator=generator, on_token=on_token)
         with _COUNTER_LOCK:
             STATS["cancelled"] += sum(req.cancelled for req in batch)
 
