@@ -33,6 +33,7 @@ import numpy as np
 from minigpt.checkpoint import write_json
 from minigpt.evaluation import bootstrap_ci95, mean_gain
 from minigpt.cli import UserError, check, run
+from minigpt.training import check_dtype
 
 STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval"]
 RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]   # the models trained from the comparisons, against SFT
@@ -105,15 +106,18 @@ class Config:
     eval_split: str = field(default="test", metadata={"help": "test (only reported) or dev (where defaults are chosen)"})
     ptx_coef: float = field(default=1.0, metadata={"help": "PPO-ptx pretraining-loss coefficient (gamma)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    dtype: str = field(default="auto", metadata={"help": "passed to every stage: auto (bf16 autocast where this device's "
+                                                         "bf16 matmul is clearly faster), float32 or bfloat16"})
 
     def validate(self):
         check(self.force in ("", *STAGES), f"--force={self.force}: expected one of {', '.join(STAGES)}")
         check(self.eval_split in ("test", "dev"), f"--eval_split must be test or dev, got {self.eval_split!r}")
+        check_dtype(self.dtype)
 
 
 def stage_commands(cfg):
     o = cfg.out_dir
-    common = [f"--seed={cfg.seed}", f"--world_seed={cfg.world_seed}", f"--device={cfg.device}"]
+    common = [f"--seed={cfg.seed}", f"--world_seed={cfg.world_seed}", f"--device={cfg.device}", f"--dtype={cfg.dtype}"]
     models = f"pretrained:{o}/pretrain,sft:{o}/sft," + ",".join(f"{m}:{o}/{m}" for m in RLHF)
     commands = {
         "pretrain": ["train_pretrain.py", f"--out_dir={o}/pretrain"],
@@ -153,10 +157,13 @@ def check_kind_of_run(cfg):
         if was.get("world_seed", 0) != cfg.world_seed:
             raise UserError(f"{cfg.out_dir} holds the stages of world {was.get('world_seed', 0)} and this is world "
                             f"{cfg.world_seed}: use another --out_dir, or delete that folder")
+        if was.get("dtype", "auto") != cfg.dtype:
+            raise UserError(f"{cfg.out_dir} holds stages run with --dtype={was.get('dtype', 'auto')} and this run has "
+                            f"--dtype={cfg.dtype}: use another --out_dir, or delete that folder")
     elif any(os.path.isdir(os.path.join(cfg.out_dir, s)) for s in STAGES):
         raise UserError(f"{cfg.out_dir} holds stage folders of an unknown kind of run (no pipeline.json): "
                         "use another --out_dir, or delete them")
-    write_json(path, {"quick": cfg.quick, "world_seed": cfg.world_seed})
+    write_json(path, {"quick": cfg.quick, "world_seed": cfg.world_seed, "dtype": cfg.dtype})
 
 
 def main(cfg):
@@ -298,6 +305,7 @@ def write_report(out_dir, seconds, cfg):
                                                         "spearman")} if dpo else None,
         "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
         "seed": seed, "world_seed": cfg.world_seed, "eval_split": evaluation.get("split"),
+        "dtype": evaluation.get("dtype"),
         "ptx_coef": cfg.ptx_coef, "kl_coef": ppo.get("kl_coef"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         # the largest resident memory of any stage this process ran (Linux reports kilobytes)
@@ -309,7 +317,8 @@ def write_report(out_dir, seconds, cfg):
     split = report["eval_split"]
     lines = ["# minigpt: what each stage of InstructGPT did", "",
              f"Run {'--quick (a miniature: numbers mean nothing)' if quick else 'with the defaults'} "
-             f"on {report['machine']}, world {cfg.world_seed}, seed {seed}, commit {report['commit']}, "
+             f"on {report['machine']}, world {cfg.world_seed}, seed {seed}, dtype {report['dtype']}, "
+             f"commit {report['commit']}, "
              f"{report['total_seconds']:.0f} s of stages, at most {report['peak_stage_rss_mb']} MB of memory. "
              f"Held-out **{split}** prompts of world {cfg.world_seed}"
              + (" (the split defaults are chosen on: development numbers)" if split == "dev" else "")
