@@ -1,7 +1,9 @@
 """The whole InstructGPT recipe in one command, each stage run by its own script.
 
     python pipeline.py            # ~20 minutes on 2 CPU cores; then read out/report.md
-    python pipeline.py --quick    # a miniature of the same run in about 40 s, in out/quick (what the tests run)
+    python pipeline.py --preset=small  # the default model on fewer steps and prompts: a few minutes, in out/small;
+                                       # its models answer in the world's shape, its report shows each stage's direction
+    python pipeline.py --quick         # a miniature of every stage in under a minute, in out/quick (what the tests run)
     python pipeline.py --force=rm # rerun from the reward model on (later stages too)
 
     python pipeline.py --world_seed=1 --seed=1   # another world: its own splits and probe facts (report on these)
@@ -38,7 +40,8 @@ from minigpt.training import check_dtype
 STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval"]
 RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]   # the models trained from the comparisons, against SFT
 
-# Flags that shrink each stage to a miniature for --quick (tiny model, a few steps).
+# Flags that shrink each stage: --quick, a miniature (a tiny model, a few steps: numbers mean nothing, what the tests
+# run); --preset=small, the default model with fewer steps and prompts (every stage's direction, in a few minutes).
 QUICK = {
     "pretrain": ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=96", "--vocab_size=400",
                  "--tokenizer_chars=60000", "--max_steps=30", "--batch_size=8", "--eval_interval=15",
@@ -53,6 +56,19 @@ QUICK = {
     "grpo": ["--iterations=2", "--batch_size=2", "--minibatch_size=4", "--val_prompts=8"],
     "eval": ["--n_prompts=16", "--samples_per_prompt=2", "--val_tokens=2048"],
 }
+SMALL = {
+    "pretrain": ["--max_steps=600", "--eval_interval=200", "--log_interval=50"],
+    "sft": ["--max_steps=300", "--eval_interval=100", "--eval_prompts=32"],
+    "labels": ["--n_prompts=600"],
+    "rm": ["--eval_prompts=32"],
+    "ppo": ["--iterations=20", "--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
+    "ppo_ptx": ["--iterations=20", "--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
+    "dpo": ["--kl_prompts=32"],
+    "preferred_ft": ["--eval_prompts=32"],
+    "grpo": ["--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
+    "eval": ["--n_prompts=100", "--samples_per_prompt=2"],
+}
+PRESETS = {"quick": QUICK, "small": SMALL}
 # "Step through it": each stage on the quick run's outputs with tiny settings, for a debugger. The first breakpoint
 # goes on the line holding the snippet (where the loss is computed; for the labels and the evaluation, where the
 # judge speaks); its number is looked up in the source when printed, so it cannot go stale.
@@ -97,8 +113,10 @@ DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
 @dataclass
 class Config:
     out_dir: str = field(default="", metadata={"help": "where every stage's folder and the report go (default: out, "
-                                                      "or out/quick with --quick)"})
-    quick: bool = field(default=False, metadata={"help": "a miniature run (tiny model, few steps) in ~1 minute"})
+                                                      "or out/<preset>)"})
+    preset: str = field(default="", metadata={"help": "small (the default model, fewer steps: a few minutes) or quick "
+                                                      "(a miniature in under a minute); empty = the full run"})
+    quick: bool = field(default=False, metadata={"help": "the same as --preset=quick"})
     force: str = field(default="", metadata={"help": f"rerun from this stage on: one of {', '.join(STAGES)}"})
     seed: int = field(default=1337, metadata={"help": "seed passed to every stage"})
     world_seed: int = field(default=0, metadata={"help": "the instruction world (its splits and probe facts), passed to "
@@ -111,6 +129,10 @@ class Config:
 
     def validate(self):
         check(self.force in ("", *STAGES), f"--force={self.force}: expected one of {', '.join(STAGES)}")
+        check(self.preset in ("", *PRESETS), f"--preset={self.preset}: expected one of {', '.join(PRESETS)} (or none)")
+        check(not (self.quick and self.preset not in ("", "quick")), f"--quick and --preset={self.preset}: pick one")
+        if self.quick:
+            self.preset = "quick"
         check(self.eval_split in ("test", "dev"), f"--eval_split must be test or dev, got {self.eval_split!r}")
         check_dtype(self.dtype)
 
@@ -140,7 +162,8 @@ def stage_commands(cfg):
         "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}", f"--ref={o}/sft",
                  f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
     }
-    return {s: [sys.executable, *cmd, *common, *(QUICK[s] if cfg.quick else [])] for s, cmd in commands.items()}
+    shrink = PRESETS.get(cfg.preset, {})
+    return {s: [sys.executable, *cmd, *common, *shrink.get(s, [])] for s, cmd in commands.items()}
 
 
 def check_kind_of_run(cfg):
@@ -150,9 +173,10 @@ def check_kind_of_run(cfg):
     if os.path.exists(path):
         with open(path) as f:
             was = json.load(f)
-        if was.get("quick") != cfg.quick:
-            kinds = {True: "a --quick miniature", False: "a full run"}
-            raise UserError(f"{cfg.out_dir} holds {kinds[was.get('quick')]}'s stages and this is {kinds[cfg.quick]}: "
+        was_preset = was.get("preset", "quick" if was.get("quick") else "")
+        if was_preset != cfg.preset:
+            kinds = {"quick": "a --quick miniature", "small": "a --preset=small run", "": "a full run"}
+            raise UserError(f"{cfg.out_dir} holds {kinds[was_preset]}'s stages and this is {kinds[cfg.preset]}: "
                             "use another --out_dir, or delete that folder")
         if was.get("world_seed", 0) != cfg.world_seed:
             raise UserError(f"{cfg.out_dir} holds the stages of world {was.get('world_seed', 0)} and this is world "
@@ -163,12 +187,12 @@ def check_kind_of_run(cfg):
     elif any(os.path.isdir(os.path.join(cfg.out_dir, s)) for s in STAGES):
         raise UserError(f"{cfg.out_dir} holds stage folders of an unknown kind of run (no pipeline.json): "
                         "use another --out_dir, or delete them")
-    write_json(path, {"quick": cfg.quick, "world_seed": cfg.world_seed, "dtype": cfg.dtype})
+    write_json(path, {"preset": cfg.preset, "world_seed": cfg.world_seed, "dtype": cfg.dtype})
 
 
 def main(cfg):
     here = os.path.dirname(os.path.abspath(__file__))
-    cfg.out_dir = cfg.out_dir or ("out/quick" if cfg.quick else "out")
+    cfg.out_dir = cfg.out_dir or (f"out/{cfg.preset}" if cfg.preset else "out")
     os.makedirs(cfg.out_dir, exist_ok=True)
     check_kind_of_run(cfg)
     timing_path = os.path.join(cfg.out_dir, "stage_seconds.json")
@@ -198,11 +222,15 @@ def main(cfg):
     for stage, t in seconds.items():
         print(f"{stage:>12} {t:8.0f} {t / max(total, 1e-9):6.0%}")
     print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {total:.0f}s in all); read {cfg.out_dir}/report.md")
-    if cfg.quick:
+    if cfg.preset == "quick":
         print("\nStep through any stage in a debugger, on these outputs with tiny settings (c = run to the breakpoint, "
               "n = next line, s = step into, p x = print x):")
         for stage, (args, breakpoint) in step_through_commands(cfg.out_dir).items():
             print(f"  {stage:>8}: python -m pdb -c 'b {breakpoint}' -c c {' '.join(args)}")
+
+
+RUN_KINDS = {"": "with the defaults", "quick": "--quick (a miniature: numbers mean nothing)",
+             "small": "--preset=small (the default model with fewer steps and prompts: directions, not sizes)"}
 
 
 def _fmt(x, spec=".3f"):
@@ -257,7 +285,7 @@ def mistake_section(out_dir, models):
 
 def write_report(out_dir, seconds, cfg):
     """out/report.json (the figures) and out/report.md (the same, with plots and sample answers)."""
-    quick, seed = cfg.quick, cfg.seed
+    quick, seed = cfg.preset == "quick", cfg.seed
     def load(*parts):
         path = os.path.join(out_dir, *parts)
         return json.load(open(path)) if os.path.exists(path) else {}
@@ -304,6 +332,7 @@ def write_report(out_dir, seconds, cfg):
         "dpo_implicit_reward": {k: dpo.get(k) for k in ("accuracy", "gold_accuracy", "on_policy_gold_accuracy",
                                                         "spearman")} if dpo else None,
         "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
+        "preset": cfg.preset or None,
         "seed": seed, "world_seed": cfg.world_seed, "eval_split": evaluation.get("split"),
         "dtype": evaluation.get("dtype"),
         "ptx_coef": cfg.ptx_coef, "kl_coef": ppo.get("kl_coef"),
@@ -316,7 +345,7 @@ def write_report(out_dir, seconds, cfg):
 
     split = report["eval_split"]
     lines = ["# minigpt: what each stage of InstructGPT did", "",
-             f"Run {'--quick (a miniature: numbers mean nothing)' if quick else 'with the defaults'} "
+             f"Run {RUN_KINDS[cfg.preset]} "
              f"on {report['machine']}, world {cfg.world_seed}, seed {seed}, dtype {report['dtype']}, "
              f"commit {report['commit']}, "
              f"{report['total_seconds']:.0f} s of stages, at most {report['peak_stage_rss_mb']} MB of memory. "

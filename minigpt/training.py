@@ -44,31 +44,38 @@ def check_dtype(dtype):
 _BF16_SPEEDUP = {}  # device type -> measured bf16/fp32 matmul speed ratio, once per process
 
 
-def bf16_speedup(device, n=512, reps=3):
-    """How many times faster a bf16 matmul is than an fp32 one on `device` (a ~10 ms probe, cached).
+def has_bf16_units(kind):
+    """Does this device type compute bf16 in hardware? CPU: AMX or AVX512-BF16; CUDA: Ampere or later."""
+    if kind == "cpu":
+        return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_amx_tile_supported",
+                                                                    "_is_avx512_bf16_supported"))
+    return kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
-    Speed = 2n³ FLOPs / best-of-`reps` time. bf16 halves the bytes moved, and where the hardware has bf16 units
-    (CPU: AMX or AVX512-BF16; CUDA: Ampere and later) it multiplies several times faster; elsewhere it is
-    emulated and slower than fp32. MPS is left at fp32.
+
+def bf16_speedup(device, n=512, reps=8):
+    """How many times faster a bf16 matmul is than an fp32 one on `device` (a probe of ~20 ms, cached).
+
+    0 where the device has no bf16 units (it would be emulated, slower than fp32; MPS is left at fp32 too).
+    Else speed = 2n³ FLOPs / best time of `reps` matmuls, fp32 and bf16 taking turns, so that a busy moment of
+    the machine slows both alike and the best of each is the unhurried one: the answer does not flip with load.
     """
     kind = device.split(":")[0]
     if kind not in _BF16_SPEEDUP:
-        if kind == "mps" or (kind == "cuda" and not torch.cuda.is_bf16_supported()):
+        if not has_bf16_units(kind):
             _BF16_SPEEDUP[kind] = 0.0
         else:
-            best = {}
-            for dtype in (torch.float32, torch.bfloat16):
-                a = torch.randn(n, n, device=device, dtype=dtype)
-                times = []
-                for _ in range(reps + 1):  # the first one warms up
+            a = {dtype: torch.randn(n, n, device=device, dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
+            best = {dtype: math.inf for dtype in a}
+            for rep in range(reps + 1):                                  # rep 0 warms both up
+                for dtype, x in a.items():
                     if kind == "cuda":
                         torch.cuda.synchronize()
                     t = time.perf_counter()
-                    a @ a
+                    x @ x
                     if kind == "cuda":
                         torch.cuda.synchronize()
-                    times.append(time.perf_counter() - t)
-                best[dtype] = min(times[1:])
+                    if rep > 0:
+                        best[dtype] = min(best[dtype], time.perf_counter() - t)
             _BF16_SPEEDUP[kind] = best[torch.float32] / best[torch.bfloat16]
     return _BF16_SPEEDUP[kind]
 
