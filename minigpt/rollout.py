@@ -26,10 +26,11 @@ def rollout(policy, tokenizer, tasks, max_new_tokens, temperature, generator):
     """
     out = respond(policy, tokenizer, [t.instruction for t in tasks], max_new_tokens, temperature,
                   generator=generator, batch_size=len(tasks))
-    # The mask is 1 up to and including the first end-of-text (all columns if none). generate() never samples
-    # the pad token, so these are exactly the tokens != pad: the text the judge and the reward model read.
-    # (PPO's log-probs are over the whole vocabulary; the pad, never a training target, has a probability that
-    # rounds to 0, so log(1 − p_pad) is the only difference from the distribution sampled.)
+    # The mask is 1 up to and including the first end-of-text (all columns if none), NOT tokens != pad: a policy
+    # can sample the pad token mid-response, and generate() then treats it as a real token, so must we. (The
+    # decoded text, which the judge and the reward model read, leaves it out: the pad is never a training target,
+    # so a trained policy almost never samples it; the token stays in the sampling distribution so that every
+    # log-prob here is the plain softmax over the vocabulary that the losses use.)
     is_eos = out.tokens == tokenizer.eos_id                                   # (B, max_new_tokens)
     last = torch.where(is_eos.any(1), is_eos.long().argmax(1), max_new_tokens - 1)                     # (B,)
     mask = (torch.arange(max_new_tokens, device=last.device)[None] <= last[:, None]).long()  # (B, max_new_tokens)

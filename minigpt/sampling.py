@@ -127,11 +127,7 @@ def generate(model, prompts, max_new_tokens, *, eos_id, pad_id, temperature=1.0,
                 logits = model(idx, attention_mask=mask, kv_cache=cache)  # prefill the whole prompt
             else:
                 logits = model(idx[:, -1:], attention_mask=mask, kv_cache=cache)
-            # The pad token is never a word of a response (pad is distinct from eos): it cannot be sampled, so a
-            # response is exactly its tokens up to eos, the same for the judge, the reward model, PPO and the KL.
-            step_logits = logits[:, -1].clone()
-            step_logits[:, pad_id] = float("-inf")
-            token, logprob = sample_next(step_logits, temperature, top_k, top_p, generator)
+            token, logprob = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             token = token.masked_fill(finished, pad_id)
             logprob = logprob.masked_fill(finished, 0.0)
             tokens[:, t], logprobs[:, t] = token, logprob

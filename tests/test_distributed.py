@@ -44,7 +44,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 QUICK_PRETRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=96", "--vocab_size=400",
                   "--tokenizer_chars=60000", "--max_steps=10", "--batch_size=8", "--eval_interval=10",
-                  "--eval_batches=1", "--log_interval=10", "--device=cpu"]
+                  "--eval_batches=1", "--log_interval=10", "--device=cpu", "--dtype=float32"]
 
 
 def test_sft_rm_and_ppo_under_torchrun(tmp_path):
@@ -55,7 +55,7 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     # is normalised by the count over both ranks and must follow the single-process curve. The pretraining mix
     # (on by default) is one global batch of windows too, each rank taking half.
     sft = ["train_sft.py", f"--init={t}/pretrain", "--max_steps=6", "--eval_interval=3", "--log_interval=1",
-           "--eval_prompts=0", "--device=cpu"]
+           "--eval_prompts=0", "--device=cpu", "--dtype=float32"]   # data parallelism checked to 1e-4, in fp32
     script(sft + [f"--out_dir={t}/sft1", "--batch_size=8", "--ptx_batch_size=4"])
     script(sft + [f"--out_dir={t}/sft2", "--batch_size=4", "--ptx_batch_size=2"], ranks=2)
     for key in ("train_loss", "ptx_loss", "val_loss"):
@@ -67,7 +67,7 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     script(["label.py", f"--policy={t}/sft1", f"--out_dir={t}/labels", "--n_prompts=24", "--k_policy=2",
             "--k_demo=2", "--device=cpu"])
     rm = ["train_rm.py", f"--sft={t}/sft1", f"--labels={t}/labels", "--log_interval=1", "--bias_prompts=8",
-          "--device=cpu"]
+          "--device=cpu", "--dtype=float32"]
     script(rm + [f"--out_dir={t}/rm1", "--batch_size=4"])
     script(rm + [f"--out_dir={t}/rm2", "--batch_size=2"], ranks=2)
     one, two = rows(f"{t}/rm1", "train_loss"), rows(f"{t}/rm2", "train_loss")

@@ -201,7 +201,7 @@ def test_end_to_end_on_labels(sft, tmp_path):
                 "labels_spearman_within_prompt", "per_mistake_accuracy", "bias",
                 "n_train_prompts", "K", "seconds", "on_policy_pairs", "sft_likelihood"):
         assert summary[key] is not None, key
-    assert 0 <= summary["accuracy"] <= 1 and -1 <= summary["spearman"] <= 1 and summary["K"] == 2 + 2 + 1 + 4
+    assert 0 <= summary["accuracy"] <= 1 and -1 <= summary["spearman"] <= 1 and summary["K"] == 2 + 4
     for name in ("model.pt", "last.pt", "tokenizer.json", "config.json", "metrics.jsonl", "loss.png",
                  "reward_vs_gold.png"):
         assert os.path.isfile(os.path.join(out, name)), name
