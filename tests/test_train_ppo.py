@@ -109,8 +109,9 @@ def test_a_sampled_pad_token_mid_response_counts_as_real(tiny):
     torch.testing.assert_close(recomputed[real], batch["sample_logprobs"][real], atol=1e-4, rtol=0)
 
 
-def test_ratio_is_exactly_one_on_the_first_minibatch_then_moves(tiny):
-    cfg = make_cfg()
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ratio_is_exactly_one_on_the_first_minibatch_then_moves(tiny, dtype):
+    cfg = make_cfg(dtype=dtype)
     policy, value_model = GPT(tiny.config).eval(), RewardModel(tiny.config).eval()
     policy.load_state_dict(tiny.policy.state_dict())
     value_model.load_state_dict(tiny.reward_model.state_dict())
