@@ -162,6 +162,10 @@ def stage_commands(cfg):
         "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}", f"--ref={o}/sft",
                  f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
     }
+    # The pipeline owns its stage folders: a stage runs only when it had not finished, so its training script
+    # may overwrite what an interrupted attempt left there.
+    for stage in ("pretrain", "sft", "rm", *RLHF):
+        commands[stage].append("--force")
     shrink = PRESETS.get(cfg.preset, {})
     return {s: [sys.executable, *cmd, *common, *shrink.get(s, [])] for s, cmd in commands.items()}
 

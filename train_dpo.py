@@ -31,8 +31,8 @@ from types import SimpleNamespace
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
-                                save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_for_reward, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
@@ -72,6 +72,7 @@ class Config:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
                                                          "clearly faster), float32 or bfloat16"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -156,6 +157,7 @@ def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
 
 
 def main(cfg):
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
@@ -188,7 +190,7 @@ def main(cfg):
     optimizer = make_adamw(policy, cfg.lr, weight_decay=0.0)
     step = 0
     if resume:
-        policy.load_state_dict(resume["model"])
+        load_resumed(policy, resume["model"], os.path.join(cfg.out_dir, "last.pt"))
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
         step = resume["step"]

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
-                                save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_for_reward, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
@@ -82,6 +82,7 @@ class Config:
                                                          "clearly faster), float32 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -245,6 +246,7 @@ def plot_scatter(path, rep):
 # ---- main -----------------------------------------------------------------------------------------------
 
 def main(cfg):
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
@@ -273,7 +275,7 @@ def main(cfg):
                                "lr_scale": cfg.head_lr / cfg.lr})
     step = 0
     if resume:
-        model.load_state_dict(resume["model"])
+        load_resumed(model, resume["model"], os.path.join(cfg.out_dir, "last.pt"))
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
         step = resume["step"]

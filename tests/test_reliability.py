@@ -64,6 +64,26 @@ def test_pretraining_resumes_exactly_after_sigkill(tmp_path):
     assert losses(cut, "val_loss") == losses(full, "val_loss")
 
 
+def test_a_finished_run_is_not_overwritten_without_force_nor_resumed_by_another_model(tmp_path):
+    out = str(tmp_path / "run")
+    args = [f"--out_dir={out}", *TINY_PRETRAIN, "--max_steps=2", "--eval_interval=2"]
+    assert script("train_pretrain.py", *args).returncode == 0
+    before = {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
+    again = script("train_pretrain.py", *args)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr == (f"error: {out} holds a run already: --resume to continue it, --force to overwrite it, "
+                            "or another --out_dir\n")
+    assert {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))} == before
+    # --resume with another width: one line naming last.pt, not load_state_dict's size-mismatch traceback
+    other = script("train_pretrain.py", *args, "--n_embd=48", "--resume")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "Traceback" not in other.stderr
+    assert other.stderr.startswith(f"error: {out}/last.pt was saved by a different model (size mismatch")
+    assert other.stderr.endswith("; drop --resume or use the same settings\n")
+    assert open(os.path.join(out, "last.pt"), "rb").read() == before["last.pt"]
+    forced = script("train_pretrain.py", *args, "--force")
+    assert forced.returncode == 0, forced.stderr
+
+
 @pytest.fixture(scope="module")
 def tiny_stages(tmp_path_factory):
     """Tiny pretrain -> SFT -> labels -> RM folders for the resume tests of the later stages."""
@@ -198,6 +218,10 @@ BAD_INPUT = [
     ("train_pretrain.py", ["--data={d}/empty.txt"], "empty.txt"),
     ("train_pretrain.py", ["--data={d}/empty_dir"], "empty_dir"),
     ("train_pretrain.py", ["--resume"], "last.pt"),
+    ("train_sft.py", ["--init={d}/lm", "--out_dir={d}/lm"], "lm holds a run already: --resume to continue it"),
+    ("train_rm.py", ["--sft={d}/lm", "--out_dir={d}/rm"], "rm holds a run already: --resume to continue it"),
+    ("train_ppo.py", ["--sft={d}/lm", "--rm={d}/rm", "--out_dir={d}/lm"], "lm holds a run already"),
+    ("train_dpo.py", ["--sft={d}/lm", "--out_dir={d}/lm"], "lm holds a run already"),
     ("train_pretrain.py", ["--tokenizer={d}/nothing.json"], "nothing.json"),
     ("train_pretrain.py", ["--tokenizer={d}/latin1.txt"], "not a valid tokenizer file"),
     ("train_sft.py", ["--init={d}/missing"], "missing"),
