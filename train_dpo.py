@@ -52,6 +52,8 @@ class Config:
     data: str = field(default="", metadata={"help": "a preference file instead of --labels (any format train_rm.py reads)"})
     val_data: str = field(default="", metadata={"help": "held-out comparisons for --data (empty = hold out --val_fraction)"})
     val_fraction: float = field(default=0.15, metadata={"help": "share of --data held out when no --val_data"})
+    max_chars: int = field(default=2000, metadata={"help": "drop --data rankings whose prompt and longest "
+                                                        "response exceed this many characters"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     seed: int = field(default=1337, metadata={"help": "seed for data order and sampling"})
     n_prompts: int = field(default=0, metadata={"help": "train on the first N rankings (0 = all)"})
@@ -76,7 +78,7 @@ class Config:
 
     def validate(self):
         check_dtype(self.dtype)
-        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "kl_prompts", "max_new_tokens"):
+        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "kl_prompts", "max_new_tokens", "max_chars"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.beta > 0, f"--lr and --beta must be > 0, got {self.lr} and {self.beta}")
         check(0 < self.val_fraction < 1, f"--val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -165,7 +167,7 @@ def main(cfg):
     resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- data and models: the policy starts as the SFT model, the reference IS the SFT model (frozen) ----
-    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction)
+    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction, cfg.max_chars)
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
     dtype = resolve_dtype(cfg.dtype, device)

@@ -52,6 +52,8 @@ class Config:
     val_data: str = field(default="", metadata={"help": "held-out comparisons for --data (empty = hold out "
                                                         "--val_fraction of --data)"})
     val_fraction: float = field(default=0.15, metadata={"help": "share of --data held out when no --val_data"})
+    max_chars: int = field(default=2000, metadata={"help": "drop --data rankings whose prompt and longest "
+                                                        "response exceed this many characters"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     seed: int = field(default=1337, metadata={"help": "seed for data order and dropout"})
     n_prompts: int = field(default=0, metadata={"help": "train on the first N ranked prompts (0 = all)"})
@@ -86,7 +88,7 @@ class Config:
 
     def validate(self):
         check_dtype(self.dtype)
-        for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts"):
+        for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts", "max_chars"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.head_lr > 0, f"--lr and --head_lr must be > 0, got {self.lr}, {self.head_lr}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
@@ -254,7 +256,7 @@ def main(cfg):
     resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- data and model ----
-    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction)
+    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction, cfg.max_chars)
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
     world = world_of(cfg, train_recs + val_recs)

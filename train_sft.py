@@ -181,13 +181,13 @@ def file_demonstrations(cfg, rng):
     return pairs[n_val:], pairs[:n_val]
 
 
-def preferred_demonstrations(source):
+def preferred_demonstrations(source, max_chars=2000):
     """(train pairs, validation pairs) for Preferred-FT: the best response of each ranking (label.py's folder, its
     train.jsonl and val.jsonl; or a comparisons file, every n-th ranking held out as in train_rm.py)."""
     if os.path.isdir(source):
         train_recs, val_recs = load_rankings(source)
     else:
-        train_recs, val_recs = load_rankings("", data=source)
+        train_recs, val_recs = load_rankings("", data=source, max_chars=max_chars)
     train, val = ([(render_prompt(r["prompt"]), r["responses"][0]) for r in recs] for recs in (train_recs, val_recs))
     if not train or not val:
         raise UserError(f"{source}: Preferred-FT needs rankings to train on and held-out ones to validate on; got "
@@ -263,7 +263,7 @@ def main(cfg):
     if cfg.data:
         train_pairs, val_pairs = file_demonstrations(cfg, rng)
     elif cfg.preferred:
-        train_pairs, val_pairs = preferred_demonstrations(cfg.preferred)
+        train_pairs, val_pairs = preferred_demonstrations(cfg.preferred, cfg.max_chars)
         world = World(cfg.world_seed)                        # for the gold-scored evaluations and the corpus mix
         eval_tasks = world.split("sft_val")[: cfg.eval_prompts]
     else:
