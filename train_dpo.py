@@ -149,7 +149,10 @@ def implicit_rewards(logps, ref_logps, beta):
 @torch.no_grad()
 def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
     """KL(π || π_SFT) per response, measured as PPO measures it: sample from π on held-out prompts and average
-    Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck)."""
+    Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck).
+
+    A sampled estimate, not the KL itself: over a few dozen responses it can come out slightly below 0 while π is
+    still close to π_SFT (near the start), though the true KL never is; the printed lines say so."""
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     with autocast(str(device), cfg.dtype):
         batch = rollout(policy, tokenizer, [SimpleNamespace(instruction=p) for p in prompts], cfg.max_new_tokens, 1.0,
@@ -266,7 +269,8 @@ def main(cfg):
                 rep, _ = evaluate(64)
                 log.log(step=step, elapsed_s=time.time() - t0, **rep)
                 print(f"step {step}: held-out loss {rep['val_loss']:.4f}, implicit-reward accuracy "
-                      f"{rep['val_accuracy']:.3f}, margin {rep['val_margin']:+.3f}, KL to SFT {rep['val_kl']:.2f} nats")
+                      f"{rep['val_accuracy']:.3f}, margin {rep['val_margin']:+.3f}, KL to SFT (sampled estimate, "
+                      f"can dip below 0) {rep['val_kl']:.2f} nats")
                 save_last()
     except KeyboardInterrupt:
         if master:
@@ -297,7 +301,7 @@ def main(cfg):
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         print(f"implicit reward β·log(π/π_SFT) on held-out pairs: accuracy {fmt(summary['accuracy'])}, vs gold order "
               f"{fmt(summary['gold_accuracy'])}, on pairs of policy samples {fmt(summary['on_policy_gold_accuracy'])}; "
-              f"KL to SFT {rep['val_kl']:.2f} nats; done in {summary['seconds']:.0f}s; weights in {cfg.out_dir}/model.pt")
+              f"KL to SFT (sampled estimate) {rep['val_kl']:.2f} nats; done in {summary['seconds']:.0f}s; weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()
 
 

@@ -429,7 +429,9 @@ def main(cfg):
                 kl=kl_per_response.mean().item(), non_score_reward=-kl_ctl.value * kl_per_response.mean().item(),
                 kl_k3=(k3_kl(logprobs, ref_logprobs) * mask).sum(1).mean().item(),   # the same KL, an estimator >= 0
                 entropy=entropy, length=mask.sum(1).float().mean().item(), eos_rate=batch["eos"].float().mean().item(),
-                explained_variance=math.nan if grpo else explained_variance(values, returns, mask), logprob_gap=logprob_gap,
+                logprob_gap=logprob_gap,
+                # GRPO has no value model, so no value statistics (they would read nan)
+                **({} if grpo else dict(explained_variance=explained_variance(values, returns, mask))),
                 **{k: sum(s[k] for s in steps) / len(steps) for k in steps[0] if k != "max_abs_log_ratio"},
                 first_minibatch_log_ratio=steps[0]["max_abs_log_ratio"]).items()}   # 0: ratio exactly 1 (detail 13)
             row.update(step=iteration, kl_coef=kl_ctl.value, episodes=iteration * global_batch * G,
@@ -439,7 +441,7 @@ def main(cfg):
             if iteration % cfg.log_interval == 0 and master:
                 progress.line(iteration, int(mask.sum()) * world_size, rm=row["rm_score"], gold=row["gold"], kl=row["kl"],
                               beta=row["kl_coef"], ent=row["entropy"], len=row["length"], eos=row["eos_rate"],
-                              clip=row["clipfrac"], ev=row["explained_variance"])
+                              clip=row["clipfrac"], **({} if grpo else dict(ev=row["explained_variance"])))
             if master and cfg.sample_interval and iteration % cfg.sample_interval == 0:
                 for t, r, s in list(zip(batch["tasks"], batch["texts"], scores.tolist()))[:3]:
                     print(f"  > {t.instruction[:70]!r}\n    {r[:100]!r}  (RM {s:+.2f}, gold {world.gold_score(t, r):.2f})")
