@@ -202,6 +202,10 @@ def folders(tmp_path_factory):
     (base / "latin1.jsonl").write_bytes('{"instruction": "caf\xe9", "output": "x"}\n'.encode("latin-1"))
     (base / "latin1.txt").write_bytes("caf\xe9 au lait ".encode("latin-1") * 100)
     (base / "empty_dir").mkdir()
+    (base / "hf_novocab").mkdir()
+    (base / "hf_novocab" / "config.json").write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 16}))
+    four = [{"prompt": f"Add {i} and {i}.", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(4)]
+    (base / "four.jsonl").write_text("".join(json.dumps(p) + "\n" for p in four * 3))
     return base
 
 
@@ -235,6 +239,12 @@ BAD_INPUT = [
     ("train_sft.py", ["--init={d}/lm", "--data={d}/empty.jsonl"], "empty.jsonl"),
     ("train_sft.py", ["--init={d}/lm", "--data={d}/blank.json"], "blank.json"),
     ("train_sft.py", ["--init={d}/lm", "--data={d}/latin1.jsonl"], "latin1.jsonl"),
+    ("train_sft.py", ["--init={d}/hf_novocab", "--tokenizer=gpt2"], "config.json: field 'vocab_size' missing"),
+    ("train_dpo.py", ["--sft={d}/lm", "--data={d}/four.jsonl"], "four.jsonl: 4 rankings are too few to hold out "
+                                                               "every 7-th (got 4 to train on, 0 held out): give "
+                                                               "--val_data=file, or a larger --val_fraction"),
+    ("chat.py", ["--prompt=hi"], "out/ppo: no such checkpoint folder: run python pipeline.py first (or pipeline.py "
+                                 "--preset=small, then --model=out/small/ppo), or pass --model=folder"),
     ("train_sft.py", ["--init={d}/lm", "--lr=0"], "--lr"),
     ("train_sft.py", ["--init={d}/lm", "--ptx_coef=-1"], "--ptx_coef"),
     ("train_sft.py", ["--init={d}/lm", "--ptx_data={d}/nothing.txt"], "nothing.txt"),
