@@ -390,8 +390,9 @@ def main(cfg):
             world, instructions, lists, SimulatedLabeler(cfg.seed + 3, cfg.labeler_temperature), StoredOrder())
     write_json(summary_path, summary)
     fmt = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"  # noqa: E731
-    print(f"{len(train)} train + {len(val)} val ranked lists ({summary['mean_responses_per_list']:.2f} responses "
-          f"ranked on average of up to K={K}, ties dropped; {dropped} prompts all tied) in {summary['seconds']:.0f}s")
+    mean = summary["mean_responses_per_list"]
+    print(f"{len(train)} train + {len(val)} val ranked lists ({mean:.2f} responses ranked on average of up "
+          f"to K={K}, ties dropped; {dropped} prompts all tied) in {summary['seconds']:.0f}s")
     print(f"held-out labels vs gold (ceiling) {fmt(summary['ceiling'])} | two simulated labellers agree "
           f"{fmt(summary['labeler_agreement'])} | policy samples' mean gold {fmt(summary['policy_mean_gold'])}")
     if cfg.labeler == "human":

@@ -32,7 +32,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
-                                model_state, rng_state, save_checkpoint, save_model, set_rng_state, write_json)
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state,
+                                write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_for_reward, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
@@ -78,7 +79,8 @@ class Config:
 
     def validate(self):
         check_dtype(self.dtype)
-        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "kl_prompts", "max_new_tokens", "max_chars"):
+        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "kl_prompts", "max_new_tokens",
+                    "max_chars"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.beta > 0, f"--lr and --beta must be > 0, got {self.lr} and {self.beta}")
         check(0 < self.val_fraction < 1, f"--val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -151,8 +153,8 @@ def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
     """KL(π || π_SFT) per response, measured as PPO measures it: sample from π on held-out prompts and average
     Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck).
 
-    A sampled estimate, not the KL itself: over a few dozen responses it can come out slightly below 0 while π is
-    still close to π_SFT (near the start), though the true KL never is; the printed lines say so."""
+    A sampled estimate, not the KL itself: over a few dozen responses it can come out slightly below 0 while π
+    is still close to π_SFT (near the start), though the true KL never is; the printed lines say so."""
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     with autocast(str(device), cfg.dtype):
         batch = rollout(policy, tokenizer, [SimpleNamespace(instruction=p) for p in prompts], cfg.max_new_tokens, 1.0,
@@ -269,8 +271,8 @@ def main(cfg):
                 rep, _ = evaluate(64)
                 log.log(step=step, elapsed_s=time.time() - t0, **rep)
                 print(f"step {step}: held-out loss {rep['val_loss']:.4f}, implicit-reward accuracy "
-                      f"{rep['val_accuracy']:.3f}, margin {rep['val_margin']:+.3f}, KL to SFT (sampled estimate, "
-                      f"can dip below 0) {rep['val_kl']:.2f} nats")
+                      f"{rep['val_accuracy']:.3f}, margin {rep['val_margin']:+.3f}, KL to SFT (sampled "
+                      f"estimate, can dip below 0) {rep['val_kl']:.2f} nats")
                 save_last()
     except KeyboardInterrupt:
         if master:
@@ -301,7 +303,8 @@ def main(cfg):
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         print(f"implicit reward β·log(π/π_SFT) on held-out pairs: accuracy {fmt(summary['accuracy'])}, vs gold order "
               f"{fmt(summary['gold_accuracy'])}, on pairs of policy samples {fmt(summary['on_policy_gold_accuracy'])}; "
-              f"KL to SFT (sampled estimate) {rep['val_kl']:.2f} nats; done in {summary['seconds']:.0f}s; weights in {cfg.out_dir}/model.pt")
+              f"KL to SFT (sampled estimate) {rep['val_kl']:.2f} nats; done in {summary['seconds']:.0f}s; "
+              f"weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()
 
 

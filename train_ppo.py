@@ -44,8 +44,8 @@ import torch
 import torch.distributed as dist
 
 from minigpt.checkpoint import (check_out_dir, check_same_tokenizer, config_dict, load_checkpoint, load_model,
-                                load_resumed, model_state, rng_state, save_checkpoint, save_model, set_rng_state,
-                                write_json)
+                                load_resumed, model_state, rng_state, save_checkpoint, save_model,
+                                set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows
 from minigpt.losses import sft_loss

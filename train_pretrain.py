@@ -19,8 +19,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
-                                load_tokenizer, model_state, rng_state, save_checkpoint, save_model, set_rng_state,
-                                write_json)
+                                load_tokenizer, model_state, rng_state, save_checkpoint, save_model,
+                                set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows, load_text, render_prompt
 from minigpt.losses import sft_loss

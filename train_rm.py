@@ -29,7 +29,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
-                                model_state, rng_state, save_checkpoint, save_model, set_rng_state, write_json)
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state,
+                                write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_for_reward, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
@@ -88,7 +89,8 @@ class Config:
 
     def validate(self):
         check_dtype(self.dtype)
-        for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts", "max_chars"):
+        for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts",
+                    "max_chars"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.head_lr > 0, f"--lr and --head_lr must be > 0, got {self.lr}, {self.head_lr}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")

@@ -33,7 +33,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
-                                model_state, rng_state, save_checkpoint, save_model, set_rng_state, write_json)
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state,
+                                write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import (clean_demonstrations, encode_prompt_response, lm_windows, load_demonstrations, load_rankings,
                           load_text, render_prompt, sft_batch)

@@ -142,7 +142,7 @@ RUN_FILES = ("model.pt", "last.pt", "summary.json")
 
 
 def check_out_dir(out_dir, resume, force):
-    """Refuse, before any work, to train into a folder that holds a run, unless told to continue or overwrite it."""
+    """Refuse, before any work, to train into a folder holding a run, unless told to resume or overwrite."""
     if resume or force:
         return
     if any(os.path.exists(os.path.join(out_dir, name)) for name in RUN_FILES):
@@ -156,7 +156,8 @@ def load_resumed(module, state, path):
         module.load_state_dict(state)
     except RuntimeError as e:
         # "Error(s) in loading state_dict for GPT:\n\tsize mismatch for ...": the first mismatch says enough
-        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
         raise UserError(f"{path} was saved by a different model ({detail[:160]}); drop --resume or use the "
                         "same settings") from None
 
