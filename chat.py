@@ -5,6 +5,7 @@
     python chat.py --model=out/sft --prompt="计算2+2"      # answer once and exit (scriptable)
 """
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -72,6 +73,9 @@ def answer(model, tokenizer, instruction, cfg, generator, label=""):
 def main(cfg):
     device = pick_device(cfg.device)
     folders = cfg.compare or [cfg.model]
+    if not cfg.compare and cfg.model == Config.model and not os.path.isdir(cfg.model):   # no run yet
+        raise UserError(f"{cfg.model}: no such checkpoint folder: run python pipeline.py first (or "
+                        "pipeline.py --preset=small, then --model=out/small/ppo), or pass --model=folder")
     models = []
     for folder in folders:
         model, tokenizer, _ = load_model(folder, kind="lm", device=device)

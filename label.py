@@ -327,7 +327,8 @@ def main(cfg):
     generator = torch.Generator().manual_seed(cfg.seed)
     k = cfg.k_policy * len(cfg.temperatures.split(","))
     K = k + (min(cfg.k_decorated, k) + cfg.k_other if k else 0) + cfg.k_demo
-    print(f"labelling {len(tasks)} prompts x K={K} responses ({k} from {cfg.policy} at temperatures "
+    # "up to": a prompt's responses with equal gold scores are tied and all but one dropped before ranking
+    print(f"labelling {len(tasks)} prompts x up to K={K} responses ({k} from {cfg.policy} at temperatures "
           f"{cfg.temperatures}, dtype {resolve_dtype(cfg.dtype, device)}, up to "
           f"{cfg.k_decorated} of them decorated, {cfg.k_other} off-topic, {cfg.k_demo} from the demonstrators); "
           f"labeller {identity}")
@@ -389,8 +390,9 @@ def main(cfg):
             world, instructions, lists, SimulatedLabeler(cfg.seed + 3, cfg.labeler_temperature), StoredOrder())
     write_json(summary_path, summary)
     fmt = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"  # noqa: E731
-    print(f"{len(train)} train + {len(val)} val ranked lists ({summary['mean_responses_per_list']:.1f} responses each "
-          f"after dropping ties; {dropped} prompts all tied) in {summary['seconds']:.0f}s")
+    mean = summary["mean_responses_per_list"]
+    print(f"{len(train)} train + {len(val)} val ranked lists ({mean:.2f} responses ranked on average of up "
+          f"to K={K}, ties dropped; {dropped} prompts all tied) in {summary['seconds']:.0f}s")
     print(f"held-out labels vs gold (ceiling) {fmt(summary['ceiling'])} | two simulated labellers agree "
           f"{fmt(summary['labeler_agreement'])} | policy samples' mean gold {fmt(summary['policy_mean_gold'])}")
     if cfg.labeler == "human":

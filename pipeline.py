@@ -162,8 +162,26 @@ def stage_commands(cfg):
         "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}", f"--ref={o}/sft",
                  f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
     }
+    # The pipeline owns its stage folders: a stage runs only when it had not finished, so its training script
+    # may overwrite what an interrupted attempt left there.
+    for stage in ("pretrain", "sft", "rm", *RLHF):
+        commands[stage].append("--force")
     shrink = PRESETS.get(cfg.preset, {})
-    return {s: [sys.executable, *cmd, *common, *shrink.get(s, [])] for s, cmd in commands.items()}
+    return {s: [sys.executable, *merge_flags(cmd, common + shrink.get(s, []))] for s, cmd in commands.items()}
+
+
+def merge_flags(args, extra):
+    """args then extra, each --key once: a later --key=value replaces the earlier one in place, so the printed
+    command reads as what runs (GRPO's --iterations=30 and a preset's --iterations=2 would both be shown)."""
+    out = list(args)
+    for flag in extra:
+        key = flag.split("=", 1)[0]
+        at = [i for i, a in enumerate(out) if a.split("=", 1)[0] == key]
+        if at:
+            out[at[0]] = flag
+        else:
+            out.append(flag)
+    return out
 
 
 def check_kind_of_run(cfg):
@@ -190,6 +208,22 @@ def check_kind_of_run(cfg):
     write_json(path, {"preset": cfg.preset, "world_seed": cfg.world_seed, "dtype": cfg.dtype})
 
 
+def run_stage(cmd, cwd):
+    """Run one stage's command -> its exit code. On Ctrl-C, wait for the stage to end: the terminal's SIGINT
+    reaches it too (one process group), and it saves its last.pt on the way out; subprocess.run would kill it
+    0.25 s later, maybe mid-save."""
+    proc = subprocess.Popen(cmd, cwd=cwd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        while proc.poll() is None:
+            try:
+                proc.wait()
+            except KeyboardInterrupt:   # a second Ctrl-C: still wait, never a traceback
+                pass
+        raise
+
+
 def main(cfg):
     here = os.path.dirname(os.path.abspath(__file__))
     cfg.out_dir = cfg.out_dir or (f"out/{cfg.preset}" if cfg.preset else "out")
@@ -200,21 +234,27 @@ def main(cfg):
     forced = STAGES[STAGES.index(cfg.force):] if cfg.force else []
     commands = stage_commands(cfg)
     t_start = time.time()
-    for i, stage in enumerate(STAGES, 1):
-        folder = os.path.join(cfg.out_dir, stage)
-        print(f"\n{'=' * 78}\n[{i}/{len(STAGES) + 1}] {stage}\n{'=' * 78}", flush=True)
-        done = os.path.join(folder, DONE[stage])
-        if os.path.exists(done) and stage not in forced:
-            print(f"{done} exists: stage complete, skipped (--force={stage} reruns it)")
-            continue
-        print("$ " + " ".join(shlex.quote(c) for c in commands[stage]), flush=True)
-        t0 = time.time()
-        result = subprocess.run(commands[stage], cwd=here)
-        if result.returncode != 0:
-            raise UserError(f"stage {stage} failed (exit code {result.returncode}); fix it and rerun: "
-                            "finished stages are skipped")
-        seconds[stage] = round(time.time() - t0, 1)
-        write_json(timing_path, seconds)
+    stage = STAGES[0]
+    try:
+        for i, stage in enumerate(STAGES, 1):
+            folder = os.path.join(cfg.out_dir, stage)
+            print(f"\n{'=' * 78}\n[{i}/{len(STAGES) + 1}] {stage}\n{'=' * 78}", flush=True)
+            done = os.path.join(folder, DONE[stage])
+            if os.path.exists(done) and stage not in forced:
+                print(f"{done} exists: stage complete, skipped (--force={stage} reruns it)")
+                continue
+            print("$ " + " ".join(shlex.quote(c) for c in commands[stage]), flush=True)
+            t0 = time.time()
+            returncode = run_stage(commands[stage], here)
+            if returncode != 0:
+                raise UserError(f"stage {stage} failed (exit code {returncode}); fix it and rerun: "
+                                "finished stages are skipped")
+            seconds[stage] = round(time.time() - t0, 1)
+            write_json(timing_path, seconds)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted during stage {stage}; rerun the same command to continue: finished stages are "
+              "skipped", file=sys.stderr)
+        sys.exit(130)
     print(f"\n{'=' * 78}\n[{len(STAGES) + 1}/{len(STAGES) + 1}] report\n{'=' * 78}")
     write_report(cfg.out_dir, seconds, cfg)
     total = sum(seconds.values())

@@ -78,13 +78,20 @@ class Config:
 
 # ---- models -----------------------------------------------------------------------------------------------
 
+# The pipeline's models in its order (its report's names: the pretrain stage's model is "pretrained").
+PIPELINE_MODELS = ["pretrained", "sft", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]
+MODEL_NAMES = {"pretrain": "pretrained"}   # stage folder -> model name, where they differ
+
+
 def find_stage_folders(out_dir):
     """name -> folder for every immediate subfolder of out_dir holding a model.pt (load_all keeps the language
-    models among them)."""
+    models among them), the pipeline's models first in pipeline order, then the others alphabetically."""
     if not os.path.isdir(out_dir):
         raise UserError(f"{out_dir}: no such folder (run python pipeline.py first, or pass --models=name:folder)")
-    return {name: os.path.join(out_dir, name) for name in sorted(os.listdir(out_dir))
-            if os.path.isfile(os.path.join(out_dir, name, "model.pt"))}
+    found = {MODEL_NAMES.get(name, name): os.path.join(out_dir, name) for name in os.listdir(out_dir)
+             if os.path.isfile(os.path.join(out_dir, name, "model.pt"))}
+    rank = {name: i for i, name in enumerate(PIPELINE_MODELS)}
+    return {name: found[name] for name in sorted(found, key=lambda n: (rank.get(n, len(rank)), n))}
 
 
 def parse_models(items):

@@ -31,8 +31,9 @@ from types import SimpleNamespace
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
-                                save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state,
+                                write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_for_reward, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
@@ -52,6 +53,8 @@ class Config:
     data: str = field(default="", metadata={"help": "a preference file instead of --labels (any format train_rm.py reads)"})
     val_data: str = field(default="", metadata={"help": "held-out comparisons for --data (empty = hold out --val_fraction)"})
     val_fraction: float = field(default=0.15, metadata={"help": "share of --data held out when no --val_data"})
+    max_chars: int = field(default=2000, metadata={"help": "drop --data rankings whose prompt and longest "
+                                                        "response exceed this many characters"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     seed: int = field(default=1337, metadata={"help": "seed for data order and sampling"})
     n_prompts: int = field(default=0, metadata={"help": "train on the first N rankings (0 = all)"})
@@ -72,10 +75,12 @@ class Config:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
                                                          "clearly faster), float32 or bfloat16"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
-        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "kl_prompts", "max_new_tokens"):
+        for key in ("epochs", "batch_size", "eval_interval", "log_interval", "kl_prompts", "max_new_tokens",
+                    "max_chars"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.beta > 0, f"--lr and --beta must be > 0, got {self.lr} and {self.beta}")
         check(0 < self.val_fraction < 1, f"--val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -146,7 +151,10 @@ def implicit_rewards(logps, ref_logps, beta):
 @torch.no_grad()
 def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
     """KL(π || π_SFT) per response, measured as PPO measures it: sample from π on held-out prompts and average
-    Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck)."""
+    Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck).
+
+    A sampled estimate, not the KL itself: over a few dozen responses it can come out slightly below 0 while π
+    is still close to π_SFT (near the start), though the true KL never is; the printed lines say so."""
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     with autocast(str(device), cfg.dtype):
         batch = rollout(policy, tokenizer, [SimpleNamespace(instruction=p) for p in prompts], cfg.max_new_tokens, 1.0,
@@ -156,6 +164,7 @@ def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
 
 
 def main(cfg):
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
@@ -163,7 +172,7 @@ def main(cfg):
     resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- data and models: the policy starts as the SFT model, the reference IS the SFT model (frozen) ----
-    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction)
+    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction, cfg.max_chars)
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
     dtype = resolve_dtype(cfg.dtype, device)
@@ -188,7 +197,7 @@ def main(cfg):
     optimizer = make_adamw(policy, cfg.lr, weight_decay=0.0)
     step = 0
     if resume:
-        policy.load_state_dict(resume["model"])
+        load_resumed(policy, resume["model"], os.path.join(cfg.out_dir, "last.pt"))
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
         step = resume["step"]
@@ -262,7 +271,8 @@ def main(cfg):
                 rep, _ = evaluate(64)
                 log.log(step=step, elapsed_s=time.time() - t0, **rep)
                 print(f"step {step}: held-out loss {rep['val_loss']:.4f}, implicit-reward accuracy "
-                      f"{rep['val_accuracy']:.3f}, margin {rep['val_margin']:+.3f}, KL to SFT {rep['val_kl']:.2f} nats")
+                      f"{rep['val_accuracy']:.3f}, margin {rep['val_margin']:+.3f}, KL to SFT (sampled "
+                      f"estimate, can dip below 0) {rep['val_kl']:.2f} nats")
                 save_last()
     except KeyboardInterrupt:
         if master:
@@ -293,7 +303,8 @@ def main(cfg):
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         print(f"implicit reward β·log(π/π_SFT) on held-out pairs: accuracy {fmt(summary['accuracy'])}, vs gold order "
               f"{fmt(summary['gold_accuracy'])}, on pairs of policy samples {fmt(summary['on_policy_gold_accuracy'])}; "
-              f"KL to SFT {rep['val_kl']:.2f} nats; done in {summary['seconds']:.0f}s; weights in {cfg.out_dir}/model.pt")
+              f"KL to SFT (sampled estimate) {rep['val_kl']:.2f} nats; done in {summary['seconds']:.0f}s; "
+              f"weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()
 
 

@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from minigpt.checkpoint import (check_same_tokenizer, config_dict, load_checkpoint, load_model, model_state,
-                                rng_state, save_checkpoint, save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (check_out_dir, check_same_tokenizer, config_dict, load_checkpoint, load_model,
+                                load_resumed, model_state, rng_state, save_checkpoint, save_model,
+                                set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows
 from minigpt.losses import sft_loss
@@ -116,6 +117,7 @@ class Config:
                                                          "clearly faster), float32 or bfloat16"})
     debug: bool = field(default=False, metadata={"help": "assert the sanity checks: recomputed log-probs == sampled ones, ratio 1 at the start"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -281,6 +283,7 @@ def prompts_for_iteration(n_prompts, iteration, global_batch, rank, world_size, 
 
 
 def main(cfg):
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
     torch.manual_seed(cfg.seed)
@@ -331,10 +334,10 @@ def main(cfg):
     iteration, elapsed_before = 0, 0.0
     best = dict(iteration=-1, val_rm_score=-math.inf)
     if resume:
-        policy.load_state_dict(resume["policy"])
+        load_resumed(policy, resume["policy"], os.path.join(cfg.out_dir, "last.pt"))
         policy_optimizer.load_state_dict(resume["policy_optimizer"])
         if not grpo:
-            value_model.load_state_dict(resume["value"])
+            load_resumed(value_model, resume["value"], os.path.join(cfg.out_dir, "last.pt"))
             value_optimizer.load_state_dict(resume["value_optimizer"])
         kl_ctl.value = resume["kl_coef"]
         set_rng_state(resume["rng"])
@@ -426,7 +429,9 @@ def main(cfg):
                 kl=kl_per_response.mean().item(), non_score_reward=-kl_ctl.value * kl_per_response.mean().item(),
                 kl_k3=(k3_kl(logprobs, ref_logprobs) * mask).sum(1).mean().item(),   # the same KL, an estimator >= 0
                 entropy=entropy, length=mask.sum(1).float().mean().item(), eos_rate=batch["eos"].float().mean().item(),
-                explained_variance=math.nan if grpo else explained_variance(values, returns, mask), logprob_gap=logprob_gap,
+                logprob_gap=logprob_gap,
+                # GRPO has no value model, so no value statistics (they would read nan)
+                **({} if grpo else dict(explained_variance=explained_variance(values, returns, mask))),
                 **{k: sum(s[k] for s in steps) / len(steps) for k in steps[0] if k != "max_abs_log_ratio"},
                 first_minibatch_log_ratio=steps[0]["max_abs_log_ratio"]).items()}   # 0: ratio exactly 1 (detail 13)
             row.update(step=iteration, kl_coef=kl_ctl.value, episodes=iteration * global_batch * G,
@@ -436,7 +441,7 @@ def main(cfg):
             if iteration % cfg.log_interval == 0 and master:
                 progress.line(iteration, int(mask.sum()) * world_size, rm=row["rm_score"], gold=row["gold"], kl=row["kl"],
                               beta=row["kl_coef"], ent=row["entropy"], len=row["length"], eos=row["eos_rate"],
-                              clip=row["clipfrac"], ev=row["explained_variance"])
+                              clip=row["clipfrac"], **({} if grpo else dict(ev=row["explained_variance"])))
             if master and cfg.sample_interval and iteration % cfg.sample_interval == 0:
                 for t, r, s in list(zip(batch["tasks"], batch["texts"], scores.tolist()))[:3]:
                     print(f"  > {t.instruction[:70]!r}\n    {r[:100]!r}  (RM {s:+.2f}, gold {world.gold_score(t, r):.2f})")

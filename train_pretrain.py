@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, load_tokenizer, model_state, rng_state,
-                                save_checkpoint, save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
+                                load_tokenizer, model_state, rng_state, save_checkpoint, save_model,
+                                set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows, load_text, render_prompt
 from minigpt.losses import sft_loss
@@ -70,6 +71,7 @@ class Config:
                                                          "clearly faster), float32 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -116,6 +118,7 @@ def fact_recall(model, tokenizer, probes):
 
 
 def main(cfg):
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
     torch.manual_seed(cfg.seed)
@@ -162,7 +165,7 @@ def main(cfg):
     data_rng = torch.Generator().manual_seed(cfg.seed)     # same on every rank: see get_batch
     step, best_val = 0, math.inf
     if resume:
-        model.load_state_dict(resume["model"])
+        load_resumed(model, resume["model"], os.path.join(cfg.out_dir, "last.pt"))
         optimizer.load_state_dict(resume["optimizer"])
         data_rng.set_state(resume["data_rng"])
         set_rng_state(resume["rng"])

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
-                                save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state,
+                                write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_for_reward, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
@@ -52,6 +53,8 @@ class Config:
     val_data: str = field(default="", metadata={"help": "held-out comparisons for --data (empty = hold out "
                                                         "--val_fraction of --data)"})
     val_fraction: float = field(default=0.15, metadata={"help": "share of --data held out when no --val_data"})
+    max_chars: int = field(default=2000, metadata={"help": "drop --data rankings whose prompt and longest "
+                                                        "response exceed this many characters"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     seed: int = field(default=1337, metadata={"help": "seed for data order and dropout"})
     n_prompts: int = field(default=0, metadata={"help": "train on the first N ranked prompts (0 = all)"})
@@ -82,10 +85,12 @@ class Config:
                                                          "clearly faster), float32 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
-        for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts"):
+        for key in ("epochs", "batch_size", "eval_interval", "eval_prompts", "log_interval", "bias_prompts",
+                    "max_chars"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.lr > 0 and self.head_lr > 0, f"--lr and --head_lr must be > 0, got {self.lr}, {self.head_lr}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
@@ -245,6 +250,7 @@ def plot_scatter(path, rep):
 # ---- main -----------------------------------------------------------------------------------------------
 
 def main(cfg):
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
@@ -252,7 +258,7 @@ def main(cfg):
     resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- data and model ----
-    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction)
+    train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction, cfg.max_chars)
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
     world = world_of(cfg, train_recs + val_recs)
@@ -273,7 +279,7 @@ def main(cfg):
                                "lr_scale": cfg.head_lr / cfg.lr})
     step = 0
     if resume:
-        model.load_state_dict(resume["model"])
+        load_resumed(model, resume["model"], os.path.join(cfg.out_dir, "last.pt"))
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
         step = resume["step"]

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (config_dict, load_checkpoint, load_model, model_state, rng_state, save_checkpoint,
-                                save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
+                                model_state, rng_state, save_checkpoint, save_model, set_rng_state,
+                                write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import (clean_demonstrations, encode_prompt_response, lm_windows, load_demonstrations, load_rankings,
                           load_text, render_prompt, sft_batch)
@@ -96,6 +97,7 @@ class Config:
                                                          "clearly faster), float32 or bfloat16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -180,13 +182,13 @@ def file_demonstrations(cfg, rng):
     return pairs[n_val:], pairs[:n_val]
 
 
-def preferred_demonstrations(source):
+def preferred_demonstrations(source, max_chars=2000):
     """(train pairs, validation pairs) for Preferred-FT: the best response of each ranking (label.py's folder, its
     train.jsonl and val.jsonl; or a comparisons file, every n-th ranking held out as in train_rm.py)."""
     if os.path.isdir(source):
         train_recs, val_recs = load_rankings(source)
     else:
-        train_recs, val_recs = load_rankings("", data=source)
+        train_recs, val_recs = load_rankings("", data=source, max_chars=max_chars)
     train, val = ([(render_prompt(r["prompt"]), r["responses"][0]) for r in recs] for recs in (train_recs, val_recs))
     if not train or not val:
         raise UserError(f"{source}: Preferred-FT needs rankings to train on and held-out ones to validate on; got "
@@ -245,6 +247,7 @@ def mean_gold(model, tokenizer, world, tasks, temperature, max_new_tokens, seed)
 
 
 def main(cfg):
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
     torch.manual_seed(cfg.seed)
@@ -261,7 +264,7 @@ def main(cfg):
     if cfg.data:
         train_pairs, val_pairs = file_demonstrations(cfg, rng)
     elif cfg.preferred:
-        train_pairs, val_pairs = preferred_demonstrations(cfg.preferred)
+        train_pairs, val_pairs = preferred_demonstrations(cfg.preferred, cfg.max_chars)
         world = World(cfg.world_seed)                        # for the gold-scored evaluations and the corpus mix
         eval_tasks = world.split("sft_val")[: cfg.eval_prompts]
     else:
@@ -304,10 +307,7 @@ def main(cfg):
     best = {"val_loss": math.inf, "val_step": 0, "gold": -math.inf, "gold_step": 0, "gold_at_best_val": None,
             "gold_init": None, "gold_greedy_init": None, "val_loss_init": None}
     if resume:
-        try:
-            model.load_state_dict(resume["model"])
-        except RuntimeError:
-            raise UserError(f"{cfg.out_dir}/last.pt does not match the --init model; drop --resume") from None
+        load_resumed(model, resume["model"], os.path.join(cfg.out_dir, "last.pt"))
         optimizer.load_state_dict(resume["optimizer"])
         data_rng.set_state(resume["data_rng"])
         set_rng_state(resume["rng"])

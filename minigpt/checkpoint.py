@@ -137,6 +137,31 @@ def load_model(folder, kind="lm", device="cpu", name="model.pt"):
     return model.to(device), tokenizer, ckpt
 
 
+# A run's files: any of them in out_dir means a run was (or is being) written there.
+RUN_FILES = ("model.pt", "last.pt", "summary.json")
+
+
+def check_out_dir(out_dir, resume, force):
+    """Refuse, before any work, to train into a folder holding a run, unless told to resume or overwrite."""
+    if resume or force:
+        return
+    if any(os.path.exists(os.path.join(out_dir, name)) for name in RUN_FILES):
+        raise UserError(f"{out_dir} holds a run already: --resume to continue it, --force to overwrite it, "
+                        "or another --out_dir")
+
+
+def load_resumed(module, state, path):
+    """module.load_state_dict(state) for a resume; last.pt of another architecture is a one-line UserError."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        # "Error(s) in loading state_dict for GPT:\n\tsize mismatch for ...": the first mismatch says enough
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise UserError(f"{path} was saved by a different model ({detail[:160]}); drop --resume or use the "
+                        "same settings") from None
+
+
 def check_same_tokenizer(a, b, what_a, what_b):
     """Two models trained with different vocabularies cannot be compared token by token."""
     if a.vocab_size != b.vocab_size or a.encode("Hello, 你好 123") != b.encode("Hello, 你好 123"):

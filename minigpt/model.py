@@ -265,6 +265,10 @@ class GPT(nn.Module):
             hf = json.loads((folder / "config.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{folder}: cannot read config.json ({e})") from None
+        for key in ("vocab_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(hf, dict) or key not in hf:
+                raise ValueError(f"{folder / 'config.json'}: field '{key}' missing (a GPT-2 config.json has "
+                                 "it)")
         config = GPTConfig(
             block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
             vocab_size=hf["vocab_size"],

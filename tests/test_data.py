@@ -5,7 +5,8 @@ import pytest
 
 from minigpt.cli import UserError
 from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text, encode_prompt_response,
-                          lm_windows, load_comparisons, load_demonstrations, load_text, render_prompt, sft_batch)
+                          clean_rankings, lm_windows, load_comparisons, load_demonstrations, load_rankings, load_text,
+                          render_prompt, sft_batch)
 
 SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"}, {"instruction": "计算2+2", "output": "4"}]
 
@@ -234,6 +235,49 @@ def test_cleaning_counts_and_normalises(capsys):
 def test_all_filtered_is_an_error():
     with pytest.raises(DataError, match="no examples left after cleaning"):
         clean_demonstrations([{"instruction": "", "output": ""}], max_chars=100, source="seed.json")
+
+
+def test_rankings_cleaned_before_the_held_out_split(tmp_path, capsys):
+    """4 pairs each written 3 times: 4 kept, and no copy on both sides of the held-out split (it read 1.000)."""
+    pairs = [{"prompt": f"Add {i} and {i}.", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(4)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs * 3), encoding="utf-8")
+    train, val = load_rankings("", data=str(path), val_fraction=0.5)
+    assert capsys.readouterr().out == ("cleaning rankings: 12 read, 0 empty, 0 with all responses alike, "
+                                       "8 duplicates, 0 too long, 4 kept (0 empty or repeated responses dropped)\n")
+    assert len(train) == len(val) == 2
+    assert sorted(r["prompt"] for r in train + val) == [f"Add {i} and {i}." for i in range(4)]
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in val}
+    # --val_data: a held-out ranking identical to a training one is dropped; the rest stay
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps(pairs[0]) + "\n" + json.dumps({**pairs[0], "rejected": "9"}) + "\n")
+    train, val = load_rankings("", data=str(path), val_data=str(held))
+    assert len(train) == 4 and [r["responses"] for r in val] == [["0", "9"]]
+    assert capsys.readouterr().out.endswith("; held out: 2 read, 0 empty, 0 with all responses alike, 0 duplicates, "
+                                            "0 too long, 2 kept (0 empty or repeated responses dropped), "
+                                            "1 also in training dropped\n")
+    # too few for an every-n-th split: the error says what to do
+    with pytest.raises(UserError, match=r"4 rankings are too few to hold out every 7-th \(got 4 to train on, 0 "
+                                        r"held out\): give --val_data=file, or a larger --val_fraction"):
+        load_rankings("", data=str(path))
+
+
+def test_clean_rankings_counts_and_normalises():
+    decomposed = unicodedata.normalize("NFD", "café")
+    records = [
+        {"prompt": " Say  café ", "responses": [decomposed, "", "tea", "café"], "gold": [1.0, 0.0, 0.5, 0.9]},
+        {"prompt": "Say café", "responses": ["café", "tea"]},              # the first, once cleaned
+        {"prompt": "  ", "responses": ["a", "b"]},                          # empty prompt
+        {"prompt": "p", "responses": ["a", " "]},                           # one response left
+        {"prompt": "q", "responses": ["same", " same "]},                   # chosen == rejected
+        {"prompt": "r", "responses": ["x" * 100, "y"]},                     # too long
+    ]
+    kept, stats = clean_rankings(records, max_chars=100)
+    assert stats == {"read": 6, "empty": 2, "alike": 1, "duplicates": 1, "too_long": 1, "kept": 1,
+                     "responses_dropped": 4}
+    # the empty and the repeated response are dropped with their gold scores
+    assert kept == [{"prompt": "Say café", "responses": ["café", "tea"], "gold": [1.0, 0.5]}]
+    assert kept[0]["responses"][0] == unicodedata.normalize("NFC", "café")
 
 
 def test_lm_windows_are_next_token_pairs_inside_the_stream():

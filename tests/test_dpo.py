@@ -93,7 +93,7 @@ def test_end_to_end_on_labels_starts_at_the_reference(sft, tmp_path):
     assert load_model(out, "lm")[2]["kind"] == "lm"                          # evaluate.py and chat.py can read it
 
 
-def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
+def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch, capsys):
     rows = [{"prompt": f"Name colour number {i}.", "chosen": c, "rejected": c[::-1] + " no"}
             for i, c in enumerate(["red", "green", "blue", "yellow", "purple", "orange", "black", "white"] * 2)]
     rows += [{"prompt": "计算2+2", "responses": ["4", "4.", "Sure! It is 4.", "5"]}] * 4
@@ -103,6 +103,10 @@ def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
                 warmup_steps=2, lr=1e-3, kl_prompts=2, max_new_tokens=4)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     train_dpo.main(train_dpo.Config(out_dir=a, **tiny))
+    # the KL is measured on samples: it can read slightly below 0, and the lines say it is an estimate
+    stdout = capsys.readouterr().out
+    assert stdout.count("KL to SFT (sampled estimate, can dip below 0) ") == 3            # steps 3, 6 and 8
+    assert "; KL to SFT (sampled estimate) " in stdout and stdout.count("KL to SFT") == 4
     real = train_dpo.cosine_lr
 
     def interrupt_at_4(step, *args):
@@ -120,7 +124,8 @@ def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
     wa, wb = load_model(a, "lm")[0].state_dict(), load_model(b, "lm")[0].state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     summary = json.load(open(os.path.join(a, "summary.json")))
-    assert summary["gold_accuracy"] is None and summary["n_train_prompts"] + summary["n_val_prompts"] == 20
+    # 20 records: 16 distinct pairs and one ranking written 4 times, kept once
+    assert summary["gold_accuracy"] is None and summary["n_train_prompts"] + summary["n_val_prompts"] == 17
 
 
 def test_bad_input_is_one_line(sft, tmp_path, capsys):

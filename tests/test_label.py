@@ -89,7 +89,7 @@ def test_unfinished_policy_samples_are_left_out(policy, monkeypatch):
         assert not [c for c in cs if c["response"] in unfinished]
 
 
-def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch):
+def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch, capsys):
     pretend_finished(monkeypatch)
     out = str(tmp_path / "labels")
     label.main(label.Config(policy=policy, out_dir=out, n_prompts=60, k_policy=2, k_demo=3, k_decorated=2, k_other=1,
@@ -97,6 +97,12 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch):
     world = World(0)
     train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
     summary = json.load(open(os.path.join(out, "summary.json")))
+    # ties are dropped before ranking: K is what is asked for, the summary says how many were ranked
+    stdout = capsys.readouterr().out
+    mean = sum(len(r["responses"]) for r in train + val) / len(train + val)
+    assert mean < 8 and stdout.startswith("labelling 60 prompts x up to K=8 responses")
+    assert (f"{len(train)} train + {len(val)} val ranked lists ({mean:.2f} responses ranked on average of up to "
+            f"K=8, ties dropped; {summary['dropped_all_tied']} prompts all tied)") in stdout
     assert len(train) + len(val) + summary["dropped_all_tied"] == 60 and len(val) >= 4
     assert summary["K"] == 2 + 2 + 1 + 3 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
     for r in train + val:

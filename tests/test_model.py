@@ -329,6 +329,13 @@ def test_from_pretrained_errors_name_key_and_folder(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         GPT.from_pretrained(tmp_path / "empty")
 
+    # a config.json without one of the sizes: a ValueError naming the file and the key, not a KeyError
+    (tmp_path / "novocab").mkdir()
+    (tmp_path / "novocab" / "config.json").write_text(json.dumps(dict(n_layer=1, n_head=1, n_embd=4)))
+    with pytest.raises(ValueError) as e:
+        GPT.from_pretrained(tmp_path / "novocab")
+    assert str(e.value) == f"{tmp_path / 'novocab' / 'config.json'}: field 'vocab_size' missing (a GPT-2 config.json has it)"
+
 
 # ---------------------------------------------------------------- reward model
 

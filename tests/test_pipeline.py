@@ -140,3 +140,47 @@ def test_the_readme_lists_the_step_through_commands_of_this_code():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     for args, breakpoint in pipeline.step_through_commands().values():
         assert f"python -m pdb -c 'b {breakpoint}' -c c {' '.join(args)}\n" in readme, breakpoint
+
+
+def test_each_stage_command_carries_each_flag_once():
+    import pipeline
+
+    cfg = pipeline.Config(preset="quick", out_dir="o")
+    commands = pipeline.stage_commands(cfg)
+    for stage, cmd in commands.items():
+        keys = [a.split("=", 1)[0] for a in cmd[1:]]
+        assert len(keys) == len(set(keys)), (stage, cmd)
+    grpo = commands["grpo"]
+    # the preset's value replaces GRPO's own in place; flags only one side gives stay
+    assert grpo[1:8] == ["train_ppo.py", "--algo=grpo", "--batch_size=2", "--group_size=4", "--lr=3e-5",
+                         "--iterations=2", "--sft=o/sft"]
+    assert grpo[-3:] == ["--dtype=auto", "--minibatch_size=4", "--val_prompts=8"]
+    # the pipeline owns its folders: every training stage may overwrite an unfinished attempt; label.py and
+    # evaluate.py have no such flag
+    assert [s for s, cmd in commands.items() if "--force" in cmd] == ["pretrain", "sft", "rm", "ppo", "ppo_ptx",
+                                                                       "dpo", "preferred_ft", "grpo"]
+    assert pipeline.merge_flags(["a.py", "--x=1", "--y=2"], ["--y=3", "--z=4", "--x=5"]) == \
+        ["a.py", "--x=5", "--y=3", "--z=4"]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    import signal
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "pipeline.py", "--quick", f"--out_dir={tmp_path / 'out'}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored, and Python then keeps it ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:                       # the first stage's command: it is running
+            if line.startswith("$ "):
+                break
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.endswith("interrupted during stage pretrain; rerun the same command to continue: finished stages "
+                           "are skipped\n")

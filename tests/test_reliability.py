@@ -64,6 +64,26 @@ def test_pretraining_resumes_exactly_after_sigkill(tmp_path):
     assert losses(cut, "val_loss") == losses(full, "val_loss")
 
 
+def test_a_finished_run_is_not_overwritten_without_force_nor_resumed_by_another_model(tmp_path):
+    out = str(tmp_path / "run")
+    args = [f"--out_dir={out}", *TINY_PRETRAIN, "--max_steps=2", "--eval_interval=2"]
+    assert script("train_pretrain.py", *args).returncode == 0
+    before = {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
+    again = script("train_pretrain.py", *args)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr == (f"error: {out} holds a run already: --resume to continue it, --force to overwrite it, "
+                            "or another --out_dir\n")
+    assert {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))} == before
+    # --resume with another width: one line naming last.pt, not load_state_dict's size-mismatch traceback
+    other = script("train_pretrain.py", *args, "--n_embd=48", "--resume")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "Traceback" not in other.stderr
+    assert other.stderr.startswith(f"error: {out}/last.pt was saved by a different model (size mismatch")
+    assert other.stderr.endswith("; drop --resume or use the same settings\n")
+    assert open(os.path.join(out, "last.pt"), "rb").read() == before["last.pt"]
+    forced = script("train_pretrain.py", *args, "--force")
+    assert forced.returncode == 0, forced.stderr
+
+
 @pytest.fixture(scope="module")
 def tiny_stages(tmp_path_factory):
     """Tiny pretrain -> SFT -> labels -> RM folders for the resume tests of the later stages."""
@@ -182,6 +202,10 @@ def folders(tmp_path_factory):
     (base / "latin1.jsonl").write_bytes('{"instruction": "caf\xe9", "output": "x"}\n'.encode("latin-1"))
     (base / "latin1.txt").write_bytes("caf\xe9 au lait ".encode("latin-1") * 100)
     (base / "empty_dir").mkdir()
+    (base / "hf_novocab").mkdir()
+    (base / "hf_novocab" / "config.json").write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 16}))
+    four = [{"prompt": f"Add {i} and {i}.", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(4)]
+    (base / "four.jsonl").write_text("".join(json.dumps(p) + "\n" for p in four * 3))
     return base
 
 
@@ -198,6 +222,10 @@ BAD_INPUT = [
     ("train_pretrain.py", ["--data={d}/empty.txt"], "empty.txt"),
     ("train_pretrain.py", ["--data={d}/empty_dir"], "empty_dir"),
     ("train_pretrain.py", ["--resume"], "last.pt"),
+    ("train_sft.py", ["--init={d}/lm", "--out_dir={d}/lm"], "lm holds a run already: --resume to continue it"),
+    ("train_rm.py", ["--sft={d}/lm", "--out_dir={d}/rm"], "rm holds a run already: --resume to continue it"),
+    ("train_ppo.py", ["--sft={d}/lm", "--rm={d}/rm", "--out_dir={d}/lm"], "lm holds a run already"),
+    ("train_dpo.py", ["--sft={d}/lm", "--out_dir={d}/lm"], "lm holds a run already"),
     ("train_pretrain.py", ["--tokenizer={d}/nothing.json"], "nothing.json"),
     ("train_pretrain.py", ["--tokenizer={d}/latin1.txt"], "not a valid tokenizer file"),
     ("train_sft.py", ["--init={d}/missing"], "missing"),
@@ -211,6 +239,12 @@ BAD_INPUT = [
     ("train_sft.py", ["--init={d}/lm", "--data={d}/empty.jsonl"], "empty.jsonl"),
     ("train_sft.py", ["--init={d}/lm", "--data={d}/blank.json"], "blank.json"),
     ("train_sft.py", ["--init={d}/lm", "--data={d}/latin1.jsonl"], "latin1.jsonl"),
+    ("train_sft.py", ["--init={d}/hf_novocab", "--tokenizer=gpt2"], "config.json: field 'vocab_size' missing"),
+    ("train_dpo.py", ["--sft={d}/lm", "--data={d}/four.jsonl"], "four.jsonl: 4 rankings are too few to hold out "
+                                                               "every 7-th (got 4 to train on, 0 held out): give "
+                                                               "--val_data=file, or a larger --val_fraction"),
+    ("chat.py", ["--prompt=hi"], "out/ppo: no such checkpoint folder: run python pipeline.py first (or pipeline.py "
+                                 "--preset=small, then --model=out/small/ppo), or pass --model=folder"),
     ("train_sft.py", ["--init={d}/lm", "--lr=0"], "--lr"),
     ("train_sft.py", ["--init={d}/lm", "--ptx_coef=-1"], "--ptx_coef"),
     ("train_sft.py", ["--init={d}/lm", "--ptx_data={d}/nothing.txt"], "nothing.txt"),

@@ -186,7 +186,8 @@ def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     summary = json.load(open(os.path.join(a, "summary.json")))
     assert summary["labeler_agreement"] is None and summary["spearman"] is None   # no world, no gold
-    assert summary["n_train_prompts"] + summary["n_val_prompts"] == 28 and summary["K"] == 4
+    # 28 records: 24 distinct pairs and one ranking written 4 times, kept once
+    assert summary["n_train_prompts"] + summary["n_val_prompts"] == 25 and summary["K"] == 4
 
 
 def test_end_to_end_on_labels(sft, tmp_path):

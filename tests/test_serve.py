@@ -46,7 +46,19 @@ ASK = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Ad
 
 
 def test_models_list(client):
-    assert sorted(m.id for m in client.models.list()) == ["ppo", "sft"]
+    assert [m.id for m in client.models.list()] == ["sft", "ppo"]           # pipeline order, not alphabetical
+
+
+def test_stage_folders_are_named_and_ordered_as_the_pipeline_reports_them(tmp_path):
+    import serve
+
+    for name in ("zoo", "grpo", "rm", "dpo", "ppo_ptx", "sft", "pretrain", "preferred_ft", "ppo", "labels"):
+        (tmp_path / name).mkdir()
+        if name != "labels":                                                # no model.pt: not a model
+            (tmp_path / name / "model.pt").write_bytes(b"")
+    found = serve.find_stage_folders(str(tmp_path))
+    assert list(found) == ["pretrained", "sft", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "rm", "zoo"]
+    assert found["pretrained"] == str(tmp_path / "pretrain")
 
 
 def test_completion_stream_and_seed(client):
@@ -115,7 +127,7 @@ BAD = [
     ({"model": "ppo"}, "messages"),
     ({"model": "ppo", "messages": []}, "messages"),
     ({"model": "ppo", "messages": [{"role": "system", "content": "hi"}]}, "user message"),
-    ({"model": "gpt-4", "messages": ASK}, "ppo, sft"),
+    ({"model": "gpt-4", "messages": ASK}, "sft, ppo"),
     ({"messages": ASK}, "model"),
     ({"model": "ppo", "messages": ASK, "max_tokens": 0}, "max_tokens"),
     ({"model": "ppo", "messages": ASK, "max_tokens": BLOCK}, "context"),

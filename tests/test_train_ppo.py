@@ -246,6 +246,7 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     done = subprocess.run(args + ["--iterations=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "32 validation responses (8 prompts x 4)" in done.stdout          # --val_samples defaults to 4
+    ppo_stdout = done.stdout
     for name in ("model.pt", "last.pt", "summary.json", "metrics.jsonl", "config.json", "tokenizer.json", "ppo.png"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
@@ -271,6 +272,9 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     assert "value" not in load_checkpoint(str(grpo / "last.pt"))
     rows = [json.loads(line) for line in (grpo / "metrics.jsonl").read_text().splitlines()]
     assert all(r["first_minibatch_log_ratio"] == 0.0 and r["kl_loss"] >= 0 for r in rows if "rm_score" in r)
+    # no value model, so no value statistics: neither logged nor printed (they read "ev nan")
+    assert not any("explained_variance" in r for r in rows) and "| ev " not in done.stdout
+    assert "nan" not in done.stdout and "| ev " in ppo_stdout
     # a wrong kind of folder is a one-line error, exit code 2
     with pytest.raises(SystemExit) as exit_info:
         run(train_ppo.main, train_ppo.Config, [f"--sft={rm}", f"--rm={rm}", f"--out_dir={tmp_path / 'x'}"])
