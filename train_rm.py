@@ -37,9 +37,9 @@ from minigpt.evaluation import ranking_report
 from minigpt.losses import rm_batch_loss, sequence_logprob
 from minigpt.model import GPT, RewardModel
 from minigpt.sampling import right_pad
-from minigpt.training import check_dtype, resolve_dtype
-from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, cleanup_distributed,
-                              cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
+from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
+                              cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics,
+                              resolve_dtype, setup_distributed)
 from minigpt.world import SimulatedLabeler, World, labeler_agreement
 
 

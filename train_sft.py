@@ -42,10 +42,9 @@ from minigpt.losses import sft_loss
 from minigpt.model import GPT
 from minigpt.respond import respond
 from minigpt.tokenizer import Tokenizer
-from minigpt.training import check_dtype, resolve_dtype
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, all_reduce_sum, autocast,
-                              cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics,
-                              setup_distributed)
+                              check_dtype, cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics,
+                              read_metrics, resolve_dtype, setup_distributed)
 from minigpt.world import ERROR_RATE, World
 
 

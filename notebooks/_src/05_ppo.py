@@ -150,11 +150,13 @@ plt.tight_layout(); plt.show()
 # InstructGPT never saw what users really wanted except through the reward model.
 #
 # Two settings are tiny-run exceptions, so that 16 iterations move the policy visibly: the learning rate, 1e-3
-# instead of the full run's 1e-4, and the KL coefficient β, 0.02 (InstructGPT's value) instead of 0.1.
+# instead of the full run's 1e-4, and the KL coefficient β, 0.02 (InstructGPT's value) instead of the full run's
+# 0.2 (`train_ppo.py --help` shows the defaults).
 #
-# Be clear about what this run can show. The reward model above, trained in seconds on about 140 rankings, is
-# about at chance: its held-out pair accuracy, printed above, is near a coin flip's 0.5. PPO can only climb the
-# reward it is given, so the tiny run cannot improve the answers; it demonstrates the mechanics only.
+# Be clear about what this run can show. The reward model above was trained in seconds on about 140 rankings of
+# a miniature SFT model's answers; its held-out pair accuracy is printed above (better than a coin flip's 0.5,
+# but on a few dozen pairs, and the answers it ranks are mostly noise). PPO can only climb the reward it is
+# given, so the tiny run cannot improve the answers; it demonstrates the mechanics only.
 
 # %%
 run("train_ppo.py", f"--sft={d['sft']}", f"--rm={d['rm']}", f"--out_dir={d['ppo']}", "--iterations=16",
@@ -295,7 +297,9 @@ shutil.rmtree(work, ignore_errors=True)  # the temporary stage folders are no lo
 #
 # ![what RLHF changed](../docs/mistakes.png)
 #
-# The full default run (`python pipeline.py`) trains real-size models; the chart counts the mistakes in the sampled
-# answers of SFT, PPO, PPO-ptx and best-of-4. There PPO removes most of the habits of style that SFT copied from
-# the demonstrators (preambles, rambling tails, refusals), but not the wrong facts, which the reward model cannot
-# check.
+# The full default run (`python pipeline.py --world_seed=1`, the README's headline world) trains real-size models;
+# the chart counts the mistakes in the sampled test answers of every model the pipeline trains: SFT, PPO,
+# PPO-ptx, DPO, Preferred-FT (SFT continued on each ranking's top answer), GRPO and best-of-4. PPO removes most
+# of the habits of style that SFT copied from the demonstrators (preambles, rambling tails, off-topic answers,
+# refusals) and some of the wrong facts; most wrong facts stay, since the reward model can check a fact only as
+# far as the answers it was trained to rank taught it.
