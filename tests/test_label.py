@@ -65,7 +65,7 @@ def pretend_finished(monkeypatch, unfinished=lambda i: False):
 def test_unfinished_policy_samples_are_left_out(policy, monkeypatch):
     """PPO never asks the reward model about a response without end-of-text (it gets a fixed penalty), so the
     reward model must not learn one as a finished answer: such samples are not shown, decorated or reused."""
-    pretend_finished(monkeypatch, unfinished=lambda i: i % 4 == 3)       # the last of each prompt's 4 samples
+    pretend_finished(monkeypatch, unfinished=lambda i: i % 4 == 3)       # every fourth sample
     seen = {}
     real = label.respond
 
@@ -82,11 +82,31 @@ def test_unfinished_policy_samples_are_left_out(policy, monkeypatch):
     finished_anywhere = {t for t, e in zip(seen["texts"], seen["eos"]) if e}
     unfinished = {t for t, e in zip(seen["texts"], seen["eos"]) if not e} - finished_anywhere
     assert unfinished
+    draws = label.DRAWS_PER_SHOWN * 4
     for n, (task, cs) in enumerate(cands):
-        finished = [t for t, e in zip(seen["texts"][n * 4: n * 4 + 4], seen["eos"][n * 4: n * 4 + 4]) if e and t]
+        mine = slice(n * draws, (n + 1) * draws)
+        finished = label.distinct([t for t, e in zip(seen["texts"][mine], seen["eos"][mine]) if e])[:4]
         assert sorted(c["response"] for c in cs if c["source"] == "policy") == sorted(finished)
         assert all(any(f in c["response"] for f in finished) for c in cs if c["source"] == "decorated")
         assert not [c for c in cs if c["response"] in unfinished]
+
+
+def test_the_labeller_is_shown_different_samples(policy, monkeypatch):
+    """Twice k_policy samples are drawn per prompt; the first k_policy distinct finished ones are shown (a repeat,
+    even with other surrounding spaces, is not; an unfinished sample is not)."""
+    drawn = ["a", "a", "b", " b", "c", "d", "e", "f"]                    # per prompt, in sampling order
+    ended = [True, True, True, True, False, True, True, True]
+
+    def respond(model, tokenizer, instructions, *args, **kwargs):
+        assert len(instructions) == 2 * len(drawn)                       # 2 prompts x DRAWS_PER_SHOWN * k_policy
+        return type("Out", (), {"texts": drawn * 2, "eos": ended * 2})()
+    monkeypatch.setattr(label, "respond", respond)
+    world = World(0)
+    model, tok, _ = label.load_model(policy)
+    cfg = label.Config(policy=policy, k_policy=4, k_demo=0)
+    for task, cs in label.candidates(world, model, tok, world.split("rm")[:2], cfg, torch.Generator(), 2):
+        assert sorted(c["response"] for c in cs) == ["a", "b", "d", "e"]
+        assert {c["source"] for c in cs} == {"policy"}
 
 
 def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch, capsys):
@@ -204,6 +224,8 @@ def test_by_default_only_model_outputs_are_ranked(policy, tmp_path, monkeypatch)
     """InstructGPT's labellers ranked model outputs: the default candidates are k_policy samples at each temperature,
     no written answer, no world-built one."""
     pretend_finished(monkeypatch)
+    # an untrained policy's answers are all wrong (all tied): a labeller who ranks them in the order shown
+    monkeypatch.setattr(label, "SimulatedLabeler", lambda *args: label.StoredOrder())
     out = str(tmp_path / "labels")
     label.main(label.Config(policy=policy, out_dir=out, n_prompts=30, k_policy=3, temperatures="0.7,1.5",
                             max_new_tokens=6))
