@@ -130,7 +130,42 @@ def split_text(text, pat_str=PAT):
 
 
 # ----------------------------------------------------------------------------------------------
-# BPE training.
+# BPE training. Read train_bpe_simple first: it is the algorithm. train_bpe learns the same ranks
+# (tests/test_tokenizer.py checks that they agree), fast enough for megabytes of text.
+
+def train_bpe_simple(text, vocab_size, pat_str=PAT):
+    """The teaching version: recount every pair from scratch at each step (slow, obviously correct)."""
+    chunks = split_text(text, pat_str)                    # tiktoken's regex split: merges never cross chunks
+    words = collections.Counter(tuple(chunk.encode("utf-8", errors="replace")) for chunk in chunks)
+    vocab = [bytes([i]) for i in range(256)]              # token id (= rank) -> bytes
+    while len(vocab) < vocab_size:
+        counts = collections.Counter()                    # count(a, b) over all chunks, weighted by frequency
+        for w, f in words.items():
+            for pair in zip(w, w[1:]):
+                counts[pair] += f
+        if not counts:
+            break
+        # the most frequent pair; ties broken by the smallest (bytes(a), bytes(b))
+        a, b = min(counts, key=lambda p: (-counts[p], vocab[p[0]], vocab[p[1]]))
+        if vocab[a] + vocab[b] in vocab:                      # the same bytes can arise from two pairs
+            new = vocab.index(vocab[a] + vocab[b])
+        else:
+            new = len(vocab)
+            vocab.append(vocab[a] + vocab[b])
+        merged = collections.Counter()
+        for w, f in words.items():                            # replace a, b by the new token, left to right
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == (a, b):
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged[tuple(out)] += f
+        words = merged
+    return {tok: rank for rank, tok in enumerate(vocab)}
+
 
 def train_bpe(text, vocab_size, pat_str=PAT, verbose=False):
     """Learn byte-level BPE ranks: {token bytes: rank}, 256 single bytes then merges in order.
