@@ -108,7 +108,7 @@ def folders(tmp_path_factory):
 def test_json_has_every_key(folders):
     out = str(folders.root / "eval.json")
     r = subprocess.run([sys.executable, "evaluate.py", f"--models=pretrain:{folders.pre},{folders.sft}",
-                        f"--ref={folders.sft}", f"--rm={folders.rm}", "--best_of=2", "--greedy", "--n_prompts=6", "--samples_per_prompt=3",
+                        f"--ref={folders.sft}", f"--rm={folders.rm}", "--best_of=2", "--greedy", "--n_prompts=6", "--samples_per_prompt=3", "--show=6",
                         "--max_new_tokens=8", "--val_tokens=512", "--device=cpu", f"--json={out}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -136,6 +136,11 @@ def test_json_has_every_key(folders):
     assert res["models"]["sft_greedy"]["kl_to_ref"] is None          # greedy answers are not samples of π
     best = res["models"]["best_of_2"]                                # estimated on its 6 samples per prompt
     assert best["kl_bound"] == pytest.approx(math.log(2) - 0.5) and 0 <= best["kl_to_ref"] <= best["kl_bound"] + 1e-9
+    # best-of-2 draws its own samples: were they drawn from the SFT row's random stream, about half of its first
+    # answers (where the first draw won) would be the very answer they are paired with; independent 8-token
+    # samples of an untrained model are never the same text
+    pairs = [(r["responses"]["sft"]["text"], r["responses"]["best_of_2"]["text"]) for r in res["samples"]]
+    assert len(pairs) == 6 and not [a for a, b in pairs if a == b]
     assert len(res["win_rates"]) == len(res["tie_rates"]) == len(names) * (len(names) - 1)
     assert all(v is None or 0 <= v <= 1 for v in res["win_rates"].values())
 
