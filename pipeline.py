@@ -57,7 +57,7 @@ QUICK = {
     "eval": ["--n_prompts=16", "--samples_per_prompt=2", "--val_tokens=2048"],
 }
 SMALL = {
-    "pretrain": ["--max_steps=600", "--eval_interval=200", "--log_interval=50"],
+    "pretrain": ["--max_steps=1200", "--eval_interval=400", "--log_interval=50"],
     "sft": ["--max_steps=300", "--eval_interval=100", "--eval_prompts=32"],
     "labels": ["--n_prompts=600"],
     "rm": ["--eval_prompts=32"],
