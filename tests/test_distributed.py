@@ -81,7 +81,9 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     script(dpo + [f"--out_dir={t}/dpo2", "--batch_size=2"], ranks=2)
     one, two = rows(f"{t}/dpo1", "train_loss"), rows(f"{t}/dpo2", "train_loss")
     assert len(one) == len(two) > 1
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
+    # the loss after the first update agrees to 1e-6 (a wrongly averaged gradient shows there); the two runs'
+    # summation orders then drift apart step by step, amplified by the updates (1.1e-4 by the last step was seen)
+    assert abs(one[1] - two[1]) < 1e-5 and max(abs(a - b) for a, b in zip(one, two)) < 3e-4, (one, two)
 
     # PPO: two ranks, each rolling out 4 prompts; rank 0 alone writes the metrics and checkpoints
     script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/ppo", "--iterations=2",
