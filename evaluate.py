@@ -30,7 +30,7 @@ from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95,
 from minigpt.judge import MISTAKE_KINDS, mistakes
 from minigpt.losses import sequence_logprob
 from minigpt.respond import respond
-from minigpt.rollout import reward_inputs
+from minigpt.rollout import NO_EOS_PENALTY, reward_inputs
 from minigpt.training import autocast, check_dtype, pick_device, resolve_dtype
 from minigpt.world import World
 
@@ -52,8 +52,8 @@ class Config:
     n_prompts: int = field(default=0, metadata={"help": "test prompts to use (0 = all)"})
     samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per test prompt (each paired with the "
                                                                  "same-numbered answer of every other model for win rates)"})
-    no_eos_penalty: float = field(default=-5.0, metadata={"help": "best-of-N: the score of a sample that never ended "
-                                                              "(train_ppo.py's rule and default)"})
+    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
+        "help": "best-of-N: the score of a sample that never ended (train_ppo.py's rule and default)"})
     max_new_tokens: int = field(default=32, metadata={"help": "longest answer"})
     val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for the val loss"})
     seed: int = field(default=0, metadata={"help": "sampling seed (the same for every model)"})

@@ -43,6 +43,7 @@ from minigpt.cli import UserError, check, parse_config, run
 from minigpt.evaluation import (best_of_n_expectation, best_of_n_kl, best_of_n_kl_bound, fit_best_of_n, fit_rl,
                                 gao_best_of_n, gao_rl)
 from minigpt.respond import respond
+from minigpt.rollout import NO_EOS_PENALTY
 from minigpt.training import pick_device, read_metrics
 from minigpt.world import World
 
@@ -65,8 +66,9 @@ class Config:
     batch_size: int = field(default=256, metadata={"help": "best-of-n: responses per generation / reward model batch"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response (best-of-n and PPO; PPO's default)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (best-of-n and PPO)"})
-    no_eos_penalty: float = field(default=-5.0, metadata={"help": "score of a response that never ended, instead of "
-                                                              "the RM's (best-of-n and PPO: train_ppo.py's rule)"})
+    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
+        "help": "score of a response that never ended, instead of the RM's (best-of-n and PPO: "
+                "train_ppo.py's rule)"})
     # RL
     ppo_runs: str = field(default="0.2:60,0.05:60,0.01:120", metadata={"help": "PPO runs as KL_COEF:ITERATIONS,... "
                                                                              "(empty = none); each in out_dir/ppo_beta<β>. A "

@@ -52,7 +52,7 @@ from minigpt.losses import sft_loss
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance, gae,
                          group_advantages, k3_kl, kl_penalty_rewards, masked_mean, masked_whiten, policy_loss,
                          value_loss)
-from minigpt.rollout import response_logprobs, response_values, rollout, score
+from minigpt.rollout import NO_EOS_PENALTY, response_logprobs, response_values, rollout, score
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
                               cleanup_distributed, resolve_dtype,
                               is_distributed, make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
@@ -75,10 +75,10 @@ class Config:
                                                           "each --group_size times)"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits end-of-text is penalised"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the log-probs use the same one)"})
-    no_eos_penalty: float = field(default=-5.0, metadata={"help": "score instead of the RM's for a response without "
-                                                               "end-of-text (train_rm.py scales the demonstrations' "
-                                                               "rewards to std 1; finished SFT samples then score down "
-                                                               "to -4.6, none below -5, so not ending never pays)"})
+    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
+        "help": "score instead of the RM's for a response without end-of-text (train_rm.py scales the "
+                "demonstrations' rewards to std 1; finished SFT samples then score down to -4.6, none "
+                "below -5, so not ending never pays)"})
     # reward: r = RM score - beta * KL
     kl_coef: float = field(default=0.2, metadata={"help": "beta, the per-token KL penalty to the SFT model, in "
                                                           "units of the demonstrations' reward spread (InstructGPT "

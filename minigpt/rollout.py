@@ -71,6 +71,11 @@ def reward_inputs(tokenizer, instructions, texts, block_size):
                      tokenizer.pad_id)
 
 
+# The score given instead of the reward model's to a response that never emitted end-of-text (detail 15): the
+# reward model only ever learnt finished answers. One value for PPO, GRPO, best-of-n and the sweep.
+NO_EOS_PENALTY = -5.0
+
+
 @torch.no_grad()
 def score(reward_model, tokenizer, batch, no_eos_penalty):
     """r_θ(x, y): the reward model's output at the last real token (the end-of-text, detail 2) of the response's
