@@ -26,7 +26,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -35,11 +34,12 @@ from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, loa
                                 model_state, rng_state, save_checkpoint, save_model, set_rng_state,
                                 write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import encode_for_reward, epoch_batches, load_rankings
+from minigpt.data import encode_rankings, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
-from minigpt.losses import dpo_loss, token_logprobs
-from minigpt.rollout import response_logprobs, rollout
+from minigpt.losses import dpo_loss
+from minigpt.rollout import rollout
 from minigpt.sampling import right_pad
+from minigpt.scoring import rollout_kl, sequence_logprobs
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
                               cleanup_distributed, cosine_lr, resolve_dtype,
                               make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
@@ -89,10 +89,9 @@ class Config:
 
 
 class SequenceLogprob(torch.nn.Module):
-    """log π(y|x) of right-padded prompt ⊕ response ⊕ eos rows as the forward pass (so DDP can wrap it):
-    idx (B, T), response (B, T) 1 on the response and its end-of-text -> (B,). The network runs under the
-    run's dtype (bf16 autocast where it pays); the log-softmax in fp32 (token_logprobs), so the policy and the
-    reference, computed the same way, agree exactly at the start."""
+    """minigpt.scoring.sequence_logprobs as the forward pass, so DDP can wrap it (DDP only synchronises gradients
+    of computations that went through its forward): idx (B, T), response (B, T) 1 on the response and its
+    end-of-text -> (B,), under the run's dtype (bf16 autocast where it pays)."""
 
     def __init__(self, lm, dtype="float32"):
         super().__init__()
@@ -100,19 +99,8 @@ class SequenceLogprob(torch.nn.Module):
         self.dtype = dtype
 
     def forward(self, idx, response):
-        keep = response[:, 1:].bool()                                         # (B, T-1) the response's tokens
         with autocast(str(idx.device), self.dtype):
-            hidden = self.lm.trunk(idx[:, :-1])                               # (B, T-1, C) predicts idx[:, 1:]
-            # the unembedding only where a response token is predicted (a quarter of the positions, most of the cost)
-            logits = self.lm.lm_head(hidden[keep])[None]                      # (1, M, V)
-        logp = token_logprobs(logits, idx[:, 1:][keep][None])[0]              # (M,)
-        row = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(keep)[keep]     # (M,) each one's row
-        return torch.zeros(idx.shape[0], device=idx.device).index_add(0, row, logp)           # (B,) Σ per response
-
-
-def encode_rankings(tokenizer, records, block_size):
-    """Each ranking -> list of (ids, response mask) pairs, best..worst, encoded as the reward model reads them."""
-    return [[encode_for_reward(tokenizer, r["prompt"], y, block_size) for y in r["responses"]] for r in records]
+            return sequence_logprobs(self.lm, idx, response)                 # (B,)
 
 
 def logprobs_of(model, rankings, pad_id, device):
@@ -150,17 +138,14 @@ def implicit_rewards(logps, ref_logps, beta):
 
 @torch.no_grad()
 def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
-    """KL(π || π_SFT) per response, measured as PPO measures it: sample from π on held-out prompts and average
-    Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck).
-
-    A sampled estimate, not the KL itself: over a few dozen responses it can come out slightly below 0 while π
-    is still close to π_SFT (near the start), though the true KL never is; the printed lines say so."""
+    """KL(π || π_SFT) per response, measured as PPO measures it (minigpt.scoring.rollout_kl: a sampled estimate,
+    which near the start can dip below 0): responses sampled from π on held-out prompts with a fixed noise, so
+    evaluations differ by the policy, not by luck -> (KL, mean length, share ended)."""
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     with autocast(str(device), cfg.dtype):
-        batch = rollout(policy, tokenizer, [SimpleNamespace(instruction=p) for p in prompts], cfg.max_new_tokens, 1.0,
-                        noise)
-        kl = (response_logprobs(policy, batch, 1.0) - response_logprobs(reference, batch, 1.0)) * batch["mask"]
-    return kl.sum(1).mean().item(), batch["mask"].sum(1).float().mean().item(), batch["eos"].float().mean().item()
+        batch = rollout(policy, tokenizer, prompts, cfg.max_new_tokens, 1.0, noise)
+        kl = rollout_kl(policy, reference, batch, 1.0)
+    return kl, batch["mask"].sum(1).float().mean().item(), batch["eos"].float().mean().item()
 
 
 def main(cfg):

@@ -100,8 +100,14 @@ def check(condition, message):
 
 
 def run(main, cls, argv=None):
-    """Parse the config and call main(cfg); a UserError becomes one line on stderr and exit code 2."""
+    """Parse the config and call main(cfg); a UserError becomes one line on stderr and exit code 2.
+    With --check_config the config is only parsed and validated (exit 0 if good): how sweep.py asks train_ppo.py
+    about the options it will pass, without importing another script."""
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if "--check_config" in argv:
+            parse_config(cls, [a for a in argv if a != "--check_config"])
+            sys.exit(0)
         cfg = parse_config(cls, argv)
         return main(cfg)
     except UserError as e:
