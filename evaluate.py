@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
-from minigpt.cli import UserError, check, run
+from minigpt.cli import UserError, check, named_folders, run
 from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95, mean_gain, win_fraction, win_rate
 from minigpt.judge import MISTAKE_KINDS, mistakes
 from minigpt.respond import respond
@@ -82,17 +82,7 @@ def parse_models(spec):
         if not found:
             raise UserError("no finished stage folders under out/; pass --models=NAME:FOLDER,...")
         return found
-    models = []
-    for item in spec.split(","):
-        name, sep, folder = item.partition(":")
-        if not sep:
-            name, folder = os.path.basename(os.path.normpath(item)), item
-        if not name or not folder:
-            raise UserError(f"--models: expected NAME:FOLDER, got {item!r}")
-        if name in dict(models):
-            raise UserError(f"--models: the name {name!r} is used twice")
-        models.append((name, folder))
-    return models
+    return named_folders(spec.split(","))
 
 
 # ---- one system's answers -------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ from minigpt.cli import UserError, check, run
 from minigpt.judge import mistakes
 from minigpt.respond import respond
 from minigpt.training import autocast, check_dtype, pick_device, resolve_dtype
-from minigpt.world import SURFACE_MISTAKES, SimulatedLabeler, World, applicable_mistakes, decorate, labeler_agreement
+from minigpt.world import (LABELER_TEMPERATURE, SURFACE_MISTAKES, SimulatedLabeler, World, applicable_mistakes,
+                           decorate, labeler_agreement)
 
 
 @dataclass
@@ -67,8 +68,8 @@ class Config:
     temperatures: str = field(default="1.0", metadata={"help": "sampling temperatures of the policy, comma-separated: "
                                                                "k_policy samples at each"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest sampled response (as in PPO's rollouts)"})
-    labeler_temperature: float = field(default=0.27, metadata={"help": "noise of the simulated labeller "
-                                                                       "(0 = always the gold order)"})
+    labeler_temperature: float = field(default=LABELER_TEMPERATURE, metadata={
+        "help": "noise of the simulated labeller (0 = always the gold order; minigpt.world.LABELER_TEMPERATURE)"})
     batch_size: int = field(default=512, metadata={"help": "responses sampled at once"})
     fresh: bool = field(default=False, metadata={"help": "discard labels already in out_dir (human labels are "
                                                          "otherwise continued, and never overwritten)"})

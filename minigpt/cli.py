@@ -93,6 +93,20 @@ def help_text(cls):
     return "\n".join(lines)
 
 
+def named_folders(items):
+    """--models items "NAME:FOLDER" (or a bare folder, named by its basename) -> [(name, folder)], each name once
+    (evaluate.py and serve.py)."""
+    out = []
+    for item in items:
+        name, sep, folder = item.partition(":")
+        if not sep:
+            name, folder = os.path.basename(os.path.normpath(item)), item
+        check(name and folder, f"--models: expected NAME:FOLDER, got {item!r}")
+        check(name not in dict(out), f"--models: the name {name!r} is given twice")
+        out.append((name, folder))
+    return out
+
+
 def check(condition, message):
     """Config validation in one line: check(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")."""
     if not condition:
