@@ -23,7 +23,6 @@ is a reward model that lives in the language-model head; its held-out pair accur
 import functools
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -40,9 +39,9 @@ from minigpt.losses import dpo_loss
 from minigpt.rollout import rollout
 from minigpt.sampling import right_pad
 from minigpt.scoring import rollout_kl, sequence_logprobs
-from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
-                              cleanup_distributed, cosine_lr, resolve_dtype,
-                              make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
+from minigpt.training import (all_reduce_mean, autocast, check_dtype, cleanup_distributed, cosine_lr,
+                              exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics, read_metrics,
+                              resolve_dtype, set_lr, setup_distributed, step_optimizers)
 
 
 @dataclass
@@ -149,6 +148,9 @@ def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
 
 
 def main(cfg):
+    # Data parallel: the loss's model wrapped. DDP wraps SequenceLogprob (scoring.sequence_logprobs as a forward),
+    # because log π(y|x) reads the policy through trunk() and lm_head, not GPT.forward, and DDP only averages the
+    # gradients of what went through the forward it wraps. The reference is read once, before training.
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
@@ -220,12 +222,7 @@ def main(cfg):
             "model": model_state(policy), "optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(),
             "config": config_dict(cfg)})
 
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=master, resume_step=step if resume else None)
-    progress = Progress(max_steps, enabled=master, start_step=step)
-    guard = NonFiniteGuard()
+    log, progress, guard = open_stage(cfg, master, max_steps, step, resume is not None)
     if master and not resume:
         log.log(step=0, **evaluate(64)[0])                                    # loss log 2, accuracy 0: nothing moved
 
@@ -233,17 +230,12 @@ def main(cfg):
     try:
         while step < max_steps:
             lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             ids = batch_at(step)
             logps = logprobs_of(model, [train[i] for i in ids], tokenizer.pad_id, device)   # with gradients
             loss, accuracy, margin = ranking_dpo_loss(logps, [ref_train[i] for i in ids], cfg.beta)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            if guard.ok(loss.detach(), policy):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step_optimizers(loss, [policy], [optimizer], cfg.grad_clip, guard)   # clip, skip if non-finite, step
             step += 1
 
             if step % cfg.log_interval == 0 or step == max_steps:
@@ -260,11 +252,7 @@ def main(cfg):
                       f"estimate, can dip below 0) {rep['val_kl']:.2f} nats")
                 save_last()
     except KeyboardInterrupt:
-        if master:
-            save_last()
-            print(f"\ninterrupted: saved {cfg.out_dir}/last.pt at step {step}; rerun with --resume to continue")
-        cleanup_distributed()
-        sys.exit(130)
+        exit_interrupted(save_last, master, cfg.out_dir, f"step {step}")
 
     if master:
         save_model(cfg.out_dir, policy, tokenizer, "lm", cfg, step)

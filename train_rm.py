@@ -249,6 +249,9 @@ def plot_scatter(path, rep):
 # ---- main -----------------------------------------------------------------------------------------------
 
 def main(cfg):
+    # Data parallel: the loss's model wrapped. DDP wraps Scorer, RewardModel.score as a forward, because the reward
+    # is read at each row's last real token by score(), not by RewardModel.forward, and DDP only averages the
+    # gradients of what went through the forward it wraps.
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))

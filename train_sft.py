@@ -251,6 +251,8 @@ def mean_gold(model, tokenizer, world, tasks, temperature, max_new_tokens, seed)
 
 
 def main(cfg):
+    # Data parallel: the model wrapped (DDP), as in pretraining: the SFT and the pretraining-mix losses both go
+    # through its forward (no_sync on the first backward, so the two gradients are averaged once, together).
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
