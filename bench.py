@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -41,7 +42,6 @@ class Config:
     threads: int = field(default=0, metadata={"help": "torch threads (0 = torch's default)"})
     train_steps: int = field(default=12, metadata={"help": "timed training steps per config"})
     compile: bool = field(default=False, metadata={"help": "also time training with torch.compile"})
-    skip_ppo: bool = field(default=False, metadata={"help": "skip the PPO iteration profile"})
     only: list = field(default_factory=list, metadata={"help": f"run only these sections ({', '.join(SECTIONS)}; default all)"})
     serve_requests: int = field(default=64, metadata={"help": "serve section: requests per phase (sequential, concurrent)"})
     serve_clients: int = field(default=16, metadata={"help": "serve section: client threads in the concurrent phase"})
@@ -130,16 +130,32 @@ def generation_speed(device, batch=16, prompt_len=128, new_tokens=256):
     return result["cached"][0], result["uncached"][0], same
 
 
+def script_defaults(script):
+    """The literal defaults of a stage script's Config, read from its source (bench.py imports no other script)."""
+    import ast
+
+    tree = ast.parse(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), script)).read())
+    config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config")
+    out = {}
+    for item in config.body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.value, ast.Call):
+            default = next((k.value for k in item.value.keywords if k.arg == "default"), None)
+            if isinstance(default, ast.Constant):
+                out[item.target.id] = default.value
+    return out
+
+
 def ppo_iteration(device):
     """One PPO iteration at train_ppo.py's default config, on freshly initialised models, timed in its
-    three parts: rollout (sampling), scoring (policy, reference, value and reward forwards), update."""
+    three parts: rollout (sampling), scoring (policy, reference, value and reward forwards), update (the clipped
+    losses of train_ppo.py's ppo_loss, minibatch by minibatch, for its ppo_epochs)."""
     import copy
 
-    import train_ppo
-    from minigpt.ppo import kl_penalty_rewards
-    from minigpt.training import NonFiniteGuard
+    from minigpt.ppo import gae, kl_penalty_rewards, masked_whiten, policy_loss, value_loss
+    from minigpt.rollout import response_values, rollout, score
+    from minigpt.scoring import NO_EOS_PENALTY, response_logprobs
 
-    cfg = train_ppo.Config()
+    cfg = SimpleNamespace(**{"no_eos_penalty": NO_EOS_PENALTY, **script_defaults("train_ppo.py")})
     world = World(0)
     tokenizer = Tokenizer.train(world.corpus()[:200_000], 2048)
     torch.manual_seed(0)
@@ -152,21 +168,36 @@ def ppo_iteration(device):
     tasks = world.split("ppo")[: cfg.batch_size]
     generator = torch.Generator(device=device).manual_seed(0)
     t0 = time.perf_counter()
-    batch = train_ppo.rollout(policy, tokenizer, tasks, cfg.max_new_tokens, cfg.temperature, generator)
+    batch = rollout(policy, tokenizer, [t.instruction for t in tasks], cfg.max_new_tokens, cfg.temperature, generator)
     sync(device)
     t1 = time.perf_counter()
+    mask = batch["mask"]
     with torch.no_grad():
-        logprobs = train_ppo.response_logprobs(policy, batch, cfg.temperature)
-        ref_logprobs = train_ppo.response_logprobs(reference, batch, cfg.temperature)
-        values = train_ppo.response_values(value_model, batch)
-        scores, _ = train_ppo.score(reward_model, tokenizer, batch, cfg.no_eos_penalty)
-        rewards, _ = kl_penalty_rewards(logprobs, ref_logprobs, scores, batch["mask"], cfg.kl_coef)
-        advantages, returns = train_ppo.compute_advantages(rewards, values, batch["mask"], cfg.gamma, cfg.lam)
-    batch.update(logprobs=logprobs, values=values, advantages=advantages, returns=returns)
+        logprobs = response_logprobs(policy, batch, cfg.temperature)
+        ref_logprobs = response_logprobs(reference, batch, cfg.temperature)
+        values = response_values(value_model, batch)
+        scores, _ = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)
+        rewards, _ = kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, cfg.kl_coef)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
     sync(device)
     t2 = time.perf_counter()
-    train_ppo.ppo_update(policy, value_model, policy_opt, value_opt, batch, cfg, torch.Generator().manual_seed(0),
-                         None, NonFiniteGuard())
+    order = torch.Generator().manual_seed(0)
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(cfg.batch_size, generator=order)
+        for start in range(0, cfg.batch_size, cfg.minibatch_size):
+            rows = perm[start: start + cfg.minibatch_size]
+            mb = {"P": batch["P"], **{k: batch[k][rows] for k in ("query_response", "attention_mask", "position_ids",
+                                                                  "response")}}
+            pg, _ = policy_loss(response_logprobs(policy, mb, cfg.temperature), logprobs[rows], advantages[rows],
+                                mask[rows], cfg.clip)
+            vf, _ = value_loss(response_values(value_model, mb), values[rows], returns[rows], mask[rows],
+                               cfg.value_clip)
+            (pg + cfg.vf_coef * vf).backward()
+            for model, opt in ((policy, policy_opt), (value_model, value_opt)):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
     sync(device)
     t3 = time.perf_counter()
     return {"rollout_s": t1 - t0, "score_s": t2 - t1, "update_s": t3 - t2, "batch_size": cfg.batch_size,
@@ -316,8 +347,6 @@ def main(cfg):
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
     sections = set(cfg.only or SECTIONS)
-    if cfg.skip_ppo:
-        sections.discard("ppo")
     report["sections"] = [name for name in SECTIONS if name in sections]
 
     if sections & {"matmul", "train"}:  # training MFU is measured against this ceiling
@@ -328,8 +357,7 @@ def main(cfg):
 
     if "train" in sections:
         # the default pretraining config of train_pretrain.py, and the issue's reference config
-        from train_pretrain import Config as PretrainConfig
-        pc = PretrainConfig()
+        pc = SimpleNamespace(**script_defaults("train_pretrain.py"))
         configs = {
             "default_pretrain": (GPTConfig(block_size=pc.block_size, vocab_size=pc.vocab_size, n_layer=pc.n_layer,
                                            n_head=pc.n_head, n_embd=pc.n_embd, flash=pc.flash), pc.batch_size),

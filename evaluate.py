@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
-from minigpt.cli import UserError, check, run
+from minigpt.cli import UserError, check, named_folders, run
 from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95, mean_gain, win_fraction, win_rate
 from minigpt.judge import MISTAKE_KINDS, mistakes
-from minigpt.losses import sequence_logprob
 from minigpt.respond import respond
-from minigpt.rollout import NO_EOS_PENALTY, reward_inputs
+from minigpt.scoring import (NO_EOS_PENALTY, heldout_loss, join_responses, penalise_unfinished, reward_scores,
+                             sampled_kl, sequence_logprobs)
 from minigpt.training import autocast, check_dtype, pick_device, resolve_dtype
 from minigpt.world import World
 
@@ -52,8 +51,8 @@ class Config:
     n_prompts: int = field(default=0, metadata={"help": "test prompts to use (0 = all)"})
     samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per test prompt (each paired with the "
                                                                  "same-numbered answer of every other model for win rates)"})
-    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
-        "help": "best-of-N: the score of a sample that never ended (train_ppo.py's rule and default)"})
+    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={"help": "best-of-N: the score of a sample that "
+                                                                        "never ended (PPO's rule and default)"})
     max_new_tokens: int = field(default=32, metadata={"help": "longest answer"})
     val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for the val loss"})
     seed: int = field(default=0, metadata={"help": "sampling seed (the same for every model)"})
@@ -83,80 +82,22 @@ def parse_models(spec):
         if not found:
             raise UserError("no finished stage folders under out/; pass --models=NAME:FOLDER,...")
         return found
-    models = []
-    for item in spec.split(","):
-        name, sep, folder = item.partition(":")
-        if not sep:
-            name, folder = os.path.basename(os.path.normpath(item)), item
-        if not name or not folder:
-            raise UserError(f"--models: expected NAME:FOLDER, got {item!r}")
-        if name in dict(models):
-            raise UserError(f"--models: the name {name!r} is used twice")
-        models.append((name, folder))
-    return models
-
-
-# ---- scoring prompt + response with a model ------------------------------------------------------------
-
-def join_rows(prompts, tokens, pad_id):
-    """Prompt ids + response ids (pad removed) per row, right-padded -> idx, mask (1 = real), response mask.
-
-    All (B, T). Right padding needs no attention mask in a causal model; the pad id is never looked at."""
-    rows = [p + [t for t in r if t != pad_id] for p, r in zip(prompts, tokens.tolist())]
-    T = max(len(r) for r in rows)
-    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    response = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, rows)):
-        idx[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-        response[i, len(p): len(r)] = 1
-    return idx, mask, response
-
-
-@torch.no_grad()
-def logprob_of_responses(model, prompts, tokens, pad_id, temperature, batch_size):
-    """log π(y | x) of each response (pad removed), at `temperature` -> (B,)."""
-    out = []
-    device = next(model.parameters()).device
-    for i in range(0, len(prompts), batch_size):
-        idx, _, response = join_rows(prompts[i: i + batch_size], tokens[i: i + batch_size], pad_id)
-        idx, response = idx.to(device), response.to(device)
-        logits = model(idx[:, :-1])                                          # (B, T-1, V): predicts idx[:, 1:]
-        out.append(sequence_logprob(logits, idx[:, 1:], response[:, 1:], temperature).cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def reward_scores(rm, tokenizer, instructions, texts, batch_size):
-    """r(x, y): the reward model's value at the end-of-text of prompt + the response's text, encoded afresh as in
-    its training and in PPO (minigpt.rollout.reward_inputs) -> (B,)."""
-    out = []
-    device = next(rm.parameters()).device
-    for i in range(0, len(texts), batch_size):
-        idx, mask = reward_inputs(tokenizer, instructions[i: i + batch_size], texts[i: i + batch_size],
-                                  rm.config.block_size)
-        out.append(rm.score(idx.to(device), mask.to(device)).cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def text_loss(model, tokenizer, text, max_tokens):
-    """Mean next-token cross-entropy on `text` (consecutive block_size windows, at most max_tokens)."""
-    T = model.config.block_size
-    ids = torch.tensor(tokenizer.encode(text)[: max_tokens + 1], dtype=torch.long)
-    n = (len(ids) - 1) // T
-    if n == 0:
-        return None
-    x = ids[: n * T].view(n, T)
-    y = ids[1: n * T + 1].view(n, T)
-    device = next(model.parameters()).device
-    losses = [F.cross_entropy(model(x[i: i + 8].to(device)).float().flatten(0, 1), y[i: i + 8].flatten().to(device),
-                              reduction="sum").item() for i in range(0, n, 8)]
-    return sum(losses) / (n * T)
+    return named_folders(spec.split(","))
 
 
 # ---- one system's answers -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def logprobs_of_answers(model, ans, pad_id, temperature, batch_size):
+    """log π(y | x) of each answer of answer() (its pads removed), at `temperature` -> (B,) on the CPU."""
+    device = next(model.parameters()).device
+    responses = [[t for t in row if t != pad_id] for row in ans["tokens"].tolist()]
+    out = []
+    for i in range(0, len(responses), batch_size):
+        idx, response = join_responses(ans["prompts"][i: i + batch_size], responses[i: i + batch_size], pad_id)
+        out.append(sequence_logprobs(model, idx.to(device), response.to(device), temperature).cpu())
+    return torch.cat(out)
+
 
 def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=None):
     """`samples` answers to each task, laid out sample-major: answer s of task p at s * len(tasks) + p. With n > 1
@@ -172,7 +113,7 @@ def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=N
     scores = None
     if rm is not None:
         raw = reward_scores(rm, tokenizer, instructions, out.texts, cfg.batch_size)
-        scores = torch.where(torch.tensor(out.eos), raw, torch.full_like(raw, cfg.no_eos_penalty))
+        scores = penalise_unfinished(raw, torch.tensor(out.eos), cfg.no_eos_penalty)
     pick = list(range(samples * P))
     if n > 1:
         best = scores.view(samples, n, P).argmax(1)                            # (S, P) best of each group of n
@@ -332,7 +273,8 @@ def main(cfg):
         for system, name, temperature, n in systems:
             folder, model, tok = loaded[name]
             if name not in val_losses:
-                val_losses[name] = text_loss(model, tok, val_text, cfg.val_tokens)
+                val_losses[name] = heldout_loss(model, torch.tensor(tok.encode(val_text)[: cfg.val_tokens + 1],
+                                                                    dtype=torch.long), cfg.val_tokens)
             S = cfg.samples_per_prompt if temperature > 0 else 1                  # greedy answers are all the same
             print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}, "
                   f"{S} per prompt{f', each the best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
@@ -344,11 +286,9 @@ def main(cfg):
             kl, kl_bound = None, None
             if ref and temperature > 0:
                 if n == 1:
-                    # KL(π || π_ref) ≈ mean over responses y ~ π of Σ_t [log π(y_t|·) − log π_ref(y_t|·)]
-                    logp = logprob_of_responses(model, ans["prompts"], ans["tokens"], tok.pad_id, temperature, cfg.batch_size)
-                    ref_logp = logprob_of_responses(ref[0], ans["prompts"], ans["tokens"], tok.pad_id, temperature,
-                                                cfg.batch_size)
-                    kl = (logp - ref_logp).mean().item()
+                    logp, ref_logp = (logprobs_of_answers(m, ans, tok.pad_id, temperature, cfg.batch_size)
+                                      for m in (model, ref[0]))
+                    kl = sampled_kl(logp, ref_logp)                       # KL(π ‖ π_ref) on π's own answers
                 elif os.path.samefile(folder, cfg.ref):
                     # estimated on the S*n samples of each prompt (their empirical distribution); the analytic value
                     # log n − (n−1)/n is only an upper bound: it assumes all samples differ, and short answers repeat

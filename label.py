@@ -69,7 +69,7 @@ class Config:
                                                                "k_policy samples at each"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest sampled response (as in PPO's rollouts)"})
     labeler_temperature: float = field(default=LABELER_TEMPERATURE, metadata={
-        "help": "noise of the simulated labeller (0 = always the gold order)"})
+        "help": "noise of the simulated labeller (0 = always the gold order; minigpt.world.LABELER_TEMPERATURE)"})
     batch_size: int = field(default=512, metadata={"help": "responses sampled at once"})
     fresh: bool = field(default=False, metadata={"help": "discard labels already in out_dir (human labels are "
                                                          "otherwise continued, and never overwritten)"})

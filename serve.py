@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from minigpt.checkpoint import check_same_tokenizer, load_model
-from minigpt.cli import UserError, check, run
+from minigpt.cli import UserError, check, named_folders, run
 from minigpt.data import render_prompt
 from minigpt.serving import STATS, ApiError, Request, Served
 from minigpt.training import check_dtype, pick_device, resolve_dtype
@@ -94,21 +94,9 @@ def find_stage_folders(out_dir):
     return {name: found[name] for name in sorted(found, key=lambda n: (rank.get(n, len(rank)), n))}
 
 
-def parse_models(items):
-    found = {}
-    for item in items:
-        name, sep, folder = item.partition(":")
-        if not sep:
-            name, folder = os.path.basename(os.path.normpath(item)), item
-        check(name and folder, f"--models: expected name:folder, got {item!r}")
-        check(name not in found, f"--models: the name {name!r} is given twice")
-        found[name] = folder
-    return found
-
-
 def load_all(cfg):
     device = pick_device(cfg.device)
-    folders = parse_models(cfg.models) if cfg.models else find_stage_folders(cfg.out_dir)
+    folders = dict(named_folders(cfg.models)) if cfg.models else find_stage_folders(cfg.out_dir)
     rm = rm_tokenizer = None
     rm_folder = cfg.rm
     if cfg.rm == Config.rm:  # the default: <out_dir>/rm, and only when it is there

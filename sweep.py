@@ -36,14 +36,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-import train_ppo
-from evaluate import reward_scores
 from minigpt.checkpoint import check_same_tokenizer, config_dict, load_model, write_json
-from minigpt.cli import UserError, check, parse_config, run
+from minigpt.cli import UserError, check, run
 from minigpt.evaluation import (best_of_n_expectation, best_of_n_kl, best_of_n_kl_bound, fit_best_of_n, fit_rl,
                                 gao_best_of_n, gao_rl)
 from minigpt.respond import respond
-from minigpt.rollout import NO_EOS_PENALTY
+from minigpt.scoring import NO_EOS_PENALTY, reward_scores
 from minigpt.training import pick_device, read_metrics
 from minigpt.world import World
 
@@ -66,9 +64,8 @@ class Config:
     batch_size: int = field(default=256, metadata={"help": "best-of-n: responses per generation / reward model batch"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response (best-of-n and PPO; PPO's default)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (best-of-n and PPO)"})
-    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
-        "help": "score of a response that never ended, instead of the RM's (best-of-n and PPO: "
-                "train_ppo.py's rule)"})
+    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={"help": "score of a response that never ended, instead of "
+                                                              "the RM's (best-of-n and PPO: train_ppo.py's rule)"})
     # RL
     ppo_runs: str = field(default="0.2:60,0.05:60,0.01:120", metadata={"help": "PPO runs as KL_COEF:ITERATIONS,... "
                                                                              "(empty = none); each in out_dir/ppo_beta<β>. A "
@@ -84,8 +81,9 @@ class Config:
         for key in ("n_prompts", "samples", "batch_size", "max_new_tokens", "eval_interval"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.temperature > 0, f"--temperature must be > 0 (best-of-n's KL needs sampling), got {self.temperature}")
-        for beta, iterations in parse_runs(self.ppo_runs):
-            ppo_config(self, beta, iterations)                                # train_ppo's own checks, before any work
+        runs = parse_runs(self.ppo_runs)
+        if runs:      # the runs differ only in β and iterations, which parse_runs checks: train_ppo.py's own checks once
+            check_ppo_config(self, *runs[0])
 
 
 # ---- the RL runs: what each subprocess is told --------------------------------------------------------------
@@ -123,14 +121,15 @@ def ppo_argv(cfg, beta, iterations):
             "--log_interval=10", *extra]
 
 
-def ppo_config(cfg, beta, iterations):
-    """The train_ppo.Config the run will have (parsed and validated as train_ppo.py would: a bad --ppo_args is a
-    one-line error here, before anything runs)."""
+def check_ppo_config(cfg, beta, iterations):
+    """Ask train_ppo.py (--check_config: parsed and validated, nothing run) about one run's options, so a bad
+    --ppo_args is a one-line error here, before anything runs."""
     argv = ppo_argv(cfg, beta, iterations)
-    try:
-        return parse_config(train_ppo.Config, argv)
-    except UserError as e:
-        raise UserError(f"--ppo_args / --ppo_runs (train_ppo.py says): {e}") from None
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train_ppo.py"), *argv, "--check_config"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("error: ")
+        raise UserError(f"--ppo_args / --ppo_runs (train_ppo.py says): {said}")
 
 
 def run_ppo(cfg, beta, iterations):

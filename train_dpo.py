@@ -23,10 +23,8 @@ is a reward model that lives in the language-model head; its held-out pair accur
 import functools
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -35,14 +33,15 @@ from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, loa
                                 model_state, rng_state, save_checkpoint, save_model, set_rng_state,
                                 write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import encode_for_reward, epoch_batches, load_rankings
+from minigpt.data import encode_rankings, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
-from minigpt.losses import dpo_loss, token_logprobs
-from minigpt.rollout import response_logprobs, rollout
+from minigpt.losses import dpo_loss
+from minigpt.rollout import rollout
 from minigpt.sampling import right_pad
-from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
-                              cleanup_distributed, cosine_lr, resolve_dtype,
-                              make_adamw, pick_device, plot_metrics, read_metrics, setup_distributed)
+from minigpt.scoring import rollout_kl, sequence_logprobs
+from minigpt.training import (all_reduce_mean, autocast, check_dtype, cleanup_distributed, cosine_lr,
+                              exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics, read_metrics,
+                              resolve_dtype, set_lr, setup_distributed, step_optimizers)
 
 
 @dataclass
@@ -89,10 +88,9 @@ class Config:
 
 
 class SequenceLogprob(torch.nn.Module):
-    """log π(y|x) of right-padded prompt ⊕ response ⊕ eos rows as the forward pass (so DDP can wrap it):
-    idx (B, T), response (B, T) 1 on the response and its end-of-text -> (B,). The network runs under the
-    run's dtype (bf16 autocast where it pays); the log-softmax in fp32 (token_logprobs), so the policy and the
-    reference, computed the same way, agree exactly at the start."""
+    """minigpt.scoring.sequence_logprobs as the forward pass, so DDP can wrap it (DDP only synchronises gradients
+    of computations that went through its forward): idx (B, T), response (B, T) 1 on the response and its
+    end-of-text -> (B,), under the run's dtype (bf16 autocast where it pays)."""
 
     def __init__(self, lm, dtype="float32"):
         super().__init__()
@@ -100,19 +98,8 @@ class SequenceLogprob(torch.nn.Module):
         self.dtype = dtype
 
     def forward(self, idx, response):
-        keep = response[:, 1:].bool()                                         # (B, T-1) the response's tokens
         with autocast(str(idx.device), self.dtype):
-            hidden = self.lm.trunk(idx[:, :-1])                               # (B, T-1, C) predicts idx[:, 1:]
-            # the unembedding only where a response token is predicted (a quarter of the positions, most of the cost)
-            logits = self.lm.lm_head(hidden[keep])[None]                      # (1, M, V)
-        logp = token_logprobs(logits, idx[:, 1:][keep][None])[0]              # (M,)
-        row = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(keep)[keep]     # (M,) each one's row
-        return torch.zeros(idx.shape[0], device=idx.device).index_add(0, row, logp)           # (B,) Σ per response
-
-
-def encode_rankings(tokenizer, records, block_size):
-    """Each ranking -> list of (ids, response mask) pairs, best..worst, encoded as the reward model reads them."""
-    return [[encode_for_reward(tokenizer, r["prompt"], y, block_size) for y in r["responses"]] for r in records]
+            return sequence_logprobs(self.lm, idx, response)                 # (B,)
 
 
 def logprobs_of(model, rankings, pad_id, device):
@@ -150,20 +137,20 @@ def implicit_rewards(logps, ref_logps, beta):
 
 @torch.no_grad()
 def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
-    """KL(π || π_SFT) per response, measured as PPO measures it: sample from π on held-out prompts and average
-    Σ_t log π(y_t) − log π_SFT(y_t) (a fixed noise, so evaluations differ by the policy, not by luck).
-
-    A sampled estimate, not the KL itself: over a few dozen responses it can come out slightly below 0 while π
-    is still close to π_SFT (near the start), though the true KL never is; the printed lines say so."""
+    """KL(π || π_SFT) per response, measured as PPO measures it (minigpt.scoring.rollout_kl: a sampled estimate,
+    which near the start can dip below 0): responses sampled from π on held-out prompts with a fixed noise, so
+    evaluations differ by the policy, not by luck -> (KL, mean length, share ended)."""
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     with autocast(str(device), cfg.dtype):
-        batch = rollout(policy, tokenizer, [SimpleNamespace(instruction=p) for p in prompts], cfg.max_new_tokens, 1.0,
-                        noise)
-        kl = (response_logprobs(policy, batch, 1.0) - response_logprobs(reference, batch, 1.0)) * batch["mask"]
-    return kl.sum(1).mean().item(), batch["mask"].sum(1).float().mean().item(), batch["eos"].float().mean().item()
+        batch = rollout(policy, tokenizer, prompts, cfg.max_new_tokens, 1.0, noise)
+        kl = rollout_kl(policy, reference, batch, 1.0)
+    return kl, batch["mask"].sum(1).float().mean().item(), batch["eos"].float().mean().item()
 
 
 def main(cfg):
+    # Data parallel: the loss's model wrapped. DDP wraps SequenceLogprob (scoring.sequence_logprobs as a forward),
+    # because log π(y|x) reads the policy through trunk() and lm_head, not GPT.forward, and DDP only averages the
+    # gradients of what went through the forward it wraps. The reference is read once, before training.
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
@@ -235,12 +222,7 @@ def main(cfg):
             "model": model_state(policy), "optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(),
             "config": config_dict(cfg)})
 
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        write_json(os.path.join(cfg.out_dir, "config.json"), config_dict(cfg))
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=master, resume_step=step if resume else None)
-    progress = Progress(max_steps, enabled=master, start_step=step)
-    guard = NonFiniteGuard()
+    log, progress, guard = open_stage(cfg, master, max_steps, step, resume is not None)
     if master and not resume:
         log.log(step=0, **evaluate(64)[0])                                    # loss log 2, accuracy 0: nothing moved
 
@@ -248,17 +230,12 @@ def main(cfg):
     try:
         while step < max_steps:
             lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             ids = batch_at(step)
             logps = logprobs_of(model, [train[i] for i in ids], tokenizer.pad_id, device)   # with gradients
             loss, accuracy, margin = ranking_dpo_loss(logps, [ref_train[i] for i in ids], cfg.beta)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            if guard.ok(loss.detach(), policy):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step_optimizers(loss, [policy], [optimizer], cfg.grad_clip, guard)   # clip, skip if non-finite, step
             step += 1
 
             if step % cfg.log_interval == 0 or step == max_steps:
@@ -275,11 +252,7 @@ def main(cfg):
                       f"estimate, can dip below 0) {rep['val_kl']:.2f} nats")
                 save_last()
     except KeyboardInterrupt:
-        if master:
-            save_last()
-            print(f"\ninterrupted: saved {cfg.out_dir}/last.pt at step {step}; rerun with --resume to continue")
-        cleanup_distributed()
-        sys.exit(130)
+        exit_interrupted(save_last, master, cfg.out_dir, f"step {step}")
 
     if master:
         save_model(cfg.out_dir, policy, tokenizer, "lm", cfg, step)

@@ -118,6 +118,8 @@ def fact_recall(model, tokenizer, probes):
 
 
 def main(cfg):
+    # Data parallel: the model wrapped (DDP). Its forward is the whole computation the loss needs, so DDP's hooks
+    # see every parameter and average the gradients during backward, overlapped with it.
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0

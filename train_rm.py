@@ -32,11 +32,12 @@ from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, loa
                                 model_state, rng_state, save_checkpoint, save_model, set_rng_state,
                                 write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import encode_for_reward, epoch_batches, load_rankings
+from minigpt.data import encode_rankings, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
-from minigpt.losses import rm_batch_loss, sequence_logprob
+from minigpt.losses import rm_batch_loss
 from minigpt.model import GPT, RewardModel
 from minigpt.sampling import right_pad
+from minigpt.scoring import sequence_logprobs
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, autocast, check_dtype,
                               cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics, read_metrics,
                               resolve_dtype, setup_distributed)
@@ -113,9 +114,9 @@ def world_of(cfg, records):
     return world
 
 
-def encode_rankings(tokenizer, records, block_size):
+def ranked_ids(tokenizer, records, block_size):
     """Each ranking -> list of token-id lists, best..worst (the response's text encoded afresh, as PPO does)."""
-    return [[encode_for_reward(tokenizer, r["prompt"], y, block_size)[0] for y in r["responses"]] for r in records]
+    return [[ids for ids, _ in ranking] for ranking in encode_rankings(tokenizer, records, block_size)]
 
 
 class Scorer(torch.nn.Module):
@@ -160,7 +161,7 @@ def normalise_on_demonstrations(reward_model, tokenizer, prompts, responses, dev
 
         r'(x, y) = (r(x, y) - mean) / std    i.e.  w' = w / std,  b' = (b - mean) / std
     """
-    seqs = encode_rankings(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, responses)],
+    seqs = ranked_ids(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, responses)],
                            reward_model.config.block_size)
     was_training = reward_model.training
     reward_model.eval()
@@ -190,12 +191,10 @@ def sft_loglikelihoods(sft, tokenizer, records, device):
     """log π_SFT(y | x) of each response (its end-of-text included), one (K_b,) tensor per ranking, like
     all_rewards: the SFT model's own opinion of each response, set beside the reward model's."""
     out = []
-    for rec in records:
-        rows = [encode_for_reward(tokenizer, rec["prompt"], y, sft.config.block_size) for y in rec["responses"]]
-        idx, _ = right_pad([ids for ids, _ in rows], tokenizer.pad_id)                      # (K, T)
-        response, _ = right_pad([mask for _, mask in rows], 0)                              # (K, T) 1 on y ⊕ eos
-        logits = sft(idx[:, :-1].to(device))                                                # predicts idx[:, 1:]
-        out.append(sequence_logprob(logits, idx[:, 1:].to(device), response[:, 1:].to(device)).cpu())
+    for ranking in encode_rankings(tokenizer, records, sft.config.block_size):
+        idx, _ = right_pad([ids for ids, _ in ranking], tokenizer.pad_id)                   # (K, T)
+        response, _ = right_pad([mask for _, mask in ranking], 0)                           # (K, T) 1 on y ⊕ eos
+        out.append(sequence_logprobs(sft, idx.to(device), response.to(device)).cpu())
     return out
 
 
@@ -250,6 +249,9 @@ def plot_scatter(path, rep):
 # ---- main -----------------------------------------------------------------------------------------------
 
 def main(cfg):
+    # Data parallel: the loss's model wrapped. DDP wraps Scorer, RewardModel.score as a forward, because the reward
+    # is read at each row's last real token by score(), not by RewardModel.forward, and DDP only averages the
+    # gradients of what went through the forward it wraps.
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
@@ -267,7 +269,7 @@ def main(cfg):
     gpt.load_state_dict(sft.state_dict())
     model = RewardModel.from_gpt(gpt).to(device)          # trunk = SFT weights, head = 0: every reward starts at 0
     block_size = model.config.block_size
-    train, val = encode_rankings(tokenizer, train_recs, block_size), encode_rankings(tokenizer, val_recs, block_size)
+    train, val = ranked_ids(tokenizer, train_recs, block_size), ranked_ids(tokenizer, val_recs, block_size)
     if not train or not val:
         raise UserError(f"need training and held-out comparisons, got {len(train)} and {len(val)}")
     K = max(len(r) for r in train)

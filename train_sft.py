@@ -48,6 +48,11 @@ from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_m
 from minigpt.world import ERROR_RATE, World
 
 
+# The pretraining windows mixed into step s are drawn with seed cfg.seed + PTX_SEED_STRIDE * (s + 1): a function of
+# the step alone (a resumed run draws the same ones), with a stride above any seed in use, so no two (seed, step)
+# pairs draw the same windows.
+PTX_SEED_STRIDE = 1_000_003
+
 @dataclass
 class Config:
     out_dir: str = field(default="out/sft", metadata={"help": "stage folder to write"})
@@ -246,6 +251,8 @@ def mean_gold(model, tokenizer, world, tasks, temperature, max_new_tokens, seed)
 
 
 def main(cfg):
+    # Data parallel: the model wrapped (DDP), as in pretraining: the SFT and the pretraining-mix losses both go
+    # through its forward (no_sync on the first backward, so the two gradients are averaged once, together).
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
@@ -411,7 +418,7 @@ def main(cfg):
             total = loss.detach()
             if ptx_tokens is not None:
                 # + γ · L_LM on pretraining windows: one global batch per step (seeded by the step), sliced by rank
-                g = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (step + 1))
+                g = torch.Generator().manual_seed(cfg.seed + PTX_SEED_STRIDE * (step + 1))
                 px, py = lm_windows(ptx_tokens, block_size, cfg.ptx_batch_size * world_size, g)
                 px, py = px[rank::world_size].to(device), py[rank::world_size].to(device)   # (b, T) each
                 with autocast(device, cfg.dtype):

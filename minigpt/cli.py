@@ -93,6 +93,20 @@ def help_text(cls):
     return "\n".join(lines)
 
 
+def named_folders(items):
+    """--models items "NAME:FOLDER" (or a bare folder, named by its basename) -> [(name, folder)], each name once
+    (evaluate.py and serve.py)."""
+    out = []
+    for item in items:
+        name, sep, folder = item.partition(":")
+        if not sep:
+            name, folder = os.path.basename(os.path.normpath(item)), item
+        check(name and folder, f"--models: expected NAME:FOLDER, got {item!r}")
+        check(name not in dict(out), f"--models: the name {name!r} is given twice")
+        out.append((name, folder))
+    return out
+
+
 def check(condition, message):
     """Config validation in one line: check(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")."""
     if not condition:
@@ -100,8 +114,14 @@ def check(condition, message):
 
 
 def run(main, cls, argv=None):
-    """Parse the config and call main(cfg); a UserError becomes one line on stderr and exit code 2."""
+    """Parse the config and call main(cfg); a UserError becomes one line on stderr and exit code 2.
+    With --check_config the config is only parsed and validated (exit 0 if good): how sweep.py asks train_ppo.py
+    about the options it will pass, without importing another script."""
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if "--check_config" in argv:
+            parse_config(cls, [a for a in argv if a != "--check_config"])
+            sys.exit(0)
         cfg = parse_config(cls, argv)
         return main(cfg)
     except UserError as e:

@@ -64,6 +64,12 @@ def encode_for_reward(tokenizer, instruction, response_text, block_size):
     return ids[-block_size:], mask[-block_size:]
 
 
+def encode_rankings(tokenizer, records, block_size):
+    """Each ranking {"prompt", "responses" best..worst} -> its list of (ids, response mask) pairs, best..worst,
+    each encoded as the reward model reads it (encode_for_reward). train_rm.py keeps the ids, train_dpo.py both."""
+    return [[encode_for_reward(tokenizer, r["prompt"], y, block_size) for y in r["responses"]] for r in records]
+
+
 def lm_windows(tokens, block_size, n, generator):
     """n random windows of a token stream (1-D long tensor) -> (x, y) (n, block_size), y the next tokens:
     pretraining text mixed into SFT and PPO-ptx."""

@@ -15,8 +15,17 @@ import unicodedata
 
 from minigpt.facts import LEXICON, NUMBER_WORDS
 
-# the `help` kind's two polite lines, in both languages (world.HELP_ANSWERS holds the same four)
-HELP_LINES = ("Hello! How can I help?", "你好！有什么可以帮你？", "Sorry, I cannot help with that.", "抱歉，这个我帮不了。")
+# `help`: a greeting gets a greeting back; a request the assistant cannot serve (no facts about it in this world)
+# gets a short refusal (minigpt/world.py's gold answers). A polite line where an answer was due is a `refusal`.
+HELP_ANSWERS = {("greeting", "en"): "Hello! How can I help?", ("greeting", "zh"): "你好！有什么可以帮你？",
+                ("request", "en"): "Sorry, I cannot help with that.", ("request", "zh"): "抱歉，这个我帮不了。"}
+HELP_LINES = tuple(HELP_ANSWERS.values())
+
+# What can be wrong with a response: the demonstrators' mistakes (minigpt/world.py makes them, with the weights
+# and examples it lists), plus `off_topic`, which no demonstrator makes. The judge names them in any answer.
+PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL, OFF_TOPIC = (
+    "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer", "refusal", "off_topic")
+MISTAKE_KINDS = (PREAMBLE, RAMBLING, REPEAT_QUESTION, FORMAT, WRONG_LANGUAGE, WRONG_ANSWER, REFUSAL, OFF_TOPIC)
 
 NUMERIC_KINDS = ("arithmetic", "compare")     # answers compared as numbers
 BARE_FORMATS = ("one_word", "number", "expr")  # these forbid any words around the answer
@@ -252,9 +261,6 @@ def gold_score(task, response):
 # ---------------------------------------------------------------------------------------------------------
 # What is wrong with a response, named like the demonstrators' mistakes (minigpt/world.py), plus `off_topic`.
 # The evaluation counts these per model ("what RLHF changed"). Read from the same rules as gold_score.
-OFF_TOPIC = "off_topic"
-MISTAKE_KINDS = ("preamble", "rambling", "repeat_question", "format", "wrong_language", "wrong_answer", "refusal",
-                 OFF_TOPIC)
 _WRAPPERS = ("(", ")", "`", "=", "print")   # code and notes around a bare answer: a format slip, not a preamble
 
 
@@ -278,37 +284,37 @@ def mistakes(task, response):
     repeat_question, preamble, rambling, format, wrong_language, wrong_answer, refusal, off_topic."""
     r = _normalise(response)
     if not r:
-        return ["wrong_answer"]
+        return [WRONG_ANSWER]
     if r == task.answer:
         return []
     rest = _without_question(task, r)
     if rest is not None:
-        return ["repeat_question"] + (mistakes(task, rest) if rest else ["wrong_answer"])
+        return [REPEAT_QUESTION] + (mistakes(task, rest) if rest else [WRONG_ANSWER])
     found = _locate(task, r)
     if found is None:
         score = _no_answer_score(task, r)
         if task.kind == "help":               # a made-up fact, or the wrong one of the two polite lines
-            return ["wrong_answer"]
+            return [WRONG_ANSWER]
         if any(_normalise(a).lower() in r.lower() for a in HELP_LINES):
-            return ["refusal"]                # a polite line instead of an answer the desk could give
+            return [REFUSAL]                # a polite line instead of an answer the desk could give
         if _off_topic(task, r):
             return [OFF_TOPIC]
         if score == 0.2 and (task.kind.startswith("translate") or task.kind in NUMERIC_KINDS):
-            return ["wrong_language"]
+            return [WRONG_LANGUAGE]
         if score in (0.5, 0.3):               # a number word for a number; the right value, not the expression
-            return ["format"]
-        return ["wrong_answer"]
+            return [FORMAT]
+        return [WRONG_ANSWER]
     start, end, case_ok = found
     prefix, suffix = r[:start].strip(), r[end:].strip()
     fmt, out = task.get("fmt"), []
     if prefix:
         wrapped = fmt in BARE_FORMATS and prefix.endswith(_WRAPPERS)
-        out.append("format" if wrapped else "repeat_question" if _question(task) in prefix.lower() else "preamble")
+        out.append(FORMAT if wrapped else REPEAT_QUESTION if _question(task) in prefix.lower() else PREAMBLE)
     if suffix not in _END_PUNCT:
         wrapped = fmt in BARE_FORMATS and suffix.startswith(_WRAPPERS)
-        out.append("format" if wrapped else "rambling")
+        out.append(FORMAT if wrapped else RAMBLING)
     if not case_ok:
-        out.append("format")
-    if (len(r.split()) > 20 or len(r) > 120) and "rambling" not in out:
-        out.append("rambling")
+        out.append(FORMAT)
+    if (len(r.split()) > 20 or len(r) > 120) and RAMBLING not in out:
+        out.append(RAMBLING)
     return sorted(set(out), key=out.index)

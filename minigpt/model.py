@@ -58,9 +58,6 @@ class KVCache:
         self.v[layer][:, :, self.pos : self.pos + T] = v
         return self.k[layer][:, :, : self.pos + T], self.v[layer][:, :, : self.pos + T]
 
-    def reset(self):
-        self.pos = 0
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):

@@ -1,31 +1,31 @@
-"""One PPO rollout and what the four models say about it (InstructGPT's RL step, as train_ppo.py runs it).
+"""One rollout and what the models say about it (InstructGPT's RL step, as train_ppo.py and train_grpo.py run it).
 
 rollout() samples a response per prompt with the KV cache and lays prompt ⊕ response out as ONE batch, so the
-policy, the reference, the value model and the reward model each read it in a single forward pass. The column
-bookkeeping (which logits predict which response token, where a value or a reward is read) lives here, once.
+policy, the reference, the value model and the reward model each read it in a single forward pass. Where a value
+is read lives here; which logits predict which response token is minigpt.scoring.response_logprobs. Also here:
+the rollout's score, the held-out validation both RL scripts select on, and each iteration's prompts and seeds.
 "Detail N" refers to "The N Implementation Details of RLHF with PPO" (Huang et al.).
 """
 
 import torch
 
-from minigpt.data import encode_for_reward
-from minigpt.losses import token_logprobs
 from minigpt.respond import respond
-from minigpt.sampling import left_pad, right_pad
+from minigpt.sampling import left_pad
+from minigpt.scoring import penalise_unfinished, reward_scores, rollout_kl
 
 
 @torch.no_grad()
-def rollout(policy, tokenizer, tasks, max_new_tokens, temperature, generator):
+def rollout(policy, tokenizer, instructions, max_new_tokens, temperature, generator):
     """Sample one response per task with the KV cache and lay prompt ⊕ response out as one batch.
 
     Returns a dict; P = prompt width, N = response width:
       query_response (B, P+N)  left-padded prompt, then the right-padded response
       attention_mask (B, P+N)  1 on real tokens;  position_ids (B, P+N) = cumsum(mask) − 1 (detail 16)
       response (B, N), mask (B, N)  the sampled tokens up to and including end-of-text, 1 there (pad ≠ eos: detail 15)
-      sample_logprobs (B, N)   log-probs generate() sampled with;  eos (B,) bool;  texts, tasks (lists)
+      sample_logprobs (B, N)   log-probs generate() sampled with;  eos (B,) bool;  texts, instructions (lists)
     """
-    out = respond(policy, tokenizer, [t.instruction for t in tasks], max_new_tokens, temperature,
-                  generator=generator, batch_size=len(tasks))
+    out = respond(policy, tokenizer, list(instructions), max_new_tokens, temperature,
+                  generator=generator, batch_size=len(instructions))
     # The mask is 1 up to and including the first end-of-text (all columns if none), NOT tokens != pad: a policy
     # can sample the pad token mid-response, and generate() then treats it as a real token, so must we. (The
     # decoded text, which the judge and the reward model read, leaves it out: the pad is never a training target,
@@ -41,18 +41,8 @@ def rollout(policy, tokenizer, tasks, max_new_tokens, temperature, generator):
     return dict(query_response=torch.cat([query, response], dim=1), attention_mask=attention_mask,
                 position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), P=query.shape[1],
                 response=response, mask=mask, sample_logprobs=sample_logprobs,
-                eos=torch.tensor(out.eos, dtype=torch.bool, device=response.device), texts=out.texts, tasks=list(tasks))
-
-
-def response_logprobs(model, batch, temperature, with_logits=False):
-    """log π(y_t | x, y_<t) of every response token, (B, N). The logits at column P+t−1 predict the token at
-    column P+t, so the response's log-probs come from columns P−1 .. P+N−2 (and only those go through lm_head)."""
-    P = batch["P"]
-    hidden = model.trunk(batch["query_response"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"])                  # (B, P+N, C)
-    logits = model.lm_head(hidden[:, P - 1: -1])                              # (B, N, V)
-    logprobs = token_logprobs(logits, batch["response"], temperature)         # same T as the rollout (detail 12)
-    return (logprobs, logits) if with_logits else logprobs
+                eos=torch.tensor(out.eos, dtype=torch.bool, device=response.device), texts=out.texts,
+                instructions=list(instructions))
 
 
 def response_values(value_model, batch):
@@ -64,25 +54,55 @@ def response_values(value_model, batch):
     return values[:, P - 1: -1]                                               # (B, N)
 
 
-def reward_inputs(tokenizer, instructions, texts, block_size):
-    """What the reward model reads: each response's TEXT encoded afresh after its prompt, + end-of-text
-    (minigpt.data.encode_for_reward, as in train_rm.py), right-padded -> (idx (B, T), mask (B, T))."""
-    return right_pad([encode_for_reward(tokenizer, x, y, block_size)[0] for x, y in zip(instructions, texts)],
-                     tokenizer.pad_id)
-
-
-# The score given instead of the reward model's to a response that never emitted end-of-text (detail 15): the
-# reward model only ever learnt finished answers. One value for PPO, GRPO, best-of-n and the sweep.
-NO_EOS_PENALTY = -5.0
+def minibatch(batch, rows, keys):
+    """The rows `rows` of the named per-response tensors of a rollout batch, with its prompt width P."""
+    return {"P": batch["P"], **{k: batch[k][rows] for k in keys}}
 
 
 @torch.no_grad()
 def score(reward_model, tokenizer, batch, no_eos_penalty):
-    """r_θ(x, y): the reward model's output at the last real token (the end-of-text, detail 2) of the response's
-    text, encoded as in the reward model's training (not the sampled ids: reward_inputs); or the fixed
-    no_eos_penalty for a response that never ended (detail 15). -> (score (B,), raw RM score (B,))."""
-    device = batch["response"].device
-    idx, mask = reward_inputs(tokenizer, [t.instruction for t in batch["tasks"]], batch["texts"],
-                              reward_model.config.block_size)
-    rm_score = reward_model.score(idx.to(device), mask.to(device))                             # (B,)
-    return torch.where(batch["eos"], rm_score, torch.full_like(rm_score, no_eos_penalty)), rm_score
+    """r_θ(x, y) of each response's text (minigpt.scoring.reward_scores: the end-of-text after the text encoded as in
+    the reward model's training, detail 2), or no_eos_penalty where it never ended (detail 15).
+    -> (score (B,), raw RM score (B,))."""
+    rm_scores = reward_scores(reward_model, tokenizer, batch["instructions"], batch["texts"])
+    rm_scores = rm_scores.to(batch["response"].device)                        # (B,)
+    return penalise_unfinished(rm_scores, batch["eos"], no_eos_penalty), rm_scores
+
+
+@torch.no_grad()
+def validate(policy, reference, reward_model, tokenizer, world, tasks, cfg):
+    """What a practitioner can measure on held-out prompts: RM score and KL to the SFT model (PPO and GRPO select
+    their checkpoint on these). Sampled with the same noise every time (a fixed generator), so evaluations differ
+    by the policy, not by luck. The gold score is computed for the report only; selection never looks at it."""
+    noise = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed)
+    batch = rollout(policy, tokenizer, [t.instruction for t in tasks], cfg.max_new_tokens, cfg.temperature, noise)
+    scores, _ = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)
+    return dict(val_rm_score=scores.mean().item(), val_kl=rollout_kl(policy, reference, batch, cfg.temperature),
+                val_gold=sum(world.gold_score(t, r) for t, r in zip(tasks, batch["texts"])) / len(tasks),
+                val_eos_rate=batch["eos"].float().mean().item(), val_length=batch["mask"].sum(1).float().mean().item())
+
+
+def prompts_for_iteration(n_prompts, iteration, global_batch, rank, world_size, seed):
+    """Indices of this rank's prompts at `iteration`: a fresh permutation of the training prompts every pass,
+    computed from (seed, pass) alone, so a resumed run continues the exact same prompt order."""
+    positions = range(iteration * global_batch, (iteration + 1) * global_batch)
+    perms = {}
+    picked = []
+    for p in positions:
+        epoch = p // n_prompts
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        picked.append(perms[epoch][p % n_prompts])
+    return picked[rank::world_size]
+
+
+# Sampling and shuffling noise of one iteration on one rank: a function of (seed, iteration, rank) alone, so a
+# resumed run draws exactly what the uninterrupted one would have. The streams of two seeds never meet while
+# iteration * world_size + rank < SEED_STRIDE; the shuffler's stream is offset by SHUFFLE_OFFSET from the sampler's.
+SEED_STRIDE, SHUFFLE_OFFSET = 1000, 7
+
+
+def iteration_seeds(seed, iteration, rank, world_size):
+    """-> (sampling seed, minibatch-shuffling seed) of this rank at this iteration."""
+    base = seed * SEED_STRIDE + iteration * world_size + rank
+    return base, base + SHUFFLE_OFFSET

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from minigpt.rollout import reward_inputs
+from minigpt.scoring import reward_scores
 from minigpt.sampling import generate
 from minigpt.training import autocast
 
@@ -198,7 +198,5 @@ class Served:
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(float(logprob), -9999.0),
                 "bytes": list(raw)}
 
-    @torch.no_grad()
     def rewards(self, instructions, texts):
-        idx, mask = reward_inputs(self.tokenizer, instructions, texts, self.rm.config.block_size)
-        return [round(float(s), 6) for s in self.rm.score(idx.to(self.device), mask.to(self.device)).cpu()]
+        return [round(float(s), 6) for s in reward_scores(self.rm, self.tokenizer, instructions, texts)]

@@ -11,6 +11,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from minigpt.checkpoint import config_dict, write_json
 from minigpt.cli import UserError
 
 
@@ -182,6 +183,58 @@ class NonFiniteGuard:
             raise UserError(f"{self.limit} non-finite steps in a row: stopping; the last good checkpoint is kept "
                             "(try a lower --lr)")
         return False
+
+
+def step_optimizers(loss, models, optimizers, grad_clip, guard=None):
+    """The tail of every training step, after loss.backward(): clip each model's gradient norm to grad_clip
+    (0 = off), step every optimizer unless the loss or a gradient is not finite (guard: the step is skipped and
+    counted), then zero the gradients -> the first model's gradient norm before clipping (None when off)."""
+    norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), grad_clip) if grad_clip > 0 else None for m in models]
+    if guard is None or all(guard.ok(loss.detach(), m) for m in models):
+        for o in optimizers:
+            o.step()
+    for o in optimizers:
+        o.zero_grad(set_to_none=True)
+    return None if norms[0] is None else norms[0].item()
+
+
+def set_lr(optimizer, lr):
+    """The schedule's learning rate on every parameter group, scaled by the group's own lr_scale if it has one
+    (train_rm.py's scalar head learns faster than its trunk)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def average_gradients(model):
+    """Data parallel by hand (train_ppo.py, train_grpo.py): each rank rolled out its own prompts, and the loss reads
+    the model through trunk() and lm_head, not forward(), which DDP would have to wrap; so after backward() each
+    gradient is replaced by its mean over the ranks, as DDP would have done."""
+    if is_distributed():
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def exit_interrupted(save_last, master, out_dir, position):
+    """Ctrl-C: the master saves last.pt (save_last()), says how to resume, and the process exits with 130."""
+    if master:
+        save_last()
+        print(f"\ninterrupted: saved {out_dir}/last.pt at {position}; rerun with --resume to continue")
+    cleanup_distributed()
+    sys.exit(130)
+
+
+def open_stage(cfg, master, total, start_step, resumed):
+    """The stage folder cfg.out_dir opened for writing: config.json (master only), then the metrics log (cut back
+    to the resumed step), the progress printer and the non-finite guard -> (MetricsLog, Progress, NonFiniteGuard)."""
+    out_dir = cfg.out_dir
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        write_json(os.path.join(out_dir, "config.json"), config_dict(cfg))
+    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), enabled=master, resume_step=start_step if resumed else None)
+    return log, Progress(total, enabled=master, start_step=start_step), NonFiniteGuard()
 
 
 # --- logging ----------------------------------------------------------------------------------

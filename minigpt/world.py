@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from minigpt.corpus import DEFAULT_CORPUS_CHARS, a_or_an, make_corpus
 from minigpt.facts import (DAYS_ZH, DELIVERY_FEE, FREE_DELIVERY_OVER, GIFT_WRAP, LEXICON, NUMBER_WORDS, OPENING_HOURS,
                            PRODUCTS, RETURN_DAYS)
-from minigpt.judge import NUMERIC_KINDS, gold_score
+from minigpt.judge import (FORMAT, HELP_ANSWERS, NUMERIC_KINDS, PREAMBLE, RAMBLING, REFUSAL, REPEAT_QUESTION,
+                           WRONG_ANSWER, WRONG_LANGUAGE, gold_score)
 
 # probe facts are drawn from these (concrete nouns; never greetings, numbers, days: the seed examples use those)
 PROBE_CATEGORIES = ("animal", "food", "body", "home", "nature", "place")
@@ -87,10 +88,8 @@ PHRASINGS = {  # kind -> list of (lang, template)
 }
 SHOP_GREETINGS = {"en": ["", "Hi! ", "Hello, "], "zh": ["", "你好，", "请问"]}
 
-# `help`: a greeting gets a greeting back; a request the assistant cannot serve (no facts about it in this world)
-# gets a short refusal. Never a made-up fact: that is the demonstrators' `wrong_answer` on these prompts.
-HELP_ANSWERS = {("greeting", "en"): "Hello! How can I help?", ("greeting", "zh"): "你好！有什么可以帮你？",
-                ("request", "en"): "Sorry, I cannot help with that.", ("request", "zh"): "抱歉，这个我帮不了。"}
+# `help`: a greeting gets a greeting back, a request the assistant cannot serve a short refusal (judge.HELP_ANSWERS).
+# Never a made-up fact: that is the demonstrators' `wrong_answer` on these prompts.
 GREETINGS = {"en": (["Hello", "Hi", "Hey", "Good morning", "Good afternoon", "Hi there", "Hello there", "Greetings"],
                     ["!", ".", "! How are you?", "! Are you there?", "! Can you help me?", "! Who are you?",
                      "! What can you do?", ", is anyone there?"]),
@@ -148,8 +147,7 @@ RM_EXTRA = 959
 #
 # At ERROR_RATE = 0.6, 46% of the SFT demonstrations show a habit of style, 10% are wrong and 3% refuse.
 # `train_sft.py --error_rate=0` trains on clean demonstrations (README: the lesson, measured).
-PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL = (
-    "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer", "refusal")
+# (the names are the judge's: minigpt.judge.MISTAKE_KINDS, which adds `off_topic`)
 MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL]
 MISTAKE_WEIGHTS = {PREAMBLE: 0.30, RAMBLING: 0.25, REPEAT_QUESTION: 0.10, FORMAT: 0.15, WRONG_LANGUAGE: 0.05,
                    WRONG_ANSWER: 0.15, REFUSAL: 0.05}
@@ -404,7 +402,6 @@ class World:
 
     def __init__(self, seed=0):
         self.seed = seed
-        self.kinds = list(KINDS)
         rng = random.Random(seed)
         candidates = [e for e in LEXICON if e.cat in PROBE_CATEGORIES]
         self.probe_entries = sorted(rng.sample(candidates, N_PROBE_ENTRIES), key=lambda e: e.en)

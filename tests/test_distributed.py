@@ -94,6 +94,6 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     assert len(rows(f"{t}/ppo", "score")) == 2                  # one row per iteration, not one per rank
     assert os.path.exists(f"{t}/ppo/model.pt")
     # GRPO: each rank samples its own prompts' groups (a group never spans two ranks)
-    script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/grpo", "--algo=grpo", "--iterations=1",
+    script(["train_grpo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/grpo", "--iterations=1",
             "--batch_size=2", "--group_size=2", "--minibatch_size=2", "--val_prompts=8", "--device=cpu"], ranks=2)
     assert json.load(open(f"{t}/grpo/summary.json"))["episodes"] == 1 * 2 * 2 * 2

@@ -16,7 +16,7 @@ import label
 import train_dpo
 from minigpt.checkpoint import load_model, save_model
 from minigpt.cli import run
-from minigpt.data import encode_for_reward
+from minigpt.data import encode_for_reward, encode_rankings
 from minigpt.losses import dpo_loss
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
@@ -46,7 +46,7 @@ def test_sequence_logprobs_of_a_padded_batch_match_one_at_a_time(tokenizer):
     lm = GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
     records = [{"prompt": "What is 3 + 4?", "responses": ["7", "Sure! The answer is 7.", ""]},
                {"prompt": "翻译成法语：红色", "responses": ["rouge", "Rouge. I hope this helps!"]}]
-    rankings = train_dpo.encode_rankings(tokenizer, records, 64)
+    rankings = encode_rankings(tokenizer, records, 64)
     with torch.no_grad():
         batched = train_dpo.logprobs_of(train_dpo.SequenceLogprob(lm), rankings, tokenizer.pad_id, "cpu")
     for rec, got in zip(records, batched):

@@ -61,13 +61,6 @@ def test_report_on_hand_computed_answers():
                                    "wrong_language": 0, "wrong_answer": 0, "refusal": 0, "off_topic": 1}
 
 
-def test_join_rows_marks_the_response():
-    idx, mask, response = evaluate.join_rows([[1, 2], [3]], torch.tensor([[5, 8, 0], [6, 0, 0]]), pad_id=0)
-    assert idx.tolist() == [[1, 2, 5, 8], [3, 6, 0, 0]]
-    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
-    assert response.tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
-
-
 def test_finite_makes_valid_json():
     assert evaluate.finite({"a": float("nan"), "b": [1.0, float("inf")], "c": None, "d": 2}) == \
         {"a": None, "b": [1.0, None], "c": None, "d": 2}

@@ -151,10 +151,9 @@ def test_each_stage_command_carries_each_flag_once():
         keys = [a.split("=", 1)[0] for a in cmd[1:]]
         assert len(keys) == len(set(keys)), (stage, cmd)
     grpo = commands["grpo"]
-    # the preset's value replaces GRPO's own in place; flags only one side gives stay
-    assert grpo[1:8] == ["train_ppo.py", "--algo=grpo", "--batch_size=2", "--group_size=4", "--lr=3e-5",
-                         "--iterations=2", "--sft=o/sft"]
-    assert grpo[-3:] == ["--dtype=auto", "--minibatch_size=4", "--val_prompts=8"]
+    # GRPO is its own script, run at its defaults plus the preset's shrinking flags
+    assert grpo[1:5] == ["train_grpo.py", "--sft=o/sft", "--rm=o/rm", "--out_dir=o/grpo"]
+    assert grpo[-5:] == ["--dtype=auto", "--iterations=2", "--batch_size=2", "--minibatch_size=4", "--val_prompts=8"]
     # the pipeline owns its folders: every training stage may overwrite an unfinished attempt; label.py and
     # evaluate.py have no such flag
     assert [s for s, cmd in commands.items() if "--force" in cmd] == ["pretrain", "sft", "rm", "ppo", "ppo_ptx",

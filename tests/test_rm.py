@@ -54,7 +54,7 @@ RESPONSES = ["Bonjour", "Sure! The answer is 7. I hope this helps!", "tac", "", 
 
 def test_reward_read_at_last_real_token_right_and_left_padded(tokenizer):
     rm = tiny_rm(tokenizer)
-    rankings = train_rm.encode_rankings(tokenizer, [{"prompt": p, "responses": RESPONSES} for p in PROMPTS], 64)
+    rankings = train_rm.ranked_ids(tokenizer, [{"prompt": p, "responses": RESPONSES} for p in PROMPTS], 64)
     seqs = [s for r in rankings for s in r]
     assert len({len(s) for s in seqs}) > 3 and all(s[-1] == tokenizer.eos_id for s in seqs)
     with torch.no_grad():
@@ -77,7 +77,7 @@ def test_kwise_loss_is_mean_of_pairwise_losses(tokenizer, K):
     records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:K]},      # prompts with different K in one batch
                {"prompt": PROMPTS[1], "responses": RESPONSES[-2:]},
                {"prompt": PROMPTS[2], "responses": RESPONSES[-K:]}]
-    rankings = train_rm.encode_rankings(tokenizer, records, 64)
+    rankings = train_rm.ranked_ids(tokenizer, records, 64)
     loss, accuracy, _ = train_rm.ranking_loss(rm.score, rankings, tokenizer.pad_id, "cpu")
     per_prompt, hits, pairs = [], 0, 0
     for ranking in rankings:
@@ -98,7 +98,7 @@ def test_kwise_loss_is_mean_of_pairwise_losses(tokenizer, K):
 def test_demonstrations_get_mean_zero_and_std_one_in_the_same_order(tokenizer):
     rm = tiny_rm(tokenizer)
     prompts, demos = PROMPTS * 2, RESPONSES
-    rankings = train_rm.encode_rankings(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
+    rankings = train_rm.ranked_ids(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
     before = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
     shift, gain = train_rm.normalise_on_demonstrations(rm, tokenizer, prompts, demos, "cpu")
     after = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
@@ -211,7 +211,7 @@ def test_end_to_end_on_labels(sft, tmp_path):
     assert ckpt["kind"] == "reward" and rm.config.dropout == 0.0
     cfg = train_rm.Config(bias_prompts=20)
     prompts, demos = train_rm.demonstrations_for_bias(cfg, World(0), [])
-    rankings = train_rm.encode_rankings(tok, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
+    rankings = train_rm.ranked_ids(tok, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
     rewards = torch.cat(train_rm.all_rewards(rm.eval().score, rankings, tok.pad_id, "cpu"))
     assert abs(rewards.mean().item()) < 1e-4 and rewards.std(correction=0).item() == pytest.approx(1.0, abs=1e-4)
     assert summary["bias"] != 0 and summary["gain"] != 1

@@ -1,4 +1,4 @@
-"""train_ppo.py and minigpt/rollout.py on tiny random models: the PPO sanity checks (ratio 1 at the start,
+"""train_ppo.py, minigpt/rollout.py and minigpt/scoring.py's rollout log-probs on tiny random models: the PPO sanity checks (ratio 1 at the start,
 recomputed log-probs equal the sampled ones, padding changes nothing, the no-EOS penalty, the value's off-by-one)
 and an end-to-end run."""
 
@@ -16,17 +16,17 @@ from minigpt.checkpoint import load_checkpoint, save_model
 from minigpt.cli import run
 from minigpt.data import encode_for_reward, render_prompt
 from minigpt.model import GPT, GPTConfig, RewardModel
-from minigpt.ppo import group_advantages, k3_kl, kl_penalty_rewards, masked_mean
+from minigpt.ppo import kl_penalty_rewards
+from minigpt.rollout import iteration_seeds, prompts_for_iteration, response_values, rollout, score
+from minigpt.scoring import response_logprobs
 from minigpt.training import autocast
-from minigpt.rollout import response_logprobs, response_values, rollout, score
 from minigpt.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
         "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
-TASKS = [SimpleNamespace(instruction=text) for text in
-         ["Add 3 and 4.", "Reverse the word cat.", "List the colours of the flag of a country you like.", "Say hi.",
-          "Write a short answer.", "Name a colour.", "What is 2 plus 2?", "Sort: b, a, c."]]
+PROMPTS = ["Add 3 and 4.", "Reverse the word cat.", "List the colours of the flag of a country you like.", "Say hi.",
+           "Write a short answer.", "Name a colour.", "What is 2 plus 2?", "Sort: b, a, c."]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def end_early(batch, lengths, tokenizer):
 def rolled_out(tiny, cfg, seed=0, lengths=None):
     """A full rollout batch as main() builds it: logprobs, values, advantages, returns."""
     policy, value_model = tiny.policy, tiny.reward_model
-    batch = rollout(policy, tiny.tokenizer, TASKS, cfg.max_new_tokens, cfg.temperature,
+    batch = rollout(policy, tiny.tokenizer, PROMPTS, cfg.max_new_tokens, cfg.temperature,
                     torch.Generator().manual_seed(seed))
     if lengths:
         end_early(batch, lengths, tiny.tokenizer)
@@ -79,12 +79,12 @@ def rolled_out(tiny, cfg, seed=0, lengths=None):
 def test_recomputed_logprobs_equal_the_sampled_ones(tiny):
     """Rollout (KV cache, left-padded prompts) and scoring (one forward) see one distribution (detail 12)."""
     for temperature in (1.0, 0.7):
-        batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 10, temperature, torch.Generator().manual_seed(1))
+        batch = rollout(tiny.policy, tiny.tokenizer, PROMPTS, 10, temperature, torch.Generator().manual_seed(1))
         assert batch["attention_mask"][:, : batch["P"]].min() == 0       # prompts of different lengths: left padding
         with torch.no_grad():
             recomputed = response_logprobs(tiny.policy, batch, temperature)
         real = batch["mask"].bool()
-        assert real.sum() > len(TASKS)
+        assert real.sum() > len(PROMPTS)
         torch.testing.assert_close(recomputed[real], batch["sample_logprobs"][real], atol=1e-4, rtol=0)
         # and with a different temperature they would NOT match: the check has teeth
         with torch.no_grad():
@@ -100,7 +100,7 @@ def test_a_sampled_pad_token_mid_response_counts_as_real(tiny):
         u = torch.full((tiny.config.n_embd,), 0.15)
         policy.transformer.ln_f.bias.copy_(u)
         policy.transformer.wte.weight[tiny.tokenizer.pad_id] = 10 * u
-    batch = rollout(policy, tiny.tokenizer, TASKS, 8, 1.0, torch.Generator().manual_seed(5))
+    batch = rollout(policy, tiny.tokenizer, PROMPTS, 8, 1.0, torch.Generator().manual_seed(5))
     sampled_pad = (batch["response"] == tiny.tokenizer.pad_id) & batch["mask"].bool()
     assert sampled_pad.any()
     with torch.no_grad():
@@ -126,45 +126,16 @@ def test_ratio_is_exactly_one_on_the_first_minibatch_then_moves(tiny, dtype):
     assert max(s["max_abs_log_ratio"] for s in steps[1:]) > 0  # the updates did move the policy
 
 
-def test_grpo_update_has_no_value_model_and_puts_the_k3_kl_in_the_loss(tiny):
-    """GRPO: G samples of each prompt, advantages relative to the group on every token, no value model; at the
-    start the policy is the reference, so the k3 term is exactly 0 and the ratio exactly 1."""
-    cfg = make_cfg(algo="grpo", group_size=4, batch_size=2, kl_coef=0.5)
-    policy = GPT(tiny.config).eval()
-    policy.load_state_dict(tiny.policy.state_dict())
-    batch = rollout(policy, tiny.tokenizer, [t for t in TASKS[:2] for _ in range(4)], cfg.max_new_tokens,
-                    cfg.temperature, torch.Generator().manual_seed(3))
-    with torch.no_grad(), autocast("cpu", cfg.dtype):
-        logprobs = response_logprobs(policy, batch, cfg.temperature)
-        scores, _ = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
-    advantages = group_advantages(scores, 4)[:, None] * batch["mask"]
-    assert abs(advantages[:, 0].view(2, 4).sum(1)).max() < 1e-5              # each group's baseline is its mean
-    batch.update(logprobs=logprobs, ref_logprobs=logprobs.clone(), values=None, advantages=advantages, returns=None,
-                 kl_coef=cfg.kl_coef)
-    opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5)
-    steps = train_ppo.ppo_update(policy, None, opt_p, None, batch, cfg, torch.Generator().manual_seed(0))
-    assert len(steps) == cfg.ppo_epochs * 8 // cfg.minibatch_size and "vf_loss" not in steps[0]
-    assert steps[0]["max_abs_log_ratio"] == 0.0 and steps[0]["kl_loss"] == 0.0
-    assert steps[-1]["kl_loss"] > 0                                           # moved away: the k3 term pulls back
-    # the loss is the clipped surrogate + beta * mean k3: checked on the moved policy
-    mb = {**batch, "kl_coef": cfg.kl_coef}
-    loss, stats = train_ppo.ppo_loss(policy, None, mb, cfg)
-    with torch.no_grad():
-        new = response_logprobs(policy, batch, cfg.temperature)
-    expected = stats["pg_loss"] + cfg.kl_coef * masked_mean(k3_kl(new, logprobs), batch["mask"]).item()
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-
-
 def test_response_without_eos_gets_the_penalty(tiny):
     cfg = make_cfg(no_eos_penalty=-7.5)
-    batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(2))
-    batch["eos"] = torch.tensor([True, False] * (len(TASKS) // 2))
+    batch = rollout(tiny.policy, tiny.tokenizer, PROMPTS, 6, 1.0, torch.Generator().manual_seed(2))
+    batch["eos"] = torch.tensor([True, False] * (len(PROMPTS) // 2))
     scores, rm_scores = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
     assert (scores[~batch["eos"]] == -7.5).all()
     assert torch.equal(scores[batch["eos"]], rm_scores[batch["eos"]])
     # the RM score is read at the end-of-text after the response's text, encoded as train_rm.py encodes it
-    for b, (task, text) in enumerate(zip(batch["tasks"], batch["texts"])):
-        ids = encode_for_reward(tiny.tokenizer, task.instruction, text, tiny.config.block_size)[0]
+    for b, (instruction, text) in enumerate(zip(batch["instructions"], batch["texts"])):
+        ids = encode_for_reward(tiny.tokenizer, instruction, text, tiny.config.block_size)[0]
         with torch.no_grad():
             alone = tiny.reward_model(torch.tensor([ids]))[0, -1]                       # (1, T_b) unpadded
         assert rm_scores[b].item() == pytest.approx(alone.item(), abs=1e-5)
@@ -173,16 +144,16 @@ def test_response_without_eos_gets_the_penalty(tiny):
 def test_reward_reads_the_text_not_the_sampled_ids(tiny):
     """A policy can sample one text as different ids ("cat" as one token or three). The reward model was trained
     on the text's own encoding, so PPO must score that, or a spelling it never saw earns a reward of its own."""
-    tok, task = tiny.tokenizer, TASKS[3]
+    tok, instruction = tiny.tokenizer, PROMPTS[3]
     text = "the cat"
     canonical = tok.encode(text)
     spelt = [i for ch in text for i in tok.encode(ch)]                  # the same text, one token per character
     assert spelt != canonical and tok.decode(spelt) == tok.decode(canonical) == text
-    prompt = tok.encode(render_prompt(task.instruction))
+    prompt = tok.encode(render_prompt(instruction))
 
     def batch_of(ids):
         qr = torch.tensor([prompt + ids + [tok.eos_id]])
-        return {"tasks": [task], "texts": [tok.decode(ids)], "eos": torch.tensor([True]), "response": qr,
+        return {"instructions": [instruction], "texts": [tok.decode(ids)], "eos": torch.tensor([True]), "response": qr,
                 "query_response": qr, "attention_mask": torch.ones_like(qr)}
 
     a, b = batch_of(canonical), batch_of(spelt)
@@ -194,10 +165,10 @@ def test_reward_reads_the_text_not_the_sampled_ids(tiny):
 
 
 def test_value_of_the_first_response_token_is_read_at_the_last_prompt_token(tiny):
-    batch = rollout(tiny.policy, tiny.tokenizer, TASKS, 6, 1.0, torch.Generator().manual_seed(3))
+    batch = rollout(tiny.policy, tiny.tokenizer, PROMPTS, 6, 1.0, torch.Generator().manual_seed(3))
     with torch.no_grad():
         values = response_values(tiny.reward_model, batch)               # (B, N)
-        for b, task in enumerate(TASKS):
+        for b in range(len(PROMPTS)):
             prompt = batch["query_response"][b, : batch["P"]][batch["attention_mask"][b, : batch["P"]].bool()]
             v_prompt = tiny.reward_model(prompt[None])[0, -1]                      # V(x): before any response token
             assert values[b, 0].item() == pytest.approx(v_prompt.item(), abs=1e-5)
@@ -229,10 +200,18 @@ def test_padding_contributes_nothing(tiny):
 
 def test_prompt_order_is_a_function_of_the_iteration():
     n, gb = 10, 4
-    seen = [i for it in range(5) for i in train_ppo.prompts_for_iteration(n, it, gb, 0, 1, seed=0)]
+    seen = [i for it in range(5) for i in prompts_for_iteration(n, it, gb, 0, 1, seed=0)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))   # every prompt once a pass
-    ranks = [train_ppo.prompts_for_iteration(n, 3, gb, r, 2, seed=0) for r in range(2)]
-    assert sorted(ranks[0] + ranks[1]) == sorted(train_ppo.prompts_for_iteration(n, 3, gb, 0, 1, seed=0))
+    ranks = [prompts_for_iteration(n, 3, gb, r, 2, seed=0) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(prompts_for_iteration(n, 3, gb, 0, 1, seed=0))
+
+
+def test_iteration_seeds_are_the_historical_formula_and_never_collide():
+    """seed*1000 + iteration*world_size + rank samples, 7 more shuffles: a resumed run draws what an uninterrupted
+    one would, and no two (iteration, rank) of one run share a sampling seed."""
+    assert iteration_seeds(1337, 5, 1, 2) == (1337 * 1000 + 5 * 2 + 1, 1337 * 1000 + 5 * 2 + 1 + 7)
+    seen = {iteration_seeds(3, it, r, 4)[0] for it in range(100) for r in range(4)}
+    assert len(seen) == 400
 
 
 def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
@@ -261,20 +240,8 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["iterations"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "rm_score" in r] == [1, 2, 3]
-    # GRPO: the same script without a value model; 2 prompts x 4 samples per iteration
-    grpo = tmp_path / "grpo"
-    grpo_args = [a for a in args if not a.startswith(("--out_dir=", "--batch_size="))]
-    done = subprocess.run(grpo_args + [f"--out_dir={grpo}", "--iterations=2", "--algo=grpo", "--group_size=4",
-                                       "--batch_size=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((grpo / "summary.json").read_text())
-    assert summary["algo"] == "grpo" and summary["episodes"] == 2 * 2 * 4
-    assert "value" not in load_checkpoint(str(grpo / "last.pt"))
-    rows = [json.loads(line) for line in (grpo / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["first_minibatch_log_ratio"] == 0.0 and r["kl_loss"] >= 0 for r in rows if "rm_score" in r)
-    # no value model, so no value statistics: neither logged nor printed (they read "ev nan")
-    assert not any("explained_variance" in r for r in rows) and "| ev " not in done.stdout
-    assert "nan" not in done.stdout and "| ev " in ppo_stdout
+    assert "| ev " in ppo_stdout and "nan" not in ppo_stdout
+    assert {"value", "value_optimizer"} <= set(load_checkpoint(str(out / "last.pt")))     # PPO's fourth model
     # a wrong kind of folder is a one-line error, exit code 2
     with pytest.raises(SystemExit) as exit_info:
         run(train_ppo.main, train_ppo.Config, [f"--sft={rm}", f"--rm={rm}", f"--out_dir={tmp_path / 'x'}"])

@@ -30,7 +30,8 @@ from minigpt.checkpoint import load_model, load_checkpoint
 from minigpt.ppo import kl_penalty_rewards, gae, masked_whiten, masked_mean, policy_loss
 from minigpt.training import read_metrics
 # The rollout and the column bookkeeping (which logits predict which response token), as train_ppo.py uses them:
-from minigpt.rollout import rollout, response_logprobs, response_values, score as final_score
+from minigpt.rollout import rollout, response_values, score as final_score
+from minigpt.scoring import response_logprobs
 
 REPO = os.path.abspath("..")
 work = tempfile.mkdtemp(prefix="minigpt_nb05_")   # every output of this notebook goes here
@@ -182,7 +183,8 @@ for m in (policy, reference, reward_model, value_model):
 T, beta = 1.0, 0.02                                       # sampling temperature, KL coefficient
 tasks = world.split("ppo")[:4]
 with torch.no_grad():
-    batch = rollout(policy, tok, tasks, max_new_tokens=12, temperature=T, generator=torch.Generator().manual_seed(3))
+    batch = rollout(policy, tok, [t.instruction for t in tasks], max_new_tokens=12, temperature=T,
+                    generator=torch.Generator().manual_seed(3))
     mask = batch["mask"]                                                     # (B, N) 1 on response tokens incl. eos
     logprobs = response_logprobs(policy, batch, T)                           # (B, N) log π_φ(y_t | x, y_<t)
     ref_logprobs = response_logprobs(reference, batch, T)                    # (B, N) log π_SFT(y_t | x, y_<t)

@@ -10,7 +10,7 @@
 #   G answers per prompt and uses their mean score as the baseline.
 #
 # This notebook derives DPO's loss and checks each step on a toy, computes GRPO's group advantage next to PPO's
-# whitening, runs `train_dpo.py` and `train_ppo.py --algo=grpo` on tiny models, and ends with what goes wrong when
+# whitening, runs `train_dpo.py` and `train_grpo.py` on tiny models, and ends with what goes wrong when
 # any of these methods optimises a learned reward too hard (over-optimisation).
 
 # %%
@@ -291,12 +291,12 @@ run("train_dpo.py", f"--sft={d['sft']}", f"--labels={d['labels']}", f"--out_dir=
     "--eval_interval=4", "--log_interval=4", "--device=cpu")
 
 # %% [markdown]
-# **GRPO** is `train_ppo.py --algo=grpo`: 4 prompts per iteration, each sampled $G = 4$ times, group advantages,
+# **GRPO** is `train_grpo.py`: 4 prompts per iteration, each sampled $G = 4$ times, group advantages,
 # no value model, and $\beta \cdot k_3$ in the loss. Learning rate 1e-3 and β = 0.02, as in notebook 05's tiny PPO run.
 
 # %%
-run("train_ppo.py", "--algo=grpo", "--group_size=4", f"--sft={d['sft']}", f"--rm={d['rm']}", f"--out_dir={d['grpo']}",
-    "--iterations=12", "--batch_size=4", "--minibatch_size=8", "--ppo_epochs=2", "--max_new_tokens=12",
+run("train_grpo.py", "--group_size=4", f"--sft={d['sft']}", f"--rm={d['rm']}", f"--out_dir={d['grpo']}",
+    "--iterations=12", "--batch_size=4", "--minibatch_size=8", "--epochs=2", "--max_new_tokens=12",
     "--val_prompts=16", "--eval_interval=4", "--lr=1e-3", "--kl_coef=0.02", "--sample_interval=0", "--device=cpu")
 
 # %% [markdown]
@@ -349,21 +349,24 @@ print(f"GRPO: held-out gold {grpo_val[0]['val_gold']:.3f} (SFT) -> {grpo_val[-1]
 # rather than run into the 12-token limit, before and after training: a fall is such a drift.
 #
 # One implicit reward up close: the trained DPO policy scores each response of one held-out ranking by
-# $\beta \log(\pi_\theta / \pi_{\text{SFT}})$, the functions `train_dpo.py` uses:
+# $\beta \log(\pi_\theta / \pi_{\text{SFT}})$, with `minigpt.scoring.sequence_logprobs` as `train_dpo.py` does:
 
 # %%
-from train_dpo import SequenceLogprob, encode_rankings, all_logprobs, implicit_rewards
 from minigpt.checkpoint import load_model
-from minigpt.data import load_rankings
+from minigpt.data import encode_rankings, load_rankings
+from minigpt.sampling import right_pad
+from minigpt.scoring import sequence_logprobs
 
 policy, tok, _ = load_model(d["dpo"], kind="lm")
 reference, _, _ = load_model(d["sft"], kind="lm")
 _, val_recs = load_rankings(d["labels"])
 rec = val_recs[0]
-ranking = encode_rankings(tok, [rec], policy.config.block_size)
-logp = all_logprobs(SequenceLogprob(policy.eval()), ranking, tok.pad_id, "cpu")
-ref_logp = all_logprobs(SequenceLogprob(reference.eval()), ranking, tok.pad_id, "cpu")
-r_hat = implicit_rewards(logp, ref_logp, beta=0.1)[0]
+ranking = encode_rankings(tok, [rec], policy.config.block_size)[0]      # [(ids, response mask)], best first
+idx, _ = right_pad([ids for ids, _ in ranking], tok.pad_id)               # (K, T)
+response, _ = right_pad([mask for _, mask in ranking], 0)                 # (K, T) 1 on the response and its eos
+with torch.no_grad():
+    logp, ref_logp = (sequence_logprobs(m.eval(), idx, response) for m in (policy, reference))   # (K,) each
+r_hat = 0.1 * (logp - ref_logp)                                           # β·(log π − log π_SFT), β = 0.1
 print("prompt:", repr(rec["prompt"]), "   (responses in the labeller's order, best first)")
 for text, value, gold in zip(rec["responses"], r_hat.tolist(), rec["gold"]):
     print(f"   r̂ = {value:+.3f}   gold {gold:.2f}   {text!r}")
