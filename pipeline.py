@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minigpt.checkpoint import write_json
+from minigpt.checkpoint import write_json, write_text
 from minigpt.evaluation import bootstrap_ci95, mean_gain
 from minigpt.cli import UserError, check, run
 from minigpt.training import check_dtype
@@ -110,6 +110,27 @@ def step_through_commands(quick_dir="out/quick", debug_dir="out/debug"):
     return out
 
 
+def write_step_through_docs(here):
+    """Rewrite README's "Step through it" commands and .vscode/launch.json from STEP_THROUGH, with the breakpoint
+    lines of the scripts as they are now (tests/test_pipeline.py fails until this is run after a script moves)."""
+    commands = step_through_commands()
+    readme_path = os.path.join(here, "README.md")
+    readme = open(readme_path, encoding="utf-8").read()
+    block = "".join(f"python -m pdb -c 'b {bp}' -c c {' '.join(args)}\n" for args, bp in commands.values())
+    start = readme.index("```bash\npython -m pdb ") + len("```bash\n")
+    end = readme.index("```", start)
+    write_text(readme_path, readme[:start] + block + readme[end:])
+    configurations = [{"name": f"{stage}: step through (after pipeline.py --quick)", "type": "debugpy",
+                       "request": "launch", "program": "${workspaceFolder}/" + args[0], "args": args[1:],
+                       "cwd": "${workspaceFolder}", "console": "integratedTerminal", "justMyCode": True}
+                      for stage, (args, _) in commands.items()]
+    header = ("// Generated from pipeline.STEP_THROUGH by `python pipeline.py --step_through_docs` (tests/test_pipeline.py\n"
+              "// checks they agree). Run `python pipeline.py --quick` first; put the first breakpoint where README's\n"
+              "// \"Step through it\" says (the line that computes the loss).\n")
+    launch = json.dumps({"version": "0.2.0", "configurations": configurations}, indent=2)
+    write_text(os.path.join(here, ".vscode", "launch.json"), header + launch + "\n")
+
+
 # The file whose presence means a stage finished (every script writes it last).
 DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
 
@@ -130,6 +151,8 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
     dtype: str = field(default="auto", metadata={"help": "passed to every stage: auto (bf16 autocast where this device's "
                                                          "bf16 matmul is clearly faster), float32 or bfloat16"})
+    step_through_docs: bool = field(default=False, metadata={
+        "help": "only rewrite README's step-through commands and .vscode/launch.json from the scripts' current lines"})
 
     def validate(self):
         check(self.force in ("", *STAGES), f"--force={self.force}: expected one of {', '.join(STAGES)}")
@@ -227,6 +250,8 @@ def run_stage(cmd, cwd):
 
 def main(cfg):
     here = os.path.dirname(os.path.abspath(__file__))
+    if cfg.step_through_docs:
+        return write_step_through_docs(here)
     cfg.out_dir = cfg.out_dir or (f"out/{cfg.preset}" if cfg.preset else "out")
     os.makedirs(cfg.out_dir, exist_ok=True)
     check_kind_of_run(cfg)

@@ -47,8 +47,12 @@ def save_checkpoint(path, obj):
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def write_text(path, text):
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def write_json(path, obj):
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode()))
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def load_checkpoint(path):

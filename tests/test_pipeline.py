@@ -130,7 +130,8 @@ def test_the_vscode_launch_configurations_are_the_step_through_commands():
     text = open(os.path.join(ROOT, ".vscode", "launch.json"), encoding="utf-8").read()
     launch = json.loads("\n".join(line for line in text.splitlines() if not line.startswith("//")))
     got = [[c["program"].replace("${workspaceFolder}/", ""), *c["args"]] for c in launch["configurations"]]
-    assert got == [args for args, _ in pipeline.step_through_commands().values()]
+    assert got == [args for args, _ in pipeline.step_through_commands().values()], \
+        "run `python pipeline.py --step_through_docs`"
 
 
 def test_the_readme_lists_the_step_through_commands_of_this_code():
@@ -139,7 +140,8 @@ def test_the_readme_lists_the_step_through_commands_of_this_code():
     import pipeline
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     for args, breakpoint in pipeline.step_through_commands().values():
-        assert f"python -m pdb -c 'b {breakpoint}' -c c {' '.join(args)}\n" in readme, breakpoint
+        assert f"python -m pdb -c 'b {breakpoint}' -c c {' '.join(args)}\n" in readme, \
+            f"{breakpoint}: run `python pipeline.py --step_through_docs`"
 
 
 def test_each_stage_command_carries_each_flag_once():
