@@ -40,3 +40,35 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
     path = tmp_path / "x.py"
     path.write_text("def f():\n    import train_ppo\n    from evaluate import reward_scores\n")
     assert {"train_ppo", "evaluate"} <= imported_modules(str(path))
+
+
+# ---- the sizes a reader can hold in mind (issue #30's targets) ---------------------------------------------
+CODE = sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "minigpt", "*.py")))
+READ_FIRST_OPEN, READ_FIRST_CLOSE = "# ======== read this first:", "# ======== end of read this first"
+
+
+def test_no_line_over_110_characters():
+    paths = (CODE + glob.glob(os.path.join(ROOT, "tests", "*.py"))
+             + glob.glob(os.path.join(ROOT, "notebooks", "_src", "*.py")))
+    long = [f"{os.path.relpath(p, ROOT)}:{i}" for p in paths
+            for i, line in enumerate(open(p, encoding="utf-8").read().splitlines(), 1) if len(line) > 110]
+    assert not long, long
+
+
+def test_no_file_over_450_lines_and_no_function_over_150():
+    for path in CODE + glob.glob(os.path.join(ROOT, "tests", "*.py")):
+        text = open(path, encoding="utf-8").read()
+        assert text.count("\n") <= 450, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno + 1 <= 150, (path, node.name)
+
+
+def test_each_stage_script_marks_the_lines_to_read_first():
+    """One banner pair per learner's script, around the core: the loss and the update, or the judge."""
+    for name in ("train_pretrain", "train_sft", "train_rm", "train_ppo", "train_grpo", "train_dpo", "label",
+                 "evaluate"):
+        lines = open(os.path.join(ROOT, f"{name}.py"), encoding="utf-8").read().splitlines()
+        opens = [i for i, line in enumerate(lines) if line.strip().startswith(READ_FIRST_OPEN)]
+        closes = [i for i, line in enumerate(lines) if line.strip().startswith(READ_FIRST_CLOSE)]
+        assert len(opens) == len(closes) == 1 and 0 < closes[0] - opens[0] <= 80, name
