@@ -34,9 +34,10 @@ from minigpt.cli import UserError, check, run
 from minigpt.data import encode_rankings, epoch_batches, load_rankings
 from minigpt.evaluation import ranking_report
 from minigpt.losses import rm_batch_loss
-from minigpt.model import GPT, RewardModel
+from minigpt.model import RewardModel
 from minigpt.sampling import right_pad
 from minigpt.scoring import sequence_logprobs
+from minigpt.starting_point import rebuild
 from minigpt.training import (all_reduce_mean, autocast, check_dtype, cleanup_distributed, cosine_lr,
                               exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics,
                               read_metrics, resolve_dtype, set_lr, setup_distributed, step_optimizers)
@@ -321,9 +322,8 @@ def main(cfg):
         train_recs = train_recs[: cfg.n_prompts]
     world = world_of(cfg, train_recs + val_recs)
     sft, tokenizer, _ = load_model(cfg.sft, "lm")
-    gpt = GPT(dataclasses.replace(sft.config, dropout=cfg.dropout))
-    gpt.load_state_dict(sft.state_dict())
-    model = RewardModel.from_gpt(gpt).to(device)     # trunk = SFT weights, head = 0: every reward starts at 0
+    # trunk = the SFT weights (with --dropout while training), head = 0: every reward starts at 0
+    model = RewardModel.from_gpt(rebuild(sft, dropout=cfg.dropout)).to(device)
     block_size = model.config.block_size
     train, val = ranked_ids(tokenizer, train_recs, block_size), ranked_ids(tokenizer, val_recs, block_size)
     if not train or not val:
