@@ -34,15 +34,17 @@ def sft(tmp_path_factory, tokenizer):
     """A tiny untrained 'SFT' stage folder."""
     folder = str(tmp_path_factory.mktemp("rm") / "sft")
     torch.manual_seed(0)
-    save_model(folder, GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32)),
-               tokenizer, "lm", {})
+    config = GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32)
+    save_model(folder, GPT(config), tokenizer, "lm", {})
     return folder
 
 
 def tiny_rm(tokenizer, seed=0):
-    """A reward model whose head is random (from_gpt zeroes it, which would make every test trivially pass)."""
+    """A reward model whose head is random (from_gpt zeroes it, which would make every test trivially
+    pass)."""
     torch.manual_seed(seed)
-    rm = RewardModel(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
+    rm = RewardModel(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2,
+                               n_embd=32))
     torch.nn.init.normal_(rm.head.weight, std=1.0)
     torch.nn.init.normal_(rm.head.bias, std=1.0)
     return rm.eval()
@@ -59,7 +61,7 @@ def test_reward_read_at_last_real_token_right_and_left_padded(tokenizer):
     assert len({len(s) for s in seqs}) > 3 and all(s[-1] == tokenizer.eos_id for s in seqs)
     with torch.no_grad():
         alone = torch.stack([rm(torch.tensor([s]))[0, -1] for s in seqs])          # no padding at all
-        right = torch.cat(train_rm.rewards_of(rm.score, rankings, tokenizer.pad_id, "cpu"))   # train_rm's path
+        right = torch.cat(train_rm.rewards_of(rm.score, rankings, tokenizer.pad_id, "cpu"))  # train_rm's path
         scorer = torch.cat(train_rm.rewards_of(train_rm.Scorer(rm), rankings, tokenizer.pad_id, "cpu"))
         idx, mask = left_pad(seqs, tokenizer.pad_id)                                 # PPO's layout
         left = rm.score(idx, mask)
@@ -74,7 +76,7 @@ def test_reward_read_at_last_real_token_right_and_left_padded(tokenizer):
 @pytest.mark.parametrize("K", [2, 3, 4, 5, 6])
 def test_kwise_loss_is_mean_of_pairwise_losses(tokenizer, K):
     rm = tiny_rm(tokenizer, seed=K)
-    records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:K]},      # prompts with different K in one batch
+    records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:K]},     # prompts with different K in one batch
                {"prompt": PROMPTS[1], "responses": RESPONSES[-2:]},
                {"prompt": PROMPTS[2], "responses": RESPONSES[-K:]}]
     rankings = train_rm.ranked_ids(tokenizer, records, 64)
@@ -98,14 +100,16 @@ def test_kwise_loss_is_mean_of_pairwise_losses(tokenizer, K):
 def test_demonstrations_get_mean_zero_and_std_one_in_the_same_order(tokenizer):
     rm = tiny_rm(tokenizer)
     prompts, demos = PROMPTS * 2, RESPONSES
-    rankings = train_rm.ranked_ids(tokenizer, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
+    records = [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)]
+    rankings = train_rm.ranked_ids(tokenizer, records, 64)
     before = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
     shift, gain = train_rm.normalise_on_demonstrations(rm, tokenizer, prompts, demos, "cpu")
     after = torch.cat(train_rm.all_rewards(rm.score, rankings, tokenizer.pad_id, "cpu"))
     assert abs(before.mean().item()) > 0.1 and shift == pytest.approx(-before.mean().item(), abs=1e-6)
     assert gain == pytest.approx(1 / before.double().std(correction=0).item(), rel=1e-6)
     assert abs(after.mean().item()) < 1e-5 and after.std(correction=0).item() == pytest.approx(1.0, abs=1e-5)
-    torch.testing.assert_close(after, (before + shift) * gain, atol=1e-5, rtol=0)   # r' = (r - mean) / std: order kept
+    # r' = (r - mean) / std: the order is kept
+    torch.testing.assert_close(after, (before + shift) * gain, atol=1e-5, rtol=0)
     # a head that scores everything alike (train_rm's zero start) is shifted, never divided by 0
     flat = tiny_rm(tokenizer)
     torch.nn.init.zeros_(flat.head.weight)
@@ -113,8 +117,9 @@ def test_demonstrations_get_mean_zero_and_std_one_in_the_same_order(tokenizer):
 
 
 def pairs_file(tmp_path):
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"] * 3
     rows = [{"prompt": f"Name colour number {i}.", "chosen": c, "rejected": c[::-1] + " no"}
-            for i, c in enumerate(["red", "green", "blue", "yellow", "purple", "orange", "black", "white"] * 3)]
+            for i, c in enumerate(colours)]
     rows += [{"prompt": "计算2+2", "responses": ["4", "4.", "Sure! It is 4.", "5"]}] * 4
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -123,8 +128,10 @@ def pairs_file(tmp_path):
 
 def test_sft_loglikelihood_matches_token_by_token_reference(tokenizer):
     torch.manual_seed(0)
-    lm = GPT(GPTConfig(block_size=128, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
-    records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:4]}, {"prompt": PROMPTS[1], "responses": RESPONSES[3:]}]
+    lm = GPT(GPTConfig(block_size=128, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2,
+                       n_embd=32)).eval()
+    records = [{"prompt": PROMPTS[0], "responses": RESPONSES[:4]},
+               {"prompt": PROMPTS[1], "responses": RESPONSES[3:]}]
     got = train_rm.sft_loglikelihoods(lm, tokenizer, records, "cpu")
     for rec, lls in zip(records, got):
         for y, ll in zip(rec["responses"], lls):
@@ -140,16 +147,19 @@ def test_sft_loglikelihood_matches_token_by_token_reference(tokenizer):
 
 def test_report_counts_on_policy_pairs_only_between_two_policy_samples():
     records = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "gold": [1.0, 0.5, 0.2, 0.0],
-                "mistakes": [None, "policy", "format", "policy"], "sources": ["policy", "policy", "demo", "policy"]}]
-    # gold order a > b > c > d; rewards order a > d > c > b: of the policy pairs (a,b) (a,d) (b,d), (b,d) is wrong
+                "mistakes": [None, "policy", "format", "policy"],
+                "sources": ["policy", "policy", "demo", "policy"]}]
+    # gold order a > b > c > d; rewards order a > d > c > b: of the policy pairs (a,b) (a,d) (b,d), (b,d) is
+    # wrong
     rep = train_rm.report(records, [torch.tensor([3.0, 0.0, 1.0, 2.0])])
     assert rep["on_policy_pairs"] == 3 and rep["on_policy_gold_accuracy"] == pytest.approx(2 / 3)
     assert rep["gold_accuracy"] == pytest.approx(3 / 6)   # right: (a,b) (a,c) (a,d); wrong: (b,c) (b,d) (c,d)
 
 
 def test_head_learns_at_its_own_rate(sft, tmp_path):
-    """The head starts at 0, so its first AdamW step moves each weight by exactly head_lr (Adam's first step is
-    lr * g / |g|) while the trunk, whose gradient is still 0 behind a zero head, only decays by lr * weight_decay."""
+    """The head starts at 0, so its first AdamW step moves each weight by exactly head_lr (Adam's first step
+    is lr * g / |g|) while the trunk, whose gradient is still 0 behind a zero head, only decays by
+    lr * weight_decay."""
     out = str(tmp_path / "rm")
     train_rm.main(train_rm.Config(sft=sft, data=pairs_file(tmp_path), out_dir=out, batch_size=64, epochs=1,
                                   warmup_steps=0, lr=1e-4, head_lr=0.05, eval_interval=1, device="cpu"))
@@ -181,7 +191,8 @@ def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
     train_rm.main(train_rm.Config(out_dir=b, resume=True, **tiny))
 
     ra, rb = read_metrics(os.path.join(a, "metrics.jsonl")), read_metrics(os.path.join(b, "metrics.jsonl"))
-    assert [r["train_loss"] for r in ra if "train_loss" in r] == [r["train_loss"] for r in rb if "train_loss" in r]
+    assert [r["train_loss"] for r in ra if "train_loss" in r] == \
+        [r["train_loss"] for r in rb if "train_loss" in r]
     wa, wb = load_model(a, "reward")[0].state_dict(), load_model(b, "reward")[0].state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     summary = json.load(open(os.path.join(a, "summary.json")))
@@ -193,9 +204,10 @@ def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch):
 def test_end_to_end_on_labels(sft, tmp_path):
     labels, out = str(tmp_path / "labels"), str(tmp_path / "rm")
     label.main(label.Config(policy=sft, out_dir=labels, n_prompts=40, k_policy=2, k_demo=4, max_new_tokens=6))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_rm.py"), f"--sft={sft}", f"--labels={labels}",
-                        f"--out_dir={out}", "--batch_size=8", "--eval_interval=2", "--log_interval=1",
-                        "--bias_prompts=20", "--device=cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_rm.py"), f"--sft={sft}",
+                        f"--labels={labels}", f"--out_dir={out}", "--batch_size=8", "--eval_interval=2",
+                        "--log_interval=1", "--bias_prompts=20", "--device=cpu"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     summary = json.load(open(os.path.join(out, "summary.json")))
     for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
@@ -213,7 +225,8 @@ def test_end_to_end_on_labels(sft, tmp_path):
     prompts, demos = train_rm.demonstrations_for_bias(cfg, World(0), [])
     rankings = train_rm.ranked_ids(tok, [{"prompt": p, "responses": [y]} for p, y in zip(prompts, demos)], 64)
     rewards = torch.cat(train_rm.all_rewards(rm.eval().score, rankings, tok.pad_id, "cpu"))
-    assert abs(rewards.mean().item()) < 1e-4 and rewards.std(correction=0).item() == pytest.approx(1.0, abs=1e-4)
+    assert abs(rewards.mean().item()) < 1e-4
+    assert rewards.std(correction=0).item() == pytest.approx(1.0, abs=1e-4)
     assert summary["bias"] != 0 and summary["gain"] != 1
 
 

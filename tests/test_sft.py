@@ -13,16 +13,19 @@ import train_sft
 from minigpt.checkpoint import load_checkpoint, load_model
 from minigpt.cli import UserError, run
 from minigpt.data import encode_prompt_response, render_prompt, sft_batch
+from minigpt.demonstrations import preferred_demonstrations
 from minigpt.model import GPT, GPTConfig
+from minigpt.starting_point import rebuild
 from minigpt.tokenizer import Tokenizer
 from minigpt.training import read_metrics
 from minigpt.world import World
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED_DEMOS = [{"instruction": "翻译成法语：你好", "output": "Bonjour"}, {"instruction": "计算2+2", "output": "4"}]
+SEED_DEMOS = [{"instruction": "翻译成法语：你好", "output": "Bonjour"},
+              {"instruction": "计算2+2", "output": "4"}]
 DEMOS = [{"instruction": q, "output": a} for q, a in [
-    ("翻译成法语：你好", "Bonjour"), ("计算2+2", "4"), ("What colour is the sky?", "blue"), ("Reverse cat", "tac"),
-    ("Capital of France?", "Paris"), ("Say hi", "hi there")]]
+    ("翻译成法语：你好", "Bonjour"), ("计算2+2", "4"), ("What colour is the sky?", "blue"),
+    ("Reverse cat", "tac"), ("Capital of France?", "Paris"), ("Say hi", "hi there")]]
 TEXT = "The quick brown fox jumps over the lazy dog. 2+2=4. Instruction: answer the question.\n" * 20
 
 
@@ -40,7 +43,8 @@ def pretrained(tmp_path_factory):
     text.write_text(World(0).corpus(60_000), encoding="utf-8")
     train_pretrain.main(train_pretrain.Config(
         out_dir=out, data=str(text), n_layer=1, n_head=2, n_embd=32, vocab_size=300, tokenizer_chars=20000,
-        max_steps=5, block_size=64, batch_size=4, eval_interval=5, eval_batches=1, log_interval=5, device="cpu"))
+        max_steps=5, block_size=64, batch_size=4, eval_interval=5, eval_batches=1, log_interval=5,
+        device="cpu"))
     return out
 
 
@@ -61,7 +65,8 @@ def test_loss_mask_is_response_and_eos_only():
     prompt, response = render_prompt("计算2+2"), "4"
     assert prompt == "### Instruction:\n计算2+2\n\n### Response:\n"
     p, r = tok.encode(prompt), tok.encode(response)
-    assert r == [ord("4")] and tok.eos_id == 298        # by hand: a digit is its own byte token; eos follows merges
+    # by hand: a digit is its own byte token; eos follows merges
+    assert r == [ord("4")] and tok.eos_id == 298
     ids, mask = encode_prompt_response(tok, prompt, response, 64)
     assert ids == p + r + [tok.eos_id]
     assert mask == [0] * len(p) + [1] * (len(r) + 1)
@@ -72,7 +77,8 @@ def test_loss_mask_is_response_and_eos_only():
     assert x.shape == y.shape == m.shape == (2, max(len(ids1), len(ids2)) - 1)
     assert x[0, : len(ids1) - 1].tolist() == ids1[:-1] and y[0, : len(ids1) - 1].tolist() == ids1[1:]
     assert y[0][m[0].bool()].tolist() == [ord("4"), 298]
-    assert tok.decode(y[1][m[1].bool()].tolist()[:-1]) == "hello there" and y[1][m[1].bool()][-1] == tok.eos_id
+    assert tok.decode(y[1][m[1].bool()].tolist()[:-1]) == "hello there"
+    assert y[1][m[1].bool()][-1] == tok.eos_id
     assert m[0, len(ids1) - 1:].sum() == 0  # padding is never scored
     # a response that does not fit at all is dropped, not trained on with an empty mask
     assert train_sft.encode_examples(tok, [(prompt * 10, response)], 16) == []
@@ -92,7 +98,7 @@ def test_next_batch_epochs_and_ranks():
 
 def test_rebuild_adds_dropout_and_vocabulary_rows():
     gpt = GPT(GPTConfig(block_size=16, vocab_size=20, n_layer=1, n_head=2, n_embd=8)).eval()
-    bigger = train_sft.rebuild(gpt, dropout=0.2, vocab_size=21).eval()  # e.g. GPT-2 + our pad token
+    bigger = rebuild(gpt, dropout=0.2, vocab_size=21).eval()  # e.g. GPT-2 + our pad token
     assert bigger.config.dropout == 0.2 and bigger.lm_head.weight is bigger.transformer.wte.weight
     idx = torch.tensor([[1, 2, 3]])
     assert torch.allclose(bigger(idx)[..., :20], gpt(idx), atol=1e-6)   # old tokens: same function
@@ -100,15 +106,16 @@ def test_rebuild_adds_dropout_and_vocabulary_rows():
 
 def test_memorises_a_handful(pretrained, tmp_path):
     out = str(tmp_path / "sft")
-    train_sft.main(tiny(pretrained, out, data=write_demos(tmp_path, DEMOS), max_steps=100, lr=1e-2, dropout=0.0,
-                        eval_interval=100, warmup_steps=5))
+    train_sft.main(tiny(pretrained, out, data=write_demos(tmp_path, DEMOS), max_steps=100, lr=1e-2,
+                        dropout=0.0, eval_interval=100, warmup_steps=5))
     losses = [r["train_loss"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "train_loss" in r]
     assert len(losses) == 100 and losses[-1] < 0.1, losses[-5:]
 
 
 def test_ctrl_c_then_resume_is_exact(pretrained, tmp_path, monkeypatch):
     data = write_demos(tmp_path, DEMOS)
-    text = tmp_path / "pretraining.txt"   # the pretraining mix is drawn at random too: resuming must redraw it
+    # the pretraining mix is drawn at random too: resuming must redraw it
+    text = tmp_path / "pretraining.txt"
     text.write_text("The French word for cat is chat. 2 plus 3 is 5. The shop opens at 9am on Monday.\n" * 20)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     data = dict(data=data, ptx_data=str(text))
@@ -135,8 +142,9 @@ def test_ctrl_c_then_resume_is_exact(pretrained, tmp_path, monkeypatch):
 
 def test_world_end_to_end(pretrained, tmp_path):
     out = str(tmp_path / "sft")
-    r = script("train_sft.py", f"--init={pretrained}", f"--out_dir={out}", "--max_steps=4", "--eval_interval=2",
-               "--batch_size=4", "--eval_prompts=4", "--max_new_tokens=16", "--device=cpu")
+    r = script("train_sft.py", f"--init={pretrained}", f"--out_dir={out}", "--max_steps=4",
+               "--eval_interval=2", "--batch_size=4", "--eval_prompts=4", "--max_new_tokens=16",
+               "--device=cpu")
     assert r.returncode == 0, r.stderr
     summary = json.load(open(os.path.join(out, "summary.json")))
     for key in ("best_val_loss", "best_val_step", "best_gold", "best_gold_step", "init_gold", "final_gold"):
@@ -165,8 +173,8 @@ def test_pretraining_reuses_a_given_tokenizer(pretrained, tmp_path):
     given = os.path.join(pretrained, "tokenizer.json")
     out = str(tmp_path / "again")
     train_pretrain.main(train_pretrain.Config(
-        out_dir=out, tokenizer=given, n_layer=1, n_head=2, n_embd=32, max_steps=2, block_size=64, batch_size=4,
-        eval_interval=2, eval_batches=1, log_interval=1, device="cpu"))
+        out_dir=out, tokenizer=given, n_layer=1, n_head=2, n_embd=32, max_steps=2, block_size=64,
+        batch_size=4, eval_interval=2, eval_batches=1, log_interval=1, device="cpu"))
     assert json.load(open(os.path.join(out, "tokenizer.json"))) == json.load(open(given))
     assert load_model(out)[0].config.vocab_size == Tokenizer.load(given).vocab_size
 
@@ -186,7 +194,8 @@ def test_fact_recall_counts_greedy_continuations_that_start_with_the_word(pretra
     starts = [start for start, _ in World.fact_probes()["french_from_english"][:12]]
     tokens, _ = generate(model, [tok.encode(s) for s in starts], 8, eos_id=tok.eos_id, pad_id=tok.pad_id,
                          temperature=0.0)
-    said = [tok.decode([t for t in row if t not in (tok.eos_id, tok.pad_id)]).strip() for row in tokens.tolist()]
+    said = [tok.decode([t for t in row if t not in (tok.eos_id, tok.pad_id)]).strip()
+            for row in tokens.tolist()]
     assert all(said)
     # the model's own greedy words are recalled, a word it never says is not, and a half-half mix counts half
     assert train_pretrain.fact_recall(model, tok, list(zip(starts, said))) == 1.0
@@ -224,8 +233,8 @@ def test_pretraining_mix_keeps_the_pretraining_loss_down(pretrained, tmp_path):
     losses = {}
     for coef in (0.0, 1.0):
         out = str(tmp_path / f"sft_{coef}")
-        train_sft.main(tiny(pretrained, out, data=data, ptx_data=str(text), ptx_coef=coef, max_steps=30, lr=1e-2,
-                            eval_interval=30, warmup_steps=2))
+        train_sft.main(tiny(pretrained, out, data=data, ptx_data=str(text), ptx_coef=coef, max_steps=30,
+                            lr=1e-2, eval_interval=30, warmup_steps=2))
         losses[coef] = lm_loss(out)
     rows = read_metrics(os.path.join(str(tmp_path / "sft_1.0"), "metrics.jsonl"))
     assert any("ptx_loss" in r for r in rows)
@@ -234,19 +243,20 @@ def test_pretraining_mix_keeps_the_pretraining_loss_down(pretrained, tmp_path):
 
 
 def test_preferred_ft_learns_the_top_ranked_response_of_each_ranking(tmp_path):
-    """Preferred-FT's demonstrations are the best response of each ranking (train.jsonl -> train, val.jsonl -> val),
-    in the SFT prompt template; an empty file is a one-line error that names it."""
+    """Preferred-FT's demonstrations are the best response of each ranking (train.jsonl -> train, val.jsonl
+    -> val), in the SFT prompt template; an empty file is a one-line error that names it."""
     labels = tmp_path / "labels"
     labels.mkdir()
     rows = {"train": [{"prompt": "计算2+2", "responses": ["4", "5", "Sure! 4."]},
                       {"prompt": "Translate to French: red", "responses": ["rouge", "red"]}],
             "val": [{"prompt": "What is 9 - 4?", "responses": ["5", "four"]}]}
     for name, records in rows.items():
-        (labels / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        (labels / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                      for r in records))
     (labels / "summary.json").write_text("{}")
-    train, val = train_sft.preferred_demonstrations(str(labels))
+    train, val = preferred_demonstrations(str(labels))
     assert train == [(render_prompt("计算2+2"), "4"), (render_prompt("Translate to French: red"), "rouge")]
     assert val == [(render_prompt("What is 9 - 4?"), "5")]
     (labels / "val.jsonl").write_text("")
     with pytest.raises(UserError, match="val.jsonl: file is empty"):
-        train_sft.preferred_demonstrations(str(labels))
+        preferred_demonstrations(str(labels))
