@@ -38,6 +38,7 @@ from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, loa
 from minigpt.cli import UserError, check, run
 from minigpt.data import (clean_demonstrations, encode_prompt_response, lm_windows, load_demonstrations, load_rankings,
                           load_text, render_prompt, sft_batch)
+from minigpt.demonstrators import ERROR_RATE
 from minigpt.losses import sft_loss
 from minigpt.model import GPT
 from minigpt.respond import respond
@@ -45,7 +46,7 @@ from minigpt.tokenizer import Tokenizer
 from minigpt.training import (MetricsLog, NonFiniteGuard, Progress, all_reduce_mean, all_reduce_sum, autocast,
                               check_dtype, cleanup_distributed, cosine_lr, make_adamw, pick_device, plot_metrics,
                               read_metrics, resolve_dtype, setup_distributed)
-from minigpt.world import ERROR_RATE, World
+from minigpt.world import World
 
 
 # The pretraining windows mixed into step s are drawn with seed cfg.seed + PTX_SEED_STRIDE * (s + 1): a function of

@@ -4,12 +4,15 @@ import time
 
 import pytest
 
+from minigpt import demonstrators as D
 from minigpt import judge
+from minigpt import tasks as T
 from minigpt import world as W
+from minigpt.demonstrators import MISTAKES, applicable_mistakes, demonstration, demonstrator_response
 from minigpt.facts import LEXICON
 from minigpt.judge import gold_score
-from minigpt.world import (KINDS, MISTAKES, RM_EXTRA, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
-                           demonstration, demonstrator_response, gold_agreement, labeler_agreement)
+from minigpt.tasks import KINDS, Task
+from minigpt.world import RM_EXTRA, SPLIT_SIZES, SimulatedLabeler, World, gold_agreement, labeler_agreement
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +31,10 @@ def test_lexicon_is_big_unique_and_never_the_same_word_in_two_languages():
 
 
 def test_no_french_lexicon_word_hides_in_templates_preambles_or_tails():
-    texts = [t for lang in ("en", "zh") for t in W.PREAMBLES[lang] + W.TAILS[lang] + W.NOTES[lang]]
-    texts += [t for phrasings in W.PHRASINGS.values() for _, t in phrasings]
-    texts += [s for pair in W.FORMAT_SUFFIX.values() for s in pair]
-    texts += [g for gs in W.SHOP_GREETINGS.values() for g in gs] + list(W.HELP_ANSWERS.values())
+    texts = [t for lang in ("en", "zh") for t in D.PREAMBLES[lang] + D.TAILS[lang] + D.NOTES[lang]]
+    texts += [t for phrasings in T.PHRASINGS.values() for _, t in phrasings]
+    texts += [s for pair in T.FORMAT_SUFFIX.values() for s in pair]
+    texts += [g for gs in T.SHOP_GREETINGS.values() for g in gs] + list(judge.HELP_ANSWERS.values())
     texts += [t.instruction for t in World(0).split("sft_train") if t.kind == "help"]
     for text in texts:
         assert not judge._FRENCH_RE.search(text), text
@@ -206,7 +209,7 @@ def test_demonstrations_mistake_rate_and_mostly_visible(world):
     tasks = world.split("sft_train")
     mistakes = [demonstration(t, rng)[1] for t in tasks]
     wrong = [m for m in mistakes if m is not None]
-    assert abs(len(wrong) / len(mistakes) - W.ERROR_RATE) < 0.03
+    assert abs(len(wrong) / len(mistakes) - D.ERROR_RATE) < 0.03
     assert wrong.count("wrong_answer") / len(wrong) < 0.25   # most mistakes are habits of style, visible
     assert set(wrong) == set(MISTAKES)
     assert all(demonstration(t, rng, error_rate=0.0) == (t.answer, None) for t in tasks[:50])
@@ -332,7 +335,7 @@ def test_task_is_hashable_and_meta_readable(world):
 def test_misspelling_never_reads_as_the_right_answer():
     """A 'wrong answer' that the judge scores as right would teach the reward model nonsense."""
     from minigpt.facts import LEXICON
-    from minigpt.world import _misspell
+    from minigpt.demonstrators import _misspell
     rng = random.Random(0)
     for e in LEXICON:
         for _ in range(300):                    # "Bonne nuit" -> "Bonne  nuit" came up ~3% of the time
