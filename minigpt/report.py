@@ -15,7 +15,8 @@ from minigpt.checkpoint import write_json
 from minigpt.evaluation import bootstrap_ci95, mean_gain
 
 RUN_KINDS = {"": "with the defaults", "quick": "--quick (a miniature: numbers mean nothing)",
-             "small": "--preset=small (the default model with fewer steps and prompts: directions, not sizes)"}
+             "small": "--preset=small (the default model with fewer steps and prompts: directions, "
+                      "not sizes)"}
 
 
 def _fmt(x, spec=".3f"):
@@ -35,17 +36,18 @@ def git_commit(here):
 
 
 def mistake_section(out_dir, models, rlhf):
-    """'What RLHF changed': how many sampled answers of each model show each kind of mistake (minigpt.judge.mistakes),
-    as a table and a bar chart (out_dir/mistakes.png)."""
+    """'What RLHF changed': how many sampled answers of each model show each kind of mistake
+    (minigpt.judge.mistakes), as a table and a bar chart (out_dir/mistakes.png)."""
     names = [n for n in ("sft", *rlhf, "best_of_4") if models.get(n, {}).get("mistake_counts")]
     if not names:
         return []
     kinds = list(models[names[0]]["mistake_counts"])
     lines = ["", "## What RLHF changed", "",
-             f"Sampled answers showing each kind of mistake ({models[names[0]]['n_responses']} answers per model; "
-             "an answer can show two):", "",
+             f"Sampled answers showing each kind of mistake ({models[names[0]]['n_responses']} answers "
+             "per model; an answer can show two):", "",
              "| mistake | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {k} | " + " | ".join(str(models[n]["mistake_counts"][k]) for n in names) + " |" for k in kinds]
+    lines += [f"| {k} | " + " | ".join(str(models[n]["mistake_counts"][k]) for n in names) + " |"
+              for k in kinds]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,10 +56,10 @@ def mistake_section(out_dir, models, rlhf):
     fig, ax = plt.subplots(figsize=(8, 3.6))
     width = 0.8 / len(names)
     for i, n in enumerate(names):
-        ax.bar([x + i * width for x in range(len(kinds))], [models[n]["mistake_counts"][k] for k in kinds], width,
-               label=n)
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(kinds))], [k.replace("_", " ") for k in kinds],
-                  fontsize=8)
+        ax.bar([x + i * width for x in range(len(kinds))], [models[n]["mistake_counts"][k] for k in kinds],
+               width, label=n)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(kinds))],
+                  [k.replace("_", " ") for k in kinds], fontsize=8)
     ax.set_ylabel("sampled answers")
     ax.set_title("what RLHF changed: mistakes in the test answers")
     ax.legend(fontsize=8)
@@ -97,8 +99,8 @@ def write_report(out_dir, seconds, cfg, rlhf):
             "probe_per_task": m.get("probe_per_task"),
             "train_seconds": seconds.get(name),
         }
-    # The fair baseline: what DPO and PPO gain over SFT on the rankings' best answers (Preferred-FT) is what the
-    # rejected answers taught. Paired answer by answer, with a 95% interval by bootstrap over prompts.
+    # The fair baseline: what DPO and PPO gain over SFT on the rankings' best answers (Preferred-FT) is what
+    # the rejected answers taught. Paired answer by answer, with a 95% interval by bootstrap over prompts.
     scores, S = evaluation.get("scores") or {}, evaluation.get("samples_per_prompt") or 1
     if "preferred_ft" in scores:
         base = np.asarray(scores["preferred_ft"]).reshape(S, -1)
@@ -109,14 +111,16 @@ def write_report(out_dir, seconds, cfg, rlhf):
                 models[name]["gain_vs_preferred_ft_ci95"] = bootstrap_ci95(mean_gain, a, base, seed=seed)
     report = {
         "models": models,
-        "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
-                                      "labels_spearman_within_prompt")},
+        "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman",
+                                      "spearman_within_prompt", "labels_spearman_within_prompt")},
         "rm_per_mistake_accuracy": rm.get("per_mistake_accuracy"),
-        "rm_on_policy": {"pairs": rm.get("on_policy_pairs"), "reward_model": rm.get("on_policy_gold_accuracy"),
+        "rm_on_policy": {"pairs": rm.get("on_policy_pairs"),
+                         "reward_model": rm.get("on_policy_gold_accuracy"),
                          "sft_likelihood": (rm.get("sft_likelihood") or {}).get("on_policy_gold_accuracy")},
         # DPO's policy read as a reward model, r̂ = β·log(π/π_SFT), on the same held-out rankings
-        "dpo_implicit_reward": {k: dpo.get(k) for k in ("accuracy", "gold_accuracy", "on_policy_gold_accuracy",
-                                                        "spearman")} if dpo else None,
+        "dpo_implicit_reward": {k: dpo.get(k) for k in ("accuracy", "gold_accuracy",
+                                                        "on_policy_gold_accuracy", "spearman")}
+                               if dpo else None,
         "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
         "preset": cfg.preset or None,
         "seed": seed, "world_seed": cfg.world_seed, "eval_split": evaluation.get("split"),
@@ -134,67 +138,73 @@ def write_report(out_dir, seconds, cfg, rlhf):
              f"Run {RUN_KINDS[cfg.preset]} "
              f"on {report['machine']}, world {cfg.world_seed}, seed {seed}, dtype {report['dtype']}, "
              f"commit {report['commit']}, "
-             f"{report['total_seconds']:.0f} s of stages, at most {report['peak_stage_rss_mb']} MB of memory. "
+             f"{report['total_seconds']:.0f} s of stages, "
+             f"at most {report['peak_stage_rss_mb']} MB of memory. "
              f"Held-out **{split}** prompts of world {cfg.world_seed}"
              + (" (the split defaults are chosen on: development numbers)" if split == "dev" else "")
-             + f", gold judge, temperature {evaluation.get('temperature')}, {evaluation.get('n_prompts')} prompts x "
-             f"{evaluation.get('samples_per_prompt')} samples. Gains and win rates pair each answer with the SFT "
-             "model's answer of the same number to the same prompt (win rates leave ties out); 95% intervals by "
-             "bootstrap over prompts; 'by prompt' compares each prompt's mean.", "",
-             "| model | gold [95% CI] | gain vs SFT [95% CI] | win rate vs SFT [95% CI] (ties) | by prompt (ties) "
-             "| KL to SFT | pretrain val loss | EOS rate | mean length | training s |",
+             + f", gold judge, temperature {evaluation.get('temperature')}, "
+             f"{evaluation.get('n_prompts')} prompts x {evaluation.get('samples_per_prompt')} samples. "
+             "Gains and win rates pair each answer with the SFT model's answer of the same number to the "
+             "same prompt (win rates leave ties out); 95% intervals by bootstrap over prompts; 'by prompt' "
+             "compares each prompt's mean.", "",
+             "| model | gold [95% CI] | gain vs SFT [95% CI] | win rate vs SFT [95% CI] (ties) "
+             "| by prompt (ties) | KL to SFT | pretrain val loss | EOS rate | mean length | training s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
-        lines.append(f"| {name} | {m['gold_mean']:.3f} {_ci(m['gold_ci95'])} | {_fmt(m['gain_vs_sft'], '+.3f')} "
-                     f"{_ci(m['gain_ci95'])} | {_fmt(m['win_rate_vs_sft'], '.0%')} {_ci(m['win_rate_ci95'], '.0%')} "
+        lines.append(f"| {name} | {m['gold_mean']:.3f} {_ci(m['gold_ci95'])} | "
+                     f"{_fmt(m['gain_vs_sft'], '+.3f')} {_ci(m['gain_ci95'])} | "
+                     f"{_fmt(m['win_rate_vs_sft'], '.0%')} {_ci(m['win_rate_ci95'], '.0%')} "
                      f"({_fmt(m['tie_rate_vs_sft'], '.0%')}) | {_fmt(m['prompt_win_rate_vs_sft'], '.0%')} "
                      f"({_fmt(m['prompt_tie_rate_vs_sft'], '.0%')}) | {_fmt(m['kl_to_sft'], '.2f')} | "
-                     f"{_fmt(m['pretrain_val_loss'])} | {_fmt(m['eos_rate'], '.0%')} | {_fmt(m['mean_len'], '.1f')} | "
-                     f"{_fmt(m['train_seconds'], '.0f')} |")
+                     f"{_fmt(m['pretrain_val_loss'])} | {_fmt(m['eos_rate'], '.0%')} | "
+                     f"{_fmt(m['mean_len'], '.1f')} | {_fmt(m['train_seconds'], '.0f')} |")
     beyond = [(n, m) for n, m in models.items() if m.get("gain_vs_preferred_ft") is not None]
     if beyond:
-        lines += ["", "Against the fair baseline, Preferred-FT (SFT on each ranking's best answer; what a method "
-                      "gains beyond it is what the rejected answers taught): "
+        lines += ["", "Against the fair baseline, Preferred-FT (SFT on each ranking's best answer; what a "
+                      "method gains beyond it is what the rejected answers taught): "
                   + ", ".join(f"{n} {m['gain_vs_preferred_ft']:+.3f} {_ci(m['gain_vs_preferred_ft_ci95'])}"
                               for n, m in beyond) + "."]
     probe_kinds = sorted({k for m in models.values() for k in (m.get("probe_per_task") or {})})
     if probe_kinds:
         lines += ["", "## Facts no later stage saw", "",
-                  f"The probe split: {evaluation.get('n_probe_prompts')} translations of words that only the "
-                  "pretraining text states (no SFT, ranking or PPO prompt mentions them). Does each method's gain "
-                  "carry to facts it never saw?", "",
+                  f"The probe split: {evaluation.get('n_probe_prompts')} translations of words that only "
+                  "the pretraining text states (no SFT, ranking or PPO prompt mentions them). Does each "
+                  "method's gain carry to facts it never saw?", "",
                   "| model | probe gold [95% CI] | gain vs SFT [95% CI] | " + " | ".join(probe_kinds) + " |",
                   "|---" * (3 + len(probe_kinds)) + "|"]
         for name, m in models.items():
             if m.get("probe_gold_mean") is not None:
                 lines.append(f"| {name} | {m['probe_gold_mean']:.3f} {_ci(m['probe_gold_ci95'])} | "
                              f"{_fmt(m['probe_gain_vs_sft'], '+.3f')} {_ci(m['probe_gain_ci95'])} | "
-                             + " | ".join(_fmt((m["probe_per_task"] or {}).get(k)) for k in probe_kinds) + " |")
+                             + " | ".join(_fmt((m["probe_per_task"] or {}).get(k)) for k in probe_kinds)
+                             + " |")
     bound = [m["kl_bound"] for m in models.values() if m.get("kl_bound") is not None]
     if bound:
-        lines += ["", f"Best-of-n's KL is estimated on the samples it chose from (short answers repeat); the usual "
-                      f"formula log n − (n−1)/n = {bound[0]:.2f} is an upper bound."]
+        lines += ["", "Best-of-n's KL is estimated on the samples it chose from (short answers repeat); "
+                      f"the usual formula log n − (n−1)/n = {bound[0]:.2f} is an upper bound."]
     lines += mistake_section(out_dir, models, rlhf)
     r = report["rm"]
     lines += ["", "## Reward model", "",
-              f"Held-out pairwise accuracy **{_fmt(r['accuracy'])}**, beside the agreement of two independent "
-              f"simulated labellers {_fmt(r['labeler_agreement'])} and the labels' ceiling (noisy labels vs the "
-              f"noise-free gold order) {_fmt(r['ceiling'])}. Spearman correlation of reward with gold score: "
-              f"{_fmt(r['spearman'])} across all prompts, {_fmt(r['spearman_within_prompt'])} within a prompt "
+              f"Held-out pairwise accuracy **{_fmt(r['accuracy'])}**, beside the agreement of two "
+              f"independent simulated labellers {_fmt(r['labeler_agreement'])} and the labels' ceiling "
+              f"(noisy labels vs the noise-free gold order) {_fmt(r['ceiling'])}. Spearman correlation of "
+              f"reward with gold score: {_fmt(r['spearman'])} across all prompts, "
+              f"{_fmt(r['spearman_within_prompt'])} within a prompt "
               f"(the labels' order: {_fmt(r['labels_spearman_within_prompt'])}).", ""]
     if report["rm_per_mistake_accuracy"]:
         lines += ["| the worse response's mistake | RM accuracy |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in report["rm_per_mistake_accuracy"].items()] + [""]
     o = report["rm_on_policy"]
     if o["pairs"]:
-        lines += [f"On the {o['pairs']} held-out pairs of two SFT samples (what PPO will see), the reward model "
-                  f"orders {_fmt(o['reward_model'])} of them like the gold judge; the SFT model's own log-likelihood, "
-                  f"used as the ranker, {_fmt(o['sft_likelihood'])}.", ""]
+        lines += [f"On the {o['pairs']} held-out pairs of two SFT samples (what PPO will see), the reward "
+                  f"model orders {_fmt(o['reward_model'])} of them like the gold judge; the SFT model's own "
+                  f"log-likelihood, used as the ranker, {_fmt(o['sft_likelihood'])}.", ""]
     d = report["dpo_implicit_reward"]
     if d:
-        lines += [f"DPO's policy read as a reward model, β·log(π/π_SFT), on the same held-out rankings: accuracy "
-                  f"{_fmt(d['accuracy'])}, vs gold order {_fmt(d['gold_accuracy'])}, on pairs of two SFT samples "
-                  f"{_fmt(d['on_policy_gold_accuracy'])}, Spearman with gold {_fmt(d['spearman'])}.", ""]
+        lines += ["DPO's policy read as a reward model, β·log(π/π_SFT), on the same held-out "
+                  f"rankings: accuracy {_fmt(d['accuracy'])}, vs gold order {_fmt(d['gold_accuracy'])}, "
+                  f"on pairs of two SFT samples {_fmt(d['on_policy_gold_accuracy'])}, Spearman with gold "
+                  f"{_fmt(d['spearman'])}.", ""]
     lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     lines += ["", "## Plots", ""]
