@@ -1,17 +1,21 @@
 """The whole InstructGPT recipe in one command, each stage run by its own script.
 
     python pipeline.py            # ~20 minutes on 2 CPU cores; then read out/report.md
-    python pipeline.py --preset=small  # the default model on fewer steps and prompts: a few minutes, in out/small;
-                                       # its models answer in the world's shape, its report shows each stage's direction
-    python pipeline.py --quick         # a miniature of every stage in under a minute, in out/quick (what the tests run)
+    python pipeline.py --preset=small  # the default model on fewer steps and prompts: a few minutes, in
+                                       # out/small; its models answer in the world's shape, its report shows
+                                       # each stage's direction
+    python pipeline.py --quick         # a miniature of every stage in under a minute, in out/quick (what the
+                                       # tests run)
     python pipeline.py --force=rm # rerun from the reward model on (later stages too)
 
-    python pipeline.py --world_seed=1 --seed=1   # another world: its own splits and probe facts (report on these)
+    python pipeline.py --world_seed=1 --seed=1   # another world: its own splits and probe facts (report on
+                                                 # these)
     python pipeline.py --eval_split=dev           # evaluate on the dev split, where defaults are chosen
 
-    tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> Preferred-FT -> GRPO
-    -> evaluation -> report   (DPO and GRPO, what came after InstructGPT, on the same comparisons and reward model;
-                               Preferred-FT, SFT on each ranking's best response: the baseline they must beat)
+    tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> Preferred-FT
+    -> GRPO -> evaluation -> report
+        (DPO and GRPO, what came after InstructGPT, on the same comparisons and reward model; Preferred-FT,
+        SFT on each ranking's best response: the baseline they must beat)
 
 Defaults are chosen on world 0's dev split; the numbers to believe are the test splits of other worlds.
 
@@ -34,10 +38,12 @@ from minigpt.report import write_report
 from minigpt.training import check_dtype
 
 STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval"]
-RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]   # the models trained from the comparisons, against SFT
+# the models trained from the comparisons, against SFT
+RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]
 
-# Flags that shrink each stage: --quick, a miniature (a tiny model, a few steps: numbers mean nothing, what the tests
-# run); --preset=small, the default model with fewer steps and prompts (every stage's direction, in a few minutes).
+# Flags that shrink each stage: --quick, a miniature (a tiny model, a few steps: numbers mean nothing, what
+# the tests run); --preset=small, the default model with fewer steps and prompts (every stage's direction,
+# in a few minutes).
 QUICK = {
     "pretrain": ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=96", "--vocab_size=400",
                  "--tokenizer_chars=60000", "--max_steps=30", "--batch_size=8", "--eval_interval=15",
@@ -65,9 +71,10 @@ SMALL = {
     "eval": ["--n_prompts=100", "--samples_per_prompt=2"],
 }
 PRESETS = {"quick": QUICK, "small": SMALL}
-# "Step through it": each stage on the quick run's outputs with tiny settings, for a debugger. The first breakpoint
-# goes on the line holding the snippet (where the loss is computed; for the labels and the evaluation, where the
-# judge speaks); its number is looked up in the source when printed, so it cannot go stale.
+# "Step through it": each stage on the quick run's outputs with tiny settings, for a debugger. The first
+# breakpoint goes on the line holding the snippet (where the loss is computed; for the labels and the
+# evaluation, where the judge speaks); its number is looked up in the source when printed, so it cannot go
+# stale.
 STEP_THROUGH = {
     "pretrain": (["train_pretrain.py", "--out_dir={d}/pretrain", "--force", "--n_layer=1", "--n_head=2",
                   "--n_embd=32", "--block_size=64", "--vocab_size=300", "--tokenizer_chars=20000",
@@ -107,8 +114,9 @@ def step_through_commands(quick_dir="out/quick", debug_dir="out/debug"):
 
 
 def write_step_through_docs(here):
-    """Rewrite README's "Step through it" commands and .vscode/launch.json from STEP_THROUGH, with the breakpoint
-    lines of the scripts as they are now (tests/test_pipeline.py fails until this is run after a script moves)."""
+    """Rewrite README's "Step through it" commands and .vscode/launch.json from STEP_THROUGH, with the
+    breakpoint lines of the scripts as they are now (tests/test_pipeline.py fails until this is run after a
+    script moves)."""
     commands = step_through_commands()
     readme_path = os.path.join(here, "README.md")
     readme = open(readme_path, encoding="utf-8").read()
@@ -120,8 +128,10 @@ def write_step_through_docs(here):
                        "request": "launch", "program": "${workspaceFolder}/" + args[0], "args": args[1:],
                        "cwd": "${workspaceFolder}", "console": "integratedTerminal", "justMyCode": True}
                       for stage, (args, _) in commands.items()]
-    header = ("// Generated from pipeline.STEP_THROUGH by `python pipeline.py --step_through_docs` (tests/test_pipeline.py\n"
-              "// checks they agree). Run `python pipeline.py --quick` first; put the first breakpoint where README's\n"
+    header = ("// Generated from pipeline.STEP_THROUGH by `python pipeline.py --step_through_docs` "
+              "(tests/test_pipeline.py\n"
+              "// checks they agree). Run `python pipeline.py --quick` first; put the first breakpoint where "
+              "README's\n"
               "// \"Step through it\" says (the line that computes the loss).\n")
     launch = json.dumps({"version": "0.2.0", "configurations": configurations}, indent=2)
     write_text(os.path.join(here, ".vscode", "launch.json"), header + launch + "\n")
@@ -133,36 +143,45 @@ DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
 
 @dataclass
 class Config:
-    out_dir: str = field(default="", metadata={"help": "where every stage's folder and the report go (default: out, "
-                                                      "or out/<preset>)"})
-    preset: str = field(default="", metadata={"help": "small (the default model, fewer steps: a few minutes) or quick "
-                                                      "(a miniature in under a minute); empty = the full run"})
+    out_dir: str = field(default="", metadata={
+        "help": "where every stage's folder and the report go (default: out, or out/<preset>)"})
+    preset: str = field(default="", metadata={
+        "help": "small (the default model, fewer steps: a few minutes) or quick (a miniature in under a "
+                "minute); empty = the full run"})
     quick: bool = field(default=False, metadata={"help": "the same as --preset=quick"})
     force: str = field(default="", metadata={"help": f"rerun from this stage on: one of {', '.join(STAGES)}"})
     seed: int = field(default=1337, metadata={"help": "seed passed to every stage"})
-    world_seed: int = field(default=0, metadata={"help": "the instruction world (its splits and probe facts), passed to "
-                                                         "every stage; defaults were chosen on world 0's dev split"})
-    eval_split: str = field(default="test", metadata={"help": "test (only reported) or dev (where defaults are chosen)"})
+    world_seed: int = field(default=0, metadata={
+        "help": "the instruction world (its splits and probe facts), passed to every stage; defaults were "
+                "chosen on world 0's dev split"})
+    eval_split: str = field(default="test", metadata={
+        "help": "test (only reported) or dev (where defaults are chosen)"})
     ptx_coef: float = field(default=1.0, metadata={"help": "PPO-ptx pretraining-loss coefficient (gamma)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
-    dtype: str = field(default="auto", metadata={"help": "passed to every stage: auto (bf16 autocast where this device's "
-                                                         "bf16 matmul is clearly faster), float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={
+        "help": "passed to every stage: auto (bf16 autocast where this device's bf16 matmul is clearly "
+                "faster), float32 or bfloat16"})
     step_through_docs: bool = field(default=False, metadata={
-        "help": "only rewrite README's step-through commands and .vscode/launch.json from the scripts' current lines"})
+        "help": "only rewrite README's step-through commands and .vscode/launch.json from the scripts' "
+                "current lines"})
 
     def validate(self):
         check(self.force in ("", *STAGES), f"--force={self.force}: expected one of {', '.join(STAGES)}")
-        check(self.preset in ("", *PRESETS), f"--preset={self.preset}: expected one of {', '.join(PRESETS)} (or none)")
-        check(not (self.quick and self.preset not in ("", "quick")), f"--quick and --preset={self.preset}: pick one")
+        check(self.preset in ("", *PRESETS),
+              f"--preset={self.preset}: expected one of {', '.join(PRESETS)} (or none)")
+        check(not (self.quick and self.preset not in ("", "quick")),
+              f"--quick and --preset={self.preset}: pick one")
         if self.quick:
             self.preset = "quick"
-        check(self.eval_split in ("test", "dev"), f"--eval_split must be test or dev, got {self.eval_split!r}")
+        check(self.eval_split in ("test", "dev"),
+              f"--eval_split must be test or dev, got {self.eval_split!r}")
         check_dtype(self.dtype)
 
 
 def stage_commands(cfg):
     o = cfg.out_dir
-    common = [f"--seed={cfg.seed}", f"--world_seed={cfg.world_seed}", f"--device={cfg.device}", f"--dtype={cfg.dtype}"]
+    common = [f"--seed={cfg.seed}", f"--world_seed={cfg.world_seed}", f"--device={cfg.device}",
+              f"--dtype={cfg.dtype}"]
     models = f"pretrained:{o}/pretrain,sft:{o}/sft," + ",".join(f"{m}:{o}/{m}" for m in RLHF)
     commands = {
         "pretrain": ["train_pretrain.py", f"--out_dir={o}/pretrain"],
@@ -174,13 +193,14 @@ def stage_commands(cfg):
                     f"--ptx_coef={cfg.ptx_coef}"],
         "dpo": ["train_dpo.py", f"--sft={o}/sft", f"--labels={o}/labels", f"--out_dir={o}/dpo"],
         # Preferred-FT: DPO's learning rate and epochs, on the same rankings' best responses
-        "preferred_ft": ["train_sft.py", f"--init={o}/sft", f"--preferred={o}/labels", f"--out_dir={o}/preferred_ft",
-                         "--lr=1e-4", "--epochs=2", "--warmup_steps=10", "--eval_interval=50"],
-        # GRPO at its defaults: 16 prompts x 4 samples = PPO's 64 responses per iteration, lr 3e-5, 30 iterations
-        # (why not PPO's lr: train_grpo.py's Config)
+        "preferred_ft": ["train_sft.py", f"--init={o}/sft", f"--preferred={o}/labels",
+                         f"--out_dir={o}/preferred_ft", "--lr=1e-4", "--epochs=2", "--warmup_steps=10",
+                         "--eval_interval=50"],
+        # GRPO at its defaults: 16 prompts x 4 samples = PPO's 64 responses per iteration, lr 3e-5,
+        # 30 iterations (why not PPO's lr: train_grpo.py's Config)
         "grpo": ["train_grpo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/grpo"],
-        "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}", f"--ref={o}/sft",
-                 f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
+        "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}",
+                 f"--ref={o}/sft", f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
     }
     # The pipeline owns its stage folders: a stage runs only when it had not finished, so its training script
     # may overwrite what an interrupted attempt left there.
@@ -205,8 +225,9 @@ def merge_flags(args, extra):
 
 
 def check_kind_of_run(cfg):
-    """A miniature's stages must never be taken for the real run's (or the reverse), nor one world's for another's:
-    out_dir/pipeline.json says which kind of run wrote the folder, and a folder of another kind is refused."""
+    """A miniature's stages must never be taken for the real run's (or the reverse), nor one world's for
+    another's: out_dir/pipeline.json says which kind of run wrote the folder, and a folder of another kind is
+    refused."""
     path = os.path.join(cfg.out_dir, "pipeline.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -214,14 +235,14 @@ def check_kind_of_run(cfg):
         was_preset = was.get("preset", "quick" if was.get("quick") else "")
         if was_preset != cfg.preset:
             kinds = {"quick": "a --quick miniature", "small": "a --preset=small run", "": "a full run"}
-            raise UserError(f"{cfg.out_dir} holds {kinds[was_preset]}'s stages and this is {kinds[cfg.preset]}: "
-                            "use another --out_dir, or delete that folder")
+            raise UserError(f"{cfg.out_dir} holds {kinds[was_preset]}'s stages and this is "
+                            f"{kinds[cfg.preset]}: use another --out_dir, or delete that folder")
         if was.get("world_seed", 0) != cfg.world_seed:
-            raise UserError(f"{cfg.out_dir} holds the stages of world {was.get('world_seed', 0)} and this is world "
-                            f"{cfg.world_seed}: use another --out_dir, or delete that folder")
+            raise UserError(f"{cfg.out_dir} holds the stages of world {was.get('world_seed', 0)} and this is "
+                            f"world {cfg.world_seed}: use another --out_dir, or delete that folder")
         if was.get("dtype", "auto") != cfg.dtype:
-            raise UserError(f"{cfg.out_dir} holds stages run with --dtype={was.get('dtype', 'auto')} and this run has "
-                            f"--dtype={cfg.dtype}: use another --out_dir, or delete that folder")
+            raise UserError(f"{cfg.out_dir} holds stages run with --dtype={was.get('dtype', 'auto')} and "
+                            f"this run has --dtype={cfg.dtype}: use another --out_dir, or delete that folder")
     elif any(os.path.isdir(os.path.join(cfg.out_dir, s)) for s in STAGES):
         raise UserError(f"{cfg.out_dir} holds stage folders of an unknown kind of run (no pipeline.json): "
                         "use another --out_dir, or delete them")
@@ -283,10 +304,11 @@ def main(cfg):
     print(f"\n{'stage':>12} {'seconds':>8} {'share':>6}")
     for stage, t in seconds.items():
         print(f"{stage:>12} {t:8.0f} {t / max(total, 1e-9):6.0%}")
-    print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {total:.0f}s in all); read {cfg.out_dir}/report.md")
+    print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {total:.0f}s in all); "
+          f"read {cfg.out_dir}/report.md")
     if cfg.preset == "quick":
-        print("\nStep through any stage in a debugger, on these outputs with tiny settings (c = run to the breakpoint, "
-              "n = next line, s = step into, p x = print x):")
+        print("\nStep through any stage in a debugger, on these outputs with tiny settings "
+              "(c = run to the breakpoint, n = next line, s = step into, p x = print x):")
         for stage, (args, breakpoint) in step_through_commands(cfg.out_dir).items():
             print(f"  {stage:>8}: python -m pdb -c 'b {breakpoint}' -c c {' '.join(args)}")
 
