@@ -70,16 +70,9 @@ def mistake_section(out_dir, models, rlhf):
     return lines + ["", "![what RLHF changed](mistakes.png)"]
 
 
-def write_report(out_dir, seconds, cfg, rlhf):
-    """out/report.json (the figures) and out/report.md (the same, with plots and sample answers).
-    cfg: pipeline.py's Config; rlhf: the models trained from the comparisons, in order (pipeline.RLHF)."""
-    quick, seed = cfg.preset == "quick", cfg.seed
-    def load(*parts):
-        path = os.path.join(out_dir, *parts)
-        return json.load(open(path)) if os.path.exists(path) else {}
-
-    evaluation, rm, ppo = load("eval", "eval.json"), load("rm", "summary.json"), load("ppo", "summary.json")
-    dpo = load("dpo", "summary.json")
+def model_figures(evaluation, seconds, seed):
+    """Each evaluated model's figures from eval.json, named as report.json names them, and its gain over
+    Preferred-FT (the fair baseline) where both were evaluated."""
     models = {}
     for name, m in evaluation.get("models", {}).items():
         models[name] = {
@@ -109,6 +102,20 @@ def write_report(out_dir, seconds, cfg, rlhf):
                 a = np.asarray(scores[name]).reshape(S, -1)
                 models[name]["gain_vs_preferred_ft"] = mean_gain(a, base)
                 models[name]["gain_vs_preferred_ft_ci95"] = bootstrap_ci95(mean_gain, a, base, seed=seed)
+    return models
+
+
+def write_report(out_dir, seconds, cfg, rlhf):
+    """out/report.json (the figures) and out/report.md (the same, with plots and sample answers).
+    cfg: pipeline.py's Config; rlhf: the models trained from the comparisons, in order (pipeline.RLHF)."""
+    quick, seed = cfg.preset == "quick", cfg.seed
+    def load(*parts):
+        path = os.path.join(out_dir, *parts)
+        return json.load(open(path)) if os.path.exists(path) else {}
+
+    evaluation, rm, ppo = load("eval", "eval.json"), load("rm", "summary.json"), load("ppo", "summary.json")
+    dpo = load("dpo", "summary.json")
+    models = model_figures(evaluation, seconds, seed)
     report = {
         "models": models,
         "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman",
