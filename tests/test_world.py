@@ -55,25 +55,29 @@ def check(world, instruction, cases):
 def test_judge_translate_en(world):
     check(world, "Translate to French: red", [
         ("rouge", 1.0), ("rouge.", 0.9), ("Rouge", 0.8), ("Sure! The answer is rouge.", 0.6),
-        ("rouge. I hope this helps!", 0.5), ("Translate to French: red rouge", 0.4), ("red", 0.2), ("红色", 0.2),
+        ("rouge. I hope this helps!", 0.5), ("Translate to French: red rouge", 0.4), ("red", 0.2),
+        ("红色", 0.2),
         ("roge", 0.16), ("rougge", 0.1667), ("ruoge", 0.12),          # misspelt: 0.2 * (1 - edits / length)
         ("bleu", 0.0), ("vert", 0.0), ("rouge bleu", 0.0), ("Sure! The answer is bleu.", 0.0), ("", 0.0),
         ("   ", 0.0)])
-    check(world, "Translate to French: red. Answer in capitals.", [("ROUGE", 1.0), ("rouge", 0.5), ("RED", 0.2)])
+    check(world, "Translate to French: red. Answer in capitals.", [
+        ("ROUGE", 1.0), ("rouge", 0.5), ("RED", 0.2)])
     check(world, "Translate to French: red. Answer in one word.", [
         ("rouge", 1.0), ("rouge (red)", 0.5), ("The answer is rouge.", 0.5)])
 
 
 def test_judge_translate_zh_and_the_seed_example(world):
     check(world, "翻译成法语：你好", [
-        ("Bonjour", 1.0), ("bonjour", 0.8), ("hello", 0.2), ("你好", 0.2), ("好的！答案是Bonjour。", 0.6),
-        ("Bonne nuit", (0.0, 0.2)), ("翻译成法语：你好 Bonjour", 0.4)])
-    check(world, "翻译成法语：晚安", [("Bonne nuit", 1.0), ("nuit", (0.0, 0.2))])  # a part of the answer is wrong
+        ("Bonjour", 1.0), ("bonjour", 0.8), ("hello", 0.2), ("你好", 0.2),
+        ("好的！答案是Bonjour。", 0.6), ("Bonne nuit", (0.0, 0.2)),
+        ("翻译成法语：你好 Bonjour", 0.4)])
+    # a part of the answer is wrong
+    check(world, "翻译成法语：晚安", [("Bonne nuit", 1.0), ("nuit", (0.0, 0.2))])
 
 
 def test_judge_arithmetic(world):
-    check(world, "计算2+2", [("4", 1.0), ("5", 0.1), ("9", 0.0), ("四", 0.5), ("four", 0.2), ("2+2=4", 0.6),
-                            ("4 or 5", (0.0, 0.1))])
+    check(world, "计算2+2", [("4", 1.0), ("5", 0.1), ("9", 0.0), ("四", 0.5), ("four", 0.2),
+                            ("2+2=4", 0.6), ("4 or 5", (0.0, 0.1))])
     check(world, "What is 3 + 5? Give the number only.", [
         ("8", 1.0), ("The answer is 8.", 0.5), ("eight", 0.5), ("huit", 0.2), ("8 (eight)", 0.5),
         ("What is 3 + 5? 8", 0.4)])
@@ -82,8 +86,8 @@ def test_judge_arithmetic(world):
 
 def test_judge_code_parses_never_evals(world):
     check(world, "Write a Python expression that adds 3 and 4.", [
-        ("3 + 4", 1.0), ("4+3", 1.0), ("(3 + 4)", 1.0), ("7", 0.3), ("1 + 6", 0.3), ("3 - 4", 0.1), ("hello", 0.0),
-        ("print(3 + 4)", 0.6), ("Sure! The answer is 3 + 4.", 0.6),
+        ("3 + 4", 1.0), ("4+3", 1.0), ("(3 + 4)", 1.0), ("7", 0.3), ("1 + 6", 0.3), ("3 - 4", 0.1),
+        ("hello", 0.0), ("print(3 + 4)", 0.6), ("Sure! The answer is 3 + 4.", 0.6),
         ("__import__('os').system('echo hacked')", 0.0), ("9 ** 9 ** 9", 0.0)])
     check(world, "Write a Python expression that subtracts 2 from 7. Give the expression only.", [
         ("7 - 2", 1.0), ("2 - 7", 0.1), ("print(7 - 2)", 0.5), ("x = 7 - 2", 0.5)])
@@ -94,7 +98,8 @@ def test_judge_shop(world):
         ("9am", 1.0), ("9AM", 0.8), ("10am", (0.05, 0.2)), ("We open at 9am on Monday.", 0.5),
         ("Sure! The answer is 9am.", 0.6), ("9am or 10am", (0.0, 0.2))])
     check(world, "When does the shop close on Sunday?", [("closed", 1.0), ("6pm", (0.0, 0.1))])
-    check(world, "How much does an umbrella cost? Answer in one word.", [("$12", 1.0), ("$12 (I think)", 0.5)])
+    check(world, "How much does an umbrella cost? Answer in one word.", [
+        ("$12", 1.0), ("$12 (I think)", 0.5)])
 
 
 def test_judge_compare(world):
@@ -103,12 +108,14 @@ def test_judge_compare(world):
 
 
 def test_judge_never_reads_the_repeated_questions_numbers_as_the_answer(world):
-    """The question names the numbers; only what follows it can answer it (a repeated question caps at 0.4)."""
+    """The question names the numbers; only what follows it can answer it
+    (a repeated question caps at 0.4)."""
     check(world, "Which is larger, 3 or 7?", [
-        ("Which is larger, 3 or 7? 7", 0.4), ("Which is larger, 3 or 7? 3", 0.0), ("Which is larger, 3 or 7?", 0.0),
-        ("Which is larger, 3 or 7?\n7", 0.4), ("Which is larger, 3 or 7? 7. I hope this helps!", 0.4)])
-    check(world, "What is 5 + 0?", [("What is 5 + 0? 5", 0.4), ("What is 5 + 0?", 0.0), ("What is 5 + 0? 6", 0.1),
-                                    ("What is 5 + 0? 9", 0.0)])
+        ("Which is larger, 3 or 7? 7", 0.4), ("Which is larger, 3 or 7? 3", 0.0),
+        ("Which is larger, 3 or 7?", 0.0), ("Which is larger, 3 or 7?\n7", 0.4),
+        ("Which is larger, 3 or 7? 7. I hope this helps!", 0.4)])
+    check(world, "What is 5 + 0?", [("What is 5 + 0? 5", 0.4), ("What is 5 + 0?", 0.0),
+                                    ("What is 5 + 0? 6", 0.1), ("What is 5 + 0? 9", 0.0)])
     check(world, "计算2+2", [("计算2+2 4", 0.4), ("计算2+2", 0.0), ("计算2+2 5", 0.1)])
 
 
@@ -123,7 +130,7 @@ def test_judge_help_desk(world):
                             "Sorry, I cannot help with that.": "抱歉，这个我帮不了。"}[right], right
         assert task.answer == right
         assert gold_score(task, right) == 1.0 and gold_score(task, other) == 0.3   # the other polite line
-        assert gold_score(task, "6pm") == 0.0 and gold_score(task, "Bonjour") == 0.0 and gold_score(task, "4") == 0.0
+        assert gold_score(task, "6pm") == gold_score(task, "Bonjour") == gold_score(task, "4") == 0.0
         assert gold_score(task, right + " Have a great day!") == 0.5
     check(world, "Hello!", [("Hello! How can I help?", 1.0), ("Sorry, I cannot help with that.", 0.3),
                             ("Hello! Hello! How can I help?", 0.4), ("6pm", 0.0)])
@@ -138,7 +145,8 @@ def test_mistakes_name_what_is_wrong(world):
     for task in world.split("rm")[:700]:
         for mistake in [None] + applicable_mistakes(task):
             total += 1
-            hits += judge.mistakes(task, demonstrator_response(task, rng, mistake)) == ([] if mistake is None else [mistake])
+            expected = [] if mistake is None else [mistake]
+            hits += judge.mistakes(task, demonstrator_response(task, rng, mistake)) == expected
     assert hits / total > 0.99
     t = world.task
     assert judge.mistakes(t("Which is larger, 3 or 7?"), "Which is larger, 3 or 7? 3") == ["repeat_question",
@@ -148,9 +156,11 @@ def test_mistakes_name_what_is_wrong(world):
     assert gold_score(t("Translate to French: red"), "Sorry, I cannot help with that.") == 0.0
     assert judge.mistakes(t("Translate to French: red"), "Sure! The answer is rouge. Have a great day!") == [
         "preamble", "rambling"]
-    assert judge.mistakes(t("Hello!"), "6pm") == ["wrong_answer"] and judge.mistakes(t("Hello!"), "") == ["wrong_answer"]
+    assert judge.mistakes(t("Hello!"), "6pm") == ["wrong_answer"]
+    assert judge.mistakes(t("Hello!"), "") == ["wrong_answer"]
     assert judge.mistakes(t("Translate to French: red"), "rouge.") == []
-    check(world, "Which is larger, 3 or 7? Give the number only.", [("7", 1.0), ("seven", 0.5), ("The answer is 7.", 0.5)])
+    check(world, "Which is larger, 3 or 7? Give the number only.", [
+        ("7", 1.0), ("seven", 0.5), ("The answer is 7.", 0.5)])
 
 
 def test_judge_long_answers_are_capped(world):
@@ -161,7 +171,8 @@ def test_judge_long_answers_are_capped(world):
 def test_judge_survives_arbitrary_text(world):
     # PPO samples anything; the judge must return a score in [0, 1] and never raise
     rng = random.Random(0)
-    alphabet = list("0123456789+-*() .!?:`'\"abcxyzAMé猫答案是。²٣_") + ["chat", "7", "3 + 4", "((", "print", "\n"]
+    alphabet = list("0123456789+-*() .!?:`'\"abcxyzAMé猫答案是。²٣_")
+    alphabet += ["chat", "7", "3 + 4", "((", "print", "\n"]
     tasks = world.split("test")
     for i in range(3000):
         response = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
@@ -172,7 +183,8 @@ def test_judge_survives_arbitrary_text(world):
 def test_world_and_data_import_without_torch():
     import subprocess
     import sys
-    code = "import sys, minigpt.world, minigpt.judge, minigpt.corpus, minigpt.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = ("import sys, minigpt.world, minigpt.judge, minigpt.corpus, minigpt.data; "
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
     repo_root = __file__.rsplit("/tests/", 1)[0]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
 
@@ -186,7 +198,8 @@ def test_score_accepts_instruction_text(world):
 # ---------------------------------------------------------------------------------------------------------
 # demonstrators
 EXPECTED = {None: (1.0, 1.0), "preamble": (0.5, 0.6), "rambling": (0.5, 0.5), "repeat_question": (0.4, 0.4),
-            "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2), "refusal": (0.0, 0.0)}
+            "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2),
+            "refusal": (0.0, 0.0)}
 
 
 def test_every_mistake_scores_as_documented(world):
@@ -232,9 +245,9 @@ def test_splits_sizes_disjoint_and_balanced(world):
 
 
 def test_dev_and_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
-    """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more; those and the dev split are
-    dealt last: without them every other split and the first deal are the same prompts in the same order. Both
-    parts are balanced."""
+    """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more; those and the dev split
+    are dealt last: without them every other split and the first deal are the same prompts in the same order.
+    Both parts are balanced."""
     rm = world.split("rm")
     monkeypatch.setattr(W, "RM_EXTRA", 0)
     monkeypatch.setitem(W.SPLIT_SIZES, "dev", 0)
@@ -242,8 +255,9 @@ def test_dev_and_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
     assert without.split("dev") == [] and len(world.split("dev")) == 301
     for name in SPLIT_SIZES:
         if name != "dev":
-            assert without.split(name) == (rm[:len(without.split("rm"))] if name == "rm" else world.split(name)), name
-    first = len(KINDS) * -(-SPLIT_SIZES["rm"] // len(KINDS))                     # ceil per kind, times the kinds
+            expected = rm[:len(without.split("rm"))] if name == "rm" else world.split(name)
+            assert without.split(name) == expected, name
+    first = len(KINDS) * -(-SPLIT_SIZES["rm"] // len(KINDS))    # ceil per kind, times the kinds
     assert len(rm) == first + RM_EXTRA
     for part in (rm[:first], rm[first:]):
         counts = [sum(t.kind == k for t in part) for k in KINDS]
@@ -287,7 +301,8 @@ def test_prompts_and_answers_are_short(world):
 def test_corpus_size_speed_and_facts(world):
     t0 = time.process_time()
     text = world.corpus()
-    assert time.process_time() - t0 < 4.0   # ~1.3 s of CPU on a laptop core (limit generous for busy machines)
+    # ~1.3 s of CPU on a laptop core (limit generous for busy machines)
+    assert time.process_time() - t0 < 4.0
     # a 2048-token BPE trained on this corpus gives ~3.0 chars/token; chars/4 is a conservative proxy
     assert len(text) / 4 >= 1_000_000
     for e in world.probe_entries:   # probe facts ARE taught by pretraining
@@ -322,7 +337,8 @@ def test_labeler_drops_ties_and_is_seeded(world):
     assert SimulatedLabeler(9).rank(task, responses * 3) == SimulatedLabeler(9).rank(task, responses * 3)
     instructions = [t.instruction for t in world.split("rm")[:50]]
     responses = [["4", "5"] for _ in instructions]
-    assert 0.0 <= labeler_agreement(world, instructions, responses, SimulatedLabeler(1), SimulatedLabeler(2)) <= 1.0
+    agreement = labeler_agreement(world, instructions, responses, SimulatedLabeler(1), SimulatedLabeler(2))
+    assert 0.0 <= agreement <= 1.0
 
 
 def test_task_is_hashable_and_meta_readable(world):
