@@ -40,11 +40,11 @@ import torch
 
 from minigpt.checkpoint import config_dict, load_model, write_json
 from minigpt.cli import UserError, check, run
+from minigpt.demonstrators import SURFACE_MISTAKES, applicable_mistakes, decorate
 from minigpt.judge import mistakes
 from minigpt.respond import respond
 from minigpt.training import autocast, check_dtype, pick_device, resolve_dtype
-from minigpt.world import (LABELER_TEMPERATURE, SURFACE_MISTAKES, SimulatedLabeler, World, applicable_mistakes,
-                           decorate, labeler_agreement)
+from minigpt.world import LABELER_TEMPERATURE, SimulatedLabeler, World, labeler_agreement
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Serve the stage folders over an OpenAI-compatible HTTP API (部署 / deployment, for programs rather than people).
+"""Serve the stage folders over an OpenAI-compatible HTTP API (部署 / deployment: for programs, not people).
 
     python serve.py                                       # every language-model stage folder under out/
-    python serve.py --models=sft:out/sft,ppo:out/ppo      # name:folder pairs (a bare folder is named after itself)
-    python serve.py --rm=out/rm --port=8000               # reward model scoring every answer (default: <out_dir>/rm if there; --rm= for none)
+    python serve.py --models=sft:out/sft,ppo:out/ppo      # name:folder pairs (a bare folder is named after
+                                                          # itself)
+    python serve.py --rm=out/rm --port=8000               # reward model scoring every answer (default:
+                                                          # <out_dir>/rm if there; --rm= for none)
 
     curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "ppo", "messages": [{"role": "user", "content": "Add 3 and 4."}], "seed": 1}'
@@ -12,8 +14,9 @@ with the README's first command (pip install -r requirements-dev.txt).
 
 Endpoints: GET / (the chat page, minigpt/serve_page.html: open http://127.0.0.1:8000/ in a browser to see
 every stage answer the same prompt side by side, token by token, with each token's probability and the
-reward), GET /health ({"status": "ok", "generate_calls": N, "decode_steps": N, "cancelled": N, "models": [...]}),
-GET /v1/models, GET /v1/models/<name>, POST /v1/chat/completions. Anything else is a 404 in OpenAI's error shape.
+reward), GET /health ({"status": "ok", "generate_calls": N, "decode_steps": N, "cancelled": N,
+"models": [...]}), GET /v1/models, GET /v1/models/<name>, POST /v1/chat/completions. Anything else is a 404
+in OpenAI's error shape.
 
 What a request means to these single-turn models: the instruction is the content of the LAST "user" message;
 system/developer messages, earlier turns and assistant messages are ignored (the models were never trained
@@ -54,18 +57,23 @@ MAX_TOP_LOGPROBS = 20
 
 @dataclass
 class Config:
-    out_dir: str = field(default="out", metadata={"help": "serve every stage folder under this one holding a language model"})
-    models: list = field(default_factory=list, metadata={"help": "name:folder pairs instead of scanning --out_dir"})
-    rm: str = field(default="out/rm", metadata={"help": "reward model folder scoring every answer ('' = none; by default <out_dir>/rm when present)"})
+    out_dir: str = field(default="out", metadata={
+        "help": "serve every stage folder under this one holding a language model"})
+    models: list = field(default_factory=list, metadata={
+        "help": "name:folder pairs instead of scanning --out_dir"})
+    rm: str = field(default="out/rm", metadata={
+        "help": "reward model folder scoring every answer ('' = none; by default <out_dir>/rm when present)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8000, metadata={"help": "port to listen on"})
     max_batch: int = field(default=32, metadata={"help": "most rows (answers) in one generate call"})
-    batch_wait_ms: float = field(default=5.0, metadata={"help": "how long a worker waits for more requests to batch"})
+    batch_wait_ms: float = field(default=5.0, metadata={
+        "help": "how long a worker waits for more requests to batch"})
     max_n: int = field(default=8, metadata={"help": "most choices (n) per request"})
     default_max_tokens: int = field(default=64, metadata={"help": "max_tokens when a request gives none"})
     device: str = field(default="cpu", metadata={"help": "auto, cpu, cuda or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
-                                                         "clearly faster), float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (bf16 autocast where this device's bf16 matmul is clearly faster), float32 or "
+                "bfloat16"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -73,7 +81,8 @@ class Config:
         check(self.max_batch >= 1, f"--max_batch must be >= 1, got {self.max_batch}")
         check(self.batch_wait_ms >= 0, f"--batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         check(self.max_n >= 1, f"--max_n must be >= 1, got {self.max_n}")
-        check(self.default_max_tokens >= 1, f"--default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        check(self.default_max_tokens >= 1,
+              f"--default_max_tokens must be >= 1, got {self.default_max_tokens}")
 
 
 # ---- models -----------------------------------------------------------------------------------------------
@@ -87,7 +96,8 @@ def find_stage_folders(out_dir):
     """name -> folder for every immediate subfolder of out_dir holding a model.pt (load_all keeps the language
     models among them), the pipeline's models first in pipeline order, then the others alphabetically."""
     if not os.path.isdir(out_dir):
-        raise UserError(f"{out_dir}: no such folder (run python pipeline.py first, or pass --models=name:folder)")
+        raise UserError(f"{out_dir}: no such folder (run python pipeline.py first, or pass "
+                        "--models=name:folder)")
     found = {MODEL_NAMES.get(name, name): os.path.join(out_dir, name) for name in os.listdir(out_dir)
              if os.path.isfile(os.path.join(out_dir, name, "model.pt"))}
     rank = {name: i for i, name in enumerate(PIPELINE_MODELS)}
@@ -156,7 +166,8 @@ def _text(content, k):
         parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         if all(isinstance(p, str) for p in parts) and parts:
             return "".join(parts)
-    raise ApiError(400, f"messages[{k}].content must be a string (or a list of text parts)", f"messages[{k}].content")
+    raise ApiError(400, f"messages[{k}].content must be a string (or a list of text parts)",
+                   f"messages[{k}].content")
 
 
 def parse_request(body, served, cfg):
@@ -167,7 +178,8 @@ def parse_request(body, served, cfg):
     if not isinstance(name, str) or not name:
         raise ApiError(400, f"'model' is required: one of {', '.join(served)}", "model")
     if name not in served:
-        raise ApiError(404, f"unknown model {name!r}; this server has: {', '.join(served)}", "model", "model_not_found")
+        raise ApiError(404, f"unknown model {name!r}; this server has: {', '.join(served)}", "model",
+                       "model_not_found")
     s = served[name]
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -175,11 +187,13 @@ def parse_request(body, served, cfg):
     instruction = None
     for k, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(400, f"messages[{k}] must be an object with a 'role' and a 'content'", f"messages[{k}]")
+            raise ApiError(400, f"messages[{k}] must be an object with a 'role' and a 'content'",
+                           f"messages[{k}]")
         if m["role"] == "user":
             instruction = _text(m.get("content"), k)
     if instruction is None:
-        raise ApiError(400, "'messages' has no user message: the last user message is the instruction", "messages")
+        raise ApiError(400, "'messages' has no user message: the last user message is the instruction",
+                       "messages")
     for key in ("stop", "tools", "functions"):
         if body.get(key):
             raise ApiError(400, f"'{key}' is not supported by this server", key)
@@ -207,9 +221,9 @@ def parse_request(body, served, cfg):
 
     prompt = s.tokenizer.encode(render_prompt(instruction))
     if len(prompt) >= s.block_size:
-        raise ApiError(400, f"the prompt is {len(prompt)} tokens; model {name!r} has a context of {s.block_size} "
-                            f"tokens, which must hold the prompt and at least one answer token", "messages",
-                       "context_length_exceeded")
+        raise ApiError(400, f"the prompt is {len(prompt)} tokens; model {name!r} has a context of "
+                            f"{s.block_size} tokens, which must hold the prompt and at least one answer "
+                            "token", "messages", "context_length_exceeded")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     given = body.get(key)
     if given is None:
@@ -217,9 +231,10 @@ def parse_request(body, served, cfg):
     else:
         max_tokens = _int(body, key, None, 1, 10 ** 12, "at least 1")
         if len(prompt) + max_tokens > s.block_size:
-            raise ApiError(400, f"the prompt is {len(prompt)} tokens and {key} is {max_tokens}; together they exceed "
-                                f"model {name!r}'s context of {s.block_size} tokens (at most "
-                                f"{s.block_size - len(prompt)} for this prompt)", key, "context_length_exceeded")
+            raise ApiError(400, f"the prompt is {len(prompt)} tokens and {key} is {max_tokens}; together "
+                                f"they exceed model {name!r}'s context of {s.block_size} tokens (at most "
+                                f"{s.block_size - len(prompt)} for this prompt)", key,
+                           "context_length_exceeded")
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
     req = Request(prompt=prompt, instruction=instruction, n=n, max_tokens=max_tokens, temperature=temperature,
@@ -242,13 +257,15 @@ def completion(s, req, rid, created):
 
 def usage(req):
     done = sum(len(c["tokens"]) for c in req.choices)
-    return {"prompt_tokens": len(req.prompt), "completion_tokens": done, "total_tokens": len(req.prompt) + done}
+    return {"prompt_tokens": len(req.prompt), "completion_tokens": done,
+            "total_tokens": len(req.prompt) + done}
 
 
 def chunks(s, req, rid, created, include_usage):
-    """The chat.completion.chunk objects of a streamed answer, made from the worker's news as it arrives: a
-    role chunk per choice, one chunk per token (its text delta may be empty while a character or trailing
-    space is held back), the finish chunk with our reward, and usage last. Raises ApiError on a worker error."""
+    """The chat.completion.chunk objects of a streamed answer, made from the worker's news as it arrives:
+    a role chunk per choice, one chunk per token (its text delta may be empty while a character or
+    trailing space is held back), the finish chunk with our reward, and usage last. Raises ApiError on a
+    worker error."""
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": s.name,
             "system_fingerprint": None}
 
@@ -315,13 +332,14 @@ def make_handler(served, cfg):
             if path == "/health":
                 return self.send_json(200, {"status": "ok", **STATS, "models": list(served)})
             if path == "/v1/models":
-                return self.send_json(200, {"object": "list", "data": [model_card(s) for s in served.values()]})
+                return self.send_json(200, {"object": "list",
+                                            "data": [model_card(s) for s in served.values()]})
             if path.startswith("/v1/models/"):
                 name = path[len("/v1/models/"):]
                 if name in served:
                     return self.send_json(200, model_card(served[name]))
-                return self.fail(ApiError(404, f"unknown model {name!r}; this server has: {', '.join(served)}",
-                                          "model", "model_not_found"))
+                return self.fail(ApiError(404, f"unknown model {name!r}; this server has: "
+                                               f"{', '.join(served)}", "model", "model_not_found"))
             self.fail(ApiError(404, f"no such endpoint: GET {path}", code="not_found"))
 
         def do_POST(self):
@@ -335,7 +353,8 @@ def make_handler(served, cfg):
                 try:
                     text = body.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise ApiError(400, f"the body is not UTF-8 text (bad byte at position {e.start})") from None
+                    raise ApiError(400, "the body is not UTF-8 text "
+                                        f"(bad byte at position {e.start})") from None
                 try:
                     request = json.loads(text, parse_constant=_reject_constant)
                 except ValueError as e:
@@ -364,8 +383,8 @@ def make_handler(served, cfg):
                     self.send_event(e.body())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):  # the client went away: free its rows in the batch
-                req.cancelled = True
+            except (BrokenPipeError, ConnectionResetError):
+                req.cancelled = True                       # the client went away: free its rows in the batch
                 self.close_connection = True
 
         def send_event(self, obj):

@@ -35,14 +35,15 @@ from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, loa
                                 rng_state, save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_prompt_response, lm_windows, load_text, sft_batch
-from minigpt.demonstrations import file_demonstrations, preferred_demonstrations, world_demonstrations
+from minigpt.demonstrators import ERROR_RATE
+from minigpt.sft_data import file_demonstrations, preferred_demonstrations, world_demonstrations
 from minigpt.losses import sft_loss
 from minigpt.respond import respond
 from minigpt.starting_point import load_init, rebuild
 from minigpt.training import (all_reduce_mean, all_reduce_sum, autocast, check_dtype, cleanup_distributed,
                               cosine_lr, exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics,
                               read_metrics, resolve_dtype, set_lr, setup_distributed, step_optimizers)
-from minigpt.world import ERROR_RATE, World
+from minigpt.world import World
 
 
 # The pretraining windows mixed into step s are drawn with seed cfg.seed + PTX_SEED_STRIDE * (s + 1): a
@@ -67,7 +68,7 @@ class Config:
                 "demonstrations"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     error_rate: float = field(default=ERROR_RATE, metadata={
-        "help": "how often the simulated demonstrators make a mistake (minigpt/world.py: their habits; 0 = "
+        "help": "how often the simulated demonstrators make a mistake (minigpt/demonstrators.py: their habits; 0 = "
                 "clean demonstrations)"})
     max_chars: int = field(default=2000, metadata={
         "help": "drop demonstrations longer than this (instruction + output)"})

@@ -45,14 +45,15 @@ def layernorm_backward(dy, x, weight, eps=1e-5):
     return dx, (dy * xhat).sum(rows), dy.sum(rows)
 
 
-# Forward (one head):  S = q kᵀ/√d (masked to −inf above the diagonal),  P = softmax(S) row-wise,  out = P v
+# Forward (one head):  S = q kᵀ/√d (masked to −inf above the diagonal),  P = softmax(S) row-wise,
+#                      out = P v
 # Backward:
 #   dv = Pᵀ dout,   dP = dout vᵀ
 #   dS = P ⊙ (dP − rowsum(dP ⊙ P))      (softmax's Jacobian; masked entries have P = 0, so dS = 0 there)
 #   dq = dS k / √d,   dk = dSᵀ q / √d
 # dout, q, k, v (..., T, d); allowed (T, T) bool, True where query t may see key s (default: causal)
 def attention_head_backward(dout, q, k, v, allowed=None):
-    """Gradients (dq, dk, dv) of out = softmax(q kᵀ/√d + causal mask) v, the model's attention for one head."""
+    """Gradients (dq, dk, dv) of one attention head, out = softmax(q kᵀ/√d + causal mask) v."""
     T, d = q.shape[-2], q.shape[-1]
     if allowed is None:
         allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()

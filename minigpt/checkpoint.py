@@ -65,7 +65,8 @@ def load_checkpoint(path):
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise UserError(f"{path}: refused to load: not a plain weights checkpoint ({first[:160]})") from None
     except Exception as e:  # truncated or not a checkpoint at all
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
 
 
 def config_dict(config):
@@ -126,15 +127,17 @@ def load_model(folder, kind="lm", device="cpu", name="model.pt"):
     tokenizer = load_tokenizer(folder)
     config = GPTConfig(**ckpt["model_config"])
     if tokenizer.vocab_size != ckpt.get("vocab_size", tokenizer.vocab_size):
-        raise UserError(f"{folder}: tokenizer.json has {tokenizer.vocab_size} tokens but the weights were trained "
-                        f"with {ckpt['vocab_size']}: wrong tokenizer for this checkpoint")
+        raise UserError(f"{folder}: tokenizer.json has {tokenizer.vocab_size} tokens but the weights were "
+                        f"trained with {ckpt['vocab_size']}: wrong tokenizer for this checkpoint")
     if tokenizer.vocab_size > config.vocab_size:
-        raise UserError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
+        raise UserError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                        f"{config.vocab_size}")
     model = GPT(config) if kind == "lm" else RewardModel(config)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"{folder}: weights do not match the model config ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{folder}: weights do not match the model config "
+                        f"({str(e).splitlines()[0][:120]})") from None
     if device == "auto":
         from minigpt.training import pick_device
         device = pick_device(device)
@@ -179,7 +182,8 @@ def rng_state():
     np_state = np.random.get_state()
     return {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
     }
 

@@ -94,8 +94,8 @@ def help_text(cls):
 
 
 def named_folders(items):
-    """--models items "NAME:FOLDER" (or a bare folder, named by its basename) -> [(name, folder)], each name once
-    (evaluate.py and serve.py)."""
+    """--models items "NAME:FOLDER" (or a bare folder, named by its basename) -> [(name, folder)], each name
+    once (evaluate.py and serve.py)."""
     out = []
     for item in items:
         name, sep, folder = item.partition(":")
@@ -115,8 +115,8 @@ def check(condition, message):
 
 def run(main, cls, argv=None):
     """Parse the config and call main(cfg); a UserError becomes one line on stderr and exit code 2.
-    With --check_config the config is only parsed and validated (exit 0 if good): how sweep.py asks train_ppo.py
-    about the options it will pass, without importing another script."""
+    With --check_config the config is only parsed and validated (exit 0 if good): how sweep.py asks
+    train_ppo.py about the options it will pass, without importing another script."""
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         if "--check_config" in argv:

@@ -4,14 +4,16 @@ Every stage sees an instruction through the SAME template (PROMPT_TEMPLATE), so 
 model, PPO and evaluation all condition on identical prompt text.
 
 File formats read here (a malformed file is one DataError line naming the file and line, never a traceback):
-  demonstrations  .json list  [{"instruction": ..., "output": ...}, ...]            (the seed article's format)
-                  .json list  [{"instruction": ..., "input": ..., "output": ...}]   (Alpaca)
+  demonstrations  .json list  [{"instruction": ..., "output": ...}, ...]           (the seed article's format)
+                  .json list  [{"instruction": ..., "input": ..., "output": ...}]  (Alpaca)
                   .jsonl      one such object per line
   comparisons     .jsonl      {"prompt": ..., "responses": [best, ..., worst], ...}  (ranked list, label.py)
                               {"prompt": ..., "chosen": ..., "rejected": ...}         (a pair)
-                              {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}  (Anthropic HH-RLHF)
-                              {"prompt": [messages], "chosen": [messages], "rejected": [messages]}  (conversational,
-                              as in TRL; also without "prompt", chosen/rejected then being whole conversations)
+                              {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}
+                                  (Anthropic HH-RLHF)
+                              {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+                                  (conversational, as in TRL; also without "prompt", chosen/rejected then
+                                  being whole conversations)
   text            a .txt file, or a folder of .txt files (UTF-8)
 JSON list vs JSON lines is decided by the first non-blank character ("[" = list), not by the extension.
 """
@@ -28,11 +30,13 @@ PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 class DataError(UserError):
-    """A malformed data file: one line, "path:line: problem" (JSONL) or "path: record N: problem" (JSON list)."""
+    """A malformed data file: one line, "path:line: problem" (JSONL) or "path: record N: problem"
+    (JSON list)."""
 
 
 def render_prompt(instruction, input=""):
-    """The prompt text the model sees; an Alpaca "input" becomes an "### Input:" block after the instruction."""
+    """The prompt text the model sees; an Alpaca "input" becomes an "### Input:" block after the
+    instruction."""
     if input:
         instruction = f"{instruction}\n\n### Input:\n{input}"
     return PROMPT_TEMPLATE.format(instruction=instruction)
@@ -53,7 +57,8 @@ def encode_prompt_response(tokenizer, prompt_text, response_text, block_size):
 
 
 def encode_for_reward(tokenizer, instruction, response_text, block_size):
-    """The reward model's input: render_prompt(instruction) + response + eos -> (ids, 1 on the response and eos).
+    """The reward model's input: render_prompt(instruction) + response + eos -> (ids, response mask: 1 on
+    the response and eos).
 
     The reward is a function of the response's TEXT, as a labeller reads it: train_rm.py, PPO and evaluate.py
     all encode the text afresh here, never score the ids a policy happened to sample. The two differ on ~5% of
@@ -65,9 +70,11 @@ def encode_for_reward(tokenizer, instruction, response_text, block_size):
 
 
 def encode_rankings(tokenizer, records, block_size):
-    """Each ranking {"prompt", "responses" best..worst} -> its list of (ids, response mask) pairs, best..worst,
-    each encoded as the reward model reads it (encode_for_reward). train_rm.py keeps the ids, train_dpo.py both."""
-    return [[encode_for_reward(tokenizer, r["prompt"], y, block_size) for y in r["responses"]] for r in records]
+    """Each ranking {"prompt", "responses" best..worst} -> its list of (ids, response mask) pairs,
+    best..worst, each encoded as the reward model reads it (encode_for_reward). train_rm.py keeps the ids,
+    train_dpo.py both."""
+    return [[encode_for_reward(tokenizer, r["prompt"], y, block_size) for y in r["responses"]]
+            for r in records]
 
 
 def lm_windows(tokens, block_size, n, generator):
@@ -164,7 +171,8 @@ def _field(where, record, name, required=True, default=""):
 
 def load_demonstrations(path):
     """-> [{"instruction", "input", "output"}] from a seed JSON list, Alpaca JSON, or JSON lines of either."""
-    return [{"instruction": _field(where, r, "instruction"), "input": _field(where, r, "input", required=False),
+    return [{"instruction": _field(where, r, "instruction"),
+             "input": _field(where, r, "input", required=False),
              "output": _field(where, r, "output")} for where, r in _read_records(path)]
 
 
@@ -194,7 +202,8 @@ def _messages(where, record, name):
 
 
 def _hh_transcript(where, record, name):
-    """An HH-RLHF transcript -> (history [(role, text), ...], final answer), split at its LAST "\\n\\nAssistant:"."""
+    """An HH-RLHF transcript -> (history [(role, text), ...], final answer), split at its LAST
+    "\\n\\nAssistant:"."""
     history, sep, answer = _field(where, record, name).rpartition("\n\nAssistant:")
     if not sep:
         raise DataError(f"{where}: field '{name}' has no '\\n\\nAssistant:' turn")
@@ -206,7 +215,8 @@ def _hh_transcript(where, record, name):
 
 
 def _split_answer(where, record, name):
-    """chosen or rejected without a "prompt" key -> (history, final answer): HH-RLHF text or a message list."""
+    """chosen or rejected without a "prompt" key -> (history, final answer): HH-RLHF text or a message
+    list."""
     if not isinstance(record.get(name), list):
         return _hh_transcript(where, record, name)
     messages = _messages(where, record, name)
@@ -224,7 +234,8 @@ def _last_assistant(where, record, name):
 
 
 def _render_history(messages):
-    """The messages before the answer -> instruction text: a lone user message as is, else "Role: text" lines."""
+    """The messages before the answer -> instruction text: a lone user message as is, else "Role: text"
+    lines."""
     if len(messages) == 1 and messages[0][0] == "user":
         return messages[0][1]
     return "\n".join(f"{ROLE_NAMES[role]}: {text}" for role, text in messages)
@@ -237,11 +248,16 @@ def _preference_pair(where, record):
     if "prompt" in record:
         history = _messages(where, record, "prompt")
         answers = [_last_assistant(where, record, name) for name in ("chosen", "rejected")]
-    else:  # HH-RLHF {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: No."}
-        # or whole conversations {"chosen": [{"role": "user", ...}, {"role": "assistant", ...}], "rejected": [...]}
-        (history, chosen), (other, rejected) = (_split_answer(where, record, n) for n in ("chosen", "rejected"))
+    else:
+        # HH-RLHF {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!",
+        #          "rejected": "\n\nHuman: Hi\n\nAssistant: No."}
+        # or whole conversations
+        # {"chosen": [{"role": "user", ...}, {"role": "assistant", ...}], "rejected": [...]}
+        (history, chosen), (other, rejected) = (_split_answer(where, record, n)
+                                                for n in ("chosen", "rejected"))
         if history != other:
-            raise DataError(f"{where}: fields 'chosen' and 'rejected' differ before their final assistant turn")
+            raise DataError(f"{where}: fields 'chosen' and 'rejected' differ "
+                            "before their final assistant turn")
         answers = [chosen, rejected]
     if not answers[0]:
         raise DataError(f"{where}: field 'chosen' has an empty answer")
@@ -251,12 +267,12 @@ def _preference_pair(where, record):
 def load_comparisons(path):
     """-> [{"prompt", "responses": [best, ..., worst], ...}]; "prompt" is the instruction (see render_prompt).
 
-    A pair becomes responses [chosen, rejected]. Other keys (labeler, seed, gold, mistakes) pass through unchanged.
-    HH-RLHF and conversational pairs: the answers are the final assistant turns (stripped; an empty chosen answer
-    is an error, an empty rejected one is kept). Without a "prompt" key, chosen and rejected must agree on
-    everything before that turn (each turn compared stripped), and that history is the prompt. The prompt text
-    is a lone user message as is; anything longer (a system message, earlier turns) is one "Role: text" line per
-    message joined by "\\n", Role being System, Human or Assistant:
+    A pair becomes responses [chosen, rejected]. Other keys (labeler, seed, gold, mistakes) pass through
+    unchanged. HH-RLHF and conversational pairs: the answers are the final assistant turns (stripped; an empty
+    chosen answer is an error, an empty rejected one is kept). Without a "prompt" key, chosen and rejected
+    must agree on everything before that turn (each turn compared stripped), and that history is the prompt.
+    The prompt text is a lone user message as is; anything longer (a system message, earlier turns) is one
+    "Role: text" line per message joined by "\\n", Role being System, Human or Assistant:
     "System: Be brief.\\nHuman: Hi\\nAssistant: Hello!\\nHuman: What is 2+2?"
     Each line of a file may use any of the formats."""
     out = []
@@ -267,7 +283,8 @@ def load_comparisons(path):
             if not isinstance(responses, list) or not all(isinstance(x, str) for x in responses):
                 raise DataError(f"{where}: field 'responses' must be a list of strings")
             if len(responses) < 2:
-                raise DataError(f"{where}: field 'responses' needs at least 2 responses, got {len(responses)}")
+                raise DataError(f"{where}: field 'responses' needs at least 2 responses, "
+                                f"got {len(responses)}")
             extra = {k: v for k, v in r.items() if k not in ("prompt", "responses")}
         elif "chosen" in r or "rejected" in r:
             if "prompt" not in r or isinstance(r["prompt"], list):  # HH-RLHF or conversational
@@ -286,7 +303,8 @@ def load_comparisons(path):
 def load_text(path):
     """A .txt file, or every .txt file under a folder (sorted, joined by a blank line) -> str."""
     if os.path.isdir(path):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names if f.endswith(".txt"))
+        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path)
+                       for f in names if f.endswith(".txt"))
         if not files:
             raise DataError(f"{path}: folder has no .txt files")
         return "\n\n".join(_read_utf8(f) for f in files)
@@ -330,8 +348,9 @@ def clean_demonstrations(examples, max_chars=1000, source="demonstrations"):
     print(f"cleaning: {stats['read']} read, {stats['empty']} empty, {stats['duplicates']} duplicates, "
           f"{stats['too_long']} too long, {stats['kept']} kept")
     if not kept:
-        raise DataError(f"{source}: no examples left after cleaning ({stats['read']} read, {stats['empty']} empty, "
-                        f"{stats['duplicates']} duplicates, {stats['too_long']} too long; max_chars={max_chars})")
+        raise DataError(f"{source}: no examples left after cleaning ({stats['read']} read, "
+                        f"{stats['empty']} empty, {stats['duplicates']} duplicates, "
+                        f"{stats['too_long']} too long; max_chars={max_chars})")
     return kept, stats
 
 
@@ -388,8 +407,9 @@ def _cleaned(path, max_chars):
 
 
 def load_rankings(labels, data="", val_data="", val_fraction=0.15, max_chars=2000):
-    """-> (train, val) lists of {"prompt", "responses": [best..worst], optional "gold", "mistakes"}: label.py's
-    folder (train.jsonl, val.jsonl), or a comparisons file `data` (held out: `val_data`, or every n-th one).
+    """-> (train, val) lists of {"prompt", "responses": [best..worst], optional "gold", "mistakes"}:
+    label.py's folder (train.jsonl, val.jsonl), or a comparisons file `data` (held out: `val_data`, or every
+    n-th one).
 
     A file's rankings are cleaned first (clean_rankings; one summary line): duplicates go BEFORE the held-out
     split, so no copy lands on both sides of it; a --val_data ranking identical to a training one is
@@ -425,8 +445,8 @@ def load_rankings(labels, data="", val_data="", val_fraction=0.15, max_chars=200
 
 
 def epoch_batches(lengths, batch_size, seed, window=16):
-    """One epoch's batches of indices, drawn from a permutation seeded by `seed` (so a resumed run sees the same
-    batches). Items of similar length are batched together, within windows of `window` batches, so
+    """One epoch's batches of indices, drawn from a permutation seeded by `seed` (so a resumed run sees the
+    same batches). Items of similar length are batched together, within windows of `window` batches, so
     right-padding wastes little compute; then the batches are shuffled."""
     import torch
 

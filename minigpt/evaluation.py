@@ -1,4 +1,4 @@
-"""Statistics for evaluation: confidence intervals, win rates, rank correlation, how well scores order rankings.
+"""Statistics for evaluation: confidence intervals, win rates, rank correlation, accuracy on rankings.
 
 Pure python + numpy (no torch), so evaluate.py and notebooks can use it on plain lists of scores.
 """
@@ -29,19 +29,21 @@ def win_rate(a, b, tol=1e-9):
 
 
 # Percentile bootstrap over prompts. Each model answers every prompt S times, and a prompt's answers are alike
-# (an easy prompt is easy for all of them), so the S·P answers are not S·P independent draws: resampling whole
-# prompts (columns) keeps each prompt's answers together. For b = 1..B: draw P prompt indices with replacement,
-# compute the statistic on those columns; the interval is the 2.5th and 97.5th percentiles of the B values.
+# (an easy prompt is easy for all of them), so the S·P answers are not S·P independent draws: resampling
+# whole prompts (columns) keeps each prompt's answers together. For b = 1..B: draw P prompt indices with
+# replacement, compute the statistic on those columns; the interval is the 2.5th and 97.5th percentiles
+# of the B values.
 def bootstrap_ci95(statistic, *scores, n_boot=2000, seed=0):
     """95% interval of statistic(*scores) when prompts are resampled -> (low, high).
 
-    scores: arrays (S, P), answer s of prompt p at [s, p], paired across arrays (the same prompt, the same answer
-    number). statistic takes arrays of the same shape, with the resampled prompts as columns, and returns a float
-    (NaN values, e.g. a win rate with no decisive pair, are left out of the percentiles)."""
+    scores: arrays (S, P), answer s of prompt p at [s, p], paired across arrays (the same prompt, the same
+    answer number). statistic takes arrays of the same shape, with the resampled prompts as columns, and
+    returns a float (NaN values, e.g. a win rate with no decisive pair, are left out of the percentiles)."""
     scores = [np.asarray(x, dtype=np.float64) for x in scores]
     P = scores[0].shape[1]
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(*(x[:, cols] for x in scores)) for cols in rng.integers(0, P, size=(n_boot, P))])
+    draws = rng.integers(0, P, size=(n_boot, P))   # (B, P): each row, P prompt indices
+    values = np.array([statistic(*(x[:, cols] for x in scores)) for cols in draws])
     values = values[~np.isnan(values)]
     if values.size == 0:
         return float("nan"), float("nan")
@@ -58,19 +60,21 @@ def win_fraction(a, b, tol=1e-9):
     return win_rate(np.ravel(a), np.ravel(b), tol)[0]
 
 
-# KL(best-of-n || π) ≤ log n − (n−1)/n,  equality when no two samples have the same score (Gao et al. 2022)
+# KL(best-of-n || π) ≤ log n − (n−1)/n,  equality when no two samples have the same score
+# (Gao et al. 2022)
 def best_of_n_kl_bound(n):
     return math.log(n) - (n - 1) / n
 
 
-# On the empirical distribution of m samples y_1..y_m of π with scores r(y_i):  p(s) = share of samples scoring s,
-# F(s) = share scoring ≤ s, F⁻(s) = share scoring < s;  best-of-n takes a score s with q(s) = F(s)^n − F⁻(s)^n;
+# On the empirical distribution of m samples y_1..y_m of π with scores r(y_i):
+#     p(s) = share of samples scoring s,  F(s) = share scoring ≤ s,  F⁻(s) = share scoring < s;
+#     best-of-n takes a score s with q(s) = F(s)^n − F⁻(s)^n;
 # KL = Σ_s q(s) · log(q(s) / p(s))      (responses of equal score are exchangeable, so scores are enough)
 def best_of_n_kl(scores, n):
     """KL of best-of-n to its base policy, estimated from one prompt's samples and their scores.
 
     Short answers repeat (the same text, so the same score): then the policy has less to choose from and
-    best-of-n moves less than the bound says. All scores equal -> 0; all distinct and m -> inf -> the bound."""
+    best-of-n moves less than the bound says. All scores equal -> 0; all distinct, m -> inf -> the bound."""
     values, counts = np.unique(np.asarray(list(scores), dtype=np.float64), return_counts=True)   # ascending
     p = counts / counts.sum()
     F = np.cumsum(p)
@@ -115,17 +119,17 @@ def _nanmean(values):
 
 # accuracy = mean over pairs (i above j in a ranking) of [r_i > r_j], a tie counting 1/2
 def ranking_report(records, rewards):
-    """How well scores order ranked responses. records: {"responses": best..worst, optional "gold", "mistakes",
-    "sources"} (label.py's format); rewards: one list of floats per record, in the same order.
+    """How well scores order ranked responses. records: {"responses": best..worst, optional "gold",
+    "mistakes", "sources"} (label.py's format); rewards: one list of floats per record, in the same order.
 
     accuracy        pairs ordered like the labels
     gold_accuracy   pairs of different gold score ordered like gold; ceiling: how often the labels do so
     per_mistake     gold_accuracy by the worse response's mistake;  on_policy: between two policy samples
     spearman        rank correlation of every score with its gold score, across all prompts
     spearman_within_prompt   the same within each ranking, averaged over rankings: what comparisons can teach
-                    (a pairwise loss never sees one prompt's rewards beside another's, so it leaves each prompt's
-                    offset free, which the global number counts against it); labels_spearman_within_prompt:
-                    the same for the labeller's order (best first), its yardstick
+                    (a pairwise loss never sees one prompt's rewards beside another's, so it leaves each
+                    prompt's offset free, which the global number counts against it)
+    labels_spearman_within_prompt   the same for the labeller's order (best first), its yardstick
     """
     def credit(a, b):   # an untrained model that scores everything alike gets 1/2, not 0
         return 1.0 if a > b else 0.5 if a == b else 0.0
@@ -147,7 +151,7 @@ def ranking_report(records, rewards):
             hit = credit(r[win], r[lose])                       # the scores order the pair like gold
             gold_hits.append(hit)
             per_mistake.setdefault(mistakes[lose] or "none", []).append(hit)
-            if sources[i] == sources[j] == "policy":            # two of the policy's own samples: what PPO sees
+            if sources[i] == sources[j] == "policy":            # two of the policy's samples: what PPO sees
                 on_policy.append(hit)
     xs = [x for r in rewards for x in r]
     gs = [g for rec in records for g in rec["gold"]]
@@ -164,24 +168,27 @@ def ranking_report(records, rewards):
         "on_policy_gold_accuracy": sum(on_policy) / len(on_policy) if on_policy else None,
         "on_policy_pairs": len(on_policy),
         "rewards": xs, "golds": gs,
-        "mistakes": [m or "none" for rec in records for m in (rec.get("mistakes") or [None] * len(rec["gold"]))],
+        "mistakes": [m or "none" for rec in records
+                     for m in (rec.get("mistakes") or [None] * len(rec["gold"]))],
     })
     return out
 
 
-# ---- over-optimisation (Gao, Schulman, Hilton 2022): best-of-n from a fixed pool of samples, and the fits ---------
+# ---- over-optimisation (Gao, Schulman, Hilton 2022): best-of-n from a fixed pool of samples, the fits ----
 
 # The max-RM sample of a uniformly random n-subset of one prompt's m samples, in expectation, exactly.
-# Sort the samples by RM score and group equal scores into classes: a class of c samples of score v with L samples
-# scoring strictly less holds the subset's maximum with probability
-#     w = [C(L+c, n) − C(L, n)] / C(m, n)        (subsets inside the L+c lowest, minus those inside the L lowest)
+# Sort the samples by RM score and group equal scores into classes: a class of c samples of score v with L
+# samples scoring strictly less holds the subset's maximum with probability
+#     w = [C(L+c, n) − C(L, n)] / C(m, n)
+#         (the subsets inside the L+c lowest, minus those inside the L lowest)
 # (all scores distinct, c = 1: the k-th smallest is the maximum with probability C(k−1, n−1) / C(m, n)).
-# Ties are broken uniformly at random (argmax over samples drawn in random order does that); the tied samples in
-# the subset are a random subset of their class, so the pick is, on average, the class's mean gold:
+# Ties are broken uniformly at random (argmax over samples drawn in random order does that); the tied samples
+# in the subset are a random subset of their class, so the pick is, on average, the class's mean gold:
 #     E[RM] = Σ_classes w · v,      E[gold] = Σ_classes w · mean(gold of the class)
 def best_of_n_expectation(rm_scores, gold_scores, n):
-    """Expected (RM score, gold score) of best-of-n by RM score, n drawn without replacement from one prompt's m
-    samples; every n-subset equally likely. n = 1: the means; n = m: the max-RM sample (its class's mean gold)."""
+    """Expected (RM score, gold score) of best-of-n by RM score, n drawn without replacement from one prompt's
+    m samples; every n-subset equally likely. n = 1: the means; n = m: the max-RM sample (its class's mean
+    gold)."""
     rm = np.asarray(list(rm_scores), dtype=np.float64)                       # (m,)
     gold = np.asarray(list(gold_scores), dtype=np.float64)                   # (m,)
     m = rm.size
@@ -197,7 +204,8 @@ def best_of_n_expectation(rm_scores, gold_scores, n):
     return float(w @ values), float(w @ class_gold)
 
 
-# Gao et al. (2022), d = √KL(π || π_init):  best-of-n  R(d) = d (α − β d),   RL  R(d) = d (α − β log d)
+# Gao et al. (2022), d = √KL(π || π_init):
+#     best-of-n  R(d) = d (α − β d),   RL  R(d) = d (α − β log d)
 def gao_best_of_n(d, alpha, beta):
     d = np.asarray(d, dtype=np.float64)
     return d * (alpha - beta * d)
@@ -209,7 +217,8 @@ def gao_rl(d, alpha, beta):
 
 
 # Both forms are linear in (α, β): least squares  min Σ_i (R_i − α·x_i + β·y_i)²  with
-#     best-of-n  x = d, y = d²          RL  x = d, y = d·log d   (RL: points with d > 0 only; d = 0 adds nothing)
+#     best-of-n  x = d, y = d²          RL  x = d, y = d·log d
+# (RL: points with d > 0 only; d = 0 adds nothing)
 def _fit_linear(x, y, gain):
     A = np.stack([x, -y], axis=1)                                            # (points, 2)
     if len(gain) < 2 or np.linalg.matrix_rank(A) < 2:
@@ -219,13 +228,15 @@ def _fit_linear(x, y, gain):
 
 
 def fit_best_of_n(d, gain):
-    """(α, β) of R(d) = d (α − β d) fitted to gains R_i (score − score at d = 0) at d_i = √KL; NaN if < 2 points."""
+    """(α, β) of R(d) = d (α − β d) fitted to gains R_i (score − score at d = 0) at d_i = √KL;
+    NaN if fewer than 2 points."""
     d, gain = np.asarray(d, dtype=np.float64), np.asarray(gain, dtype=np.float64)
     return _fit_linear(d, d * d, gain)
 
 
 def fit_rl(d, gain):
-    """(α, β) of R(d) = d (α − β log d) fitted to the points with d > 0; NaN if fewer than 2 distinct ones."""
+    """(α, β) of R(d) = d (α − β log d) fitted to the points with d > 0;
+    NaN if fewer than 2 distinct ones."""
     d, gain = np.asarray(d, dtype=np.float64), np.asarray(gain, dtype=np.float64)
     keep = d > 0
     d, gain = d[keep], gain[keep]

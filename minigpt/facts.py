@@ -1,6 +1,6 @@
 """The facts of the instruction world, written by hand: a trilingual lexicon, number words and the shop's
-policy sheet. The pretraining corpus states them; the tasks ask about them; the gold judge checks against them.
-Plain data, no torch.
+policy sheet. The pretraining corpus states them; the tasks ask about them; the gold judge checks against
+them. Plain data, no torch.
 """
 
 from dataclasses import dataclass
@@ -194,7 +194,8 @@ LEXICON = [Entry(*[c.strip() for c in line.split("|")]) for line in LEXICON_TABL
 NUMBER_WORDS = {
     "en": ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
            "sixteen seventeen eighteen nineteen twenty").split(),
-    "zh": "零 一 二 三 四 五 六 七 八 九 十 十一 十二 十三 十四 十五 十六 十七 十八 十九 二十".split(),
+    "zh": ("零 一 二 三 四 五 六 七 八 九 十 十一 十二 十三 十四 十五 "
+           "十六 十七 十八 十九 二十").split(),
     "fr": ("zéro un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize "
            "dix-sept dix-huit dix-neuf vingt").split(),
 }

@@ -3,8 +3,9 @@
 It stands in for what the human labellers would really think, so every claim in this project ("PPO beat SFT")
 is measured against it. It reads the response the way a strict teacher would: is the right answer there (a
 whole word; numbers compared as numbers; code parsed with `ast`, never eval), in the asked format, without
-anything around it? The table in `gold_score` lists every rule. The models never see this judge: the reward
-model learns from the simulated labellers' noisy rankings of it (minigpt/world.py), PPO only from the reward model.
+anything around it? The table in `gold_score` lists every rule. The models never see this judge: the
+reward model learns from the simulated labellers' noisy rankings of it (minigpt/world.py), PPO only from
+the reward model.
 
 Plain Python only (no torch, no numpy).
 """
@@ -15,17 +16,23 @@ import unicodedata
 
 from minigpt.facts import LEXICON, NUMBER_WORDS
 
-# `help`: a greeting gets a greeting back; a request the assistant cannot serve (no facts about it in this world)
-# gets a short refusal (minigpt/world.py's gold answers). A polite line where an answer was due is a `refusal`.
-HELP_ANSWERS = {("greeting", "en"): "Hello! How can I help?", ("greeting", "zh"): "你好！有什么可以帮你？",
-                ("request", "en"): "Sorry, I cannot help with that.", ("request", "zh"): "抱歉，这个我帮不了。"}
+# `help`: a greeting gets a greeting back; a request the assistant cannot serve (no facts about it in this
+# world) gets a short refusal (the gold answers of minigpt/tasks.py's `help` tasks). A polite line where an
+# answer was due is a `refusal`.
+HELP_ANSWERS = {("greeting", "en"): "Hello! How can I help?",
+                ("greeting", "zh"): "你好！有什么可以帮你？",
+                ("request", "en"): "Sorry, I cannot help with that.",
+                ("request", "zh"): "抱歉，这个我帮不了。"}
 HELP_LINES = tuple(HELP_ANSWERS.values())
 
-# What can be wrong with a response: the demonstrators' mistakes (minigpt/world.py makes them, with the weights
-# and examples it lists), plus `off_topic`, which no demonstrator makes. The judge names them in any answer.
+# What can be wrong with a response: the demonstrators' mistakes (minigpt/demonstrators.py makes them, with
+# the weights and examples it lists), plus `off_topic`, which no demonstrator makes. The judge names them in
+# any answer.
 PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL, OFF_TOPIC = (
-    "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer", "refusal", "off_topic")
-MISTAKE_KINDS = (PREAMBLE, RAMBLING, REPEAT_QUESTION, FORMAT, WRONG_LANGUAGE, WRONG_ANSWER, REFUSAL, OFF_TOPIC)
+    "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer", "refusal",
+    "off_topic")
+MISTAKE_KINDS = (PREAMBLE, RAMBLING, REPEAT_QUESTION, FORMAT, WRONG_LANGUAGE, WRONG_ANSWER, REFUSAL,
+                 OFF_TOPIC)
 
 NUMERIC_KINDS = ("arithmetic", "compare")     # answers compared as numbers
 BARE_FORMATS = ("one_word", "number", "expr")  # these forbid any words around the answer
@@ -102,8 +109,9 @@ def _question(task):
 
 
 def _without_question(task, r):
-    """r with the repeated question cut out (and the punctuation that ended it), or None if r does not repeat it.
-    A question that the right answer itself contains ("Hello!" -> "Hello! How can I help?") does not count."""
+    """r with the repeated question cut out (and the punctuation that ended it), or None if r does not repeat
+    it. A question that the right answer itself contains ("Hello!" -> "Hello! How can I help?") does not count
+    as repeated."""
     q = _question(task)
     at = r.lower().find(q)
     if not q or at < 0 or q in task.answer.lower():
@@ -150,10 +158,10 @@ def _edit_distance(a, b):
 
 def _string_credit(core, answer):
     # A near miss, at most 2 edits from the answer (a misspelt word, "8am" for "9am"), earns
-    # 0.2 * (1 - normalised edit distance); anything further off is simply wrong. (Until this rule, every wrong
-    # string earned a little by its letters in common, so two wrong translations were ordered by spelling: no
-    # labeller compares "chien" and "vache" as answers for "cat", and those pairs were a fifth of the pairs
-    # that decided the win rates.)
+    # 0.2 * (1 - normalised edit distance); anything further off is simply wrong. (Until this rule, every
+    # wrong string earned a little by its letters in common, so two wrong translations were ordered by
+    # spelling: no labeller compares "chien" and "vache" as answers for "cat", and those pairs were a fifth of
+    # the pairs that decided the win rates.)
     distance = _edit_distance(core, answer)
     return 0.2 * (1 - distance / max(len(core), len(answer), 1)) if distance <= 2 else 0.0
 
@@ -163,7 +171,8 @@ def _no_answer_score(task, r):
     core = r.strip(" .!。！")
     kind, lang = task.kind, task.get("lang")
     polite = any(_normalise(a).lower() in r.lower() for a in HELP_LINES)
-    if kind == "help":   # the other polite line (a refusal to a greeting, a greeting to a request), or made up
+    # help: the other polite line (a refusal to a greeting, a greeting to a request), or made up
+    if kind == "help":
         return 0.3 if polite else 0.0
     if polite:           # declining (or greeting) a request the desk can serve: no answer at all
         return 0.0
@@ -180,7 +189,8 @@ def _no_answer_score(task, r):
         if kind == "compare":
             return 0.0  # the other number of the two: no partial credit
         asked = {x for _, _, x in _numbers(task.instruction)}
-        guesses = [int(core)] if re.fullmatch(r"\d+", core) else [x for _, _, x in _numbers(r) if x not in asked]
+        guesses = ([int(core)] if re.fullmatch(r"\d+", core)
+                   else [x for _, _, x in _numbers(r) if x not in asked])
         return 0.1 if len(guesses) == 1 and abs(guesses[0] - n) == 1 else 0.0  # off by one
     if kind == "code":
         target = _eval_arith(ast.parse(task.answer, mode="eval").body)
@@ -259,9 +269,11 @@ def gold_score(task, response):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# What is wrong with a response, named like the demonstrators' mistakes (minigpt/world.py), plus `off_topic`.
-# The evaluation counts these per model ("what RLHF changed"). Read from the same rules as gold_score.
-_WRAPPERS = ("(", ")", "`", "=", "print")   # code and notes around a bare answer: a format slip, not a preamble
+# What is wrong with a response, named like the demonstrators' mistakes (minigpt/demonstrators.py), plus
+# `off_topic`. The evaluation counts these per model ("what RLHF changed"). Read from the same rules as
+# gold_score.
+# code and notes around a bare answer: a format slip, not a preamble
+_WRAPPERS = ("(", ")", "`", "=", "print")
 
 
 def _off_topic(task, r):
@@ -301,7 +313,7 @@ def mistakes(task, response):
             return [OFF_TOPIC]
         if score == 0.2 and (task.kind.startswith("translate") or task.kind in NUMERIC_KINDS):
             return [WRONG_LANGUAGE]
-        if score in (0.5, 0.3):               # a number word for a number; the right value, not the expression
+        if score in (0.5, 0.3):               # a number word for a number; the value, not the expression
             return [FORMAT]
         return [WRONG_ANSWER]
     start, end, case_ok = found

@@ -82,13 +82,14 @@ def rm_batch_loss(rewards, k=None):
 # L_DPO = −log σ( β·[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))] )
 #       = −log σ(r̂_w − r̂_l),   r̂(x, y) = β·log(π(y|x) / π_ref(y|x)), the implicit reward
 def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
-    """DPO (Rafailov et al. 2023) for P preference pairs -> (loss (P,), chosen_reward (P,), rejected_reward (P,)).
+    """DPO (Rafailov et al. 2023) for P preference pairs -> (loss (P,), chosen_reward (P,), rejected_reward
+    (P,)).
 
     Each argument is a (P,) tensor of whole-response log-probabilities log π(y|x) (sequence_logprob): the
     policy's carry gradients, the frozen reference's do not. It is the reward model's pairwise loss with
-    r̂ = β·log(π/π_ref) in place of r_θ: the policy IS the reward model. At π = π_ref every r̂ is 0 and the
-    loss is log 2; β → 0 gives the same. The loss per pair is returned, so a caller can average each
-    prompt's C(K,2) pairs first, as InstructGPT does for the reward model."""
+    r̂ = β·log(π/π_ref) in place of r_θ: the policy IS the reward model. At π = π_ref every r̂ is 0
+    and the loss is log 2; β → 0 gives the same. The loss per pair is returned, so a caller can average
+    each prompt's C(K,2) pairs first, as InstructGPT does for the reward model."""
     chosen_reward = beta * (chosen_logps - ref_chosen_logps)                # (P,) r̂(x, y_w)
     rejected_reward = beta * (rejected_logps - ref_rejected_logps)          # (P,) r̂(x, y_l)
     return -F.logsigmoid(chosen_reward - rejected_reward), chosen_reward, rejected_reward

@@ -212,7 +212,8 @@ class GPT(nn.Module):
         if kv_cache is not None and total > kv_cache.max_len:
             raise ValueError(f"KV cache holds {kv_cache.max_len} positions, {total} needed")
         if attention_mask is not None and tuple(attention_mask.shape) != (B, total):
-            raise ValueError(f"attention_mask must be (B, T_past+T) = {(B, total)}, got {tuple(attention_mask.shape)}")
+            raise ValueError(f"attention_mask must be (B, T_past+T) = {(B, total)}, "
+                             f"got {tuple(attention_mask.shape)}")
 
         if position_ids is None:
             if attention_mask is not None:
@@ -367,7 +368,8 @@ class RewardModel(nn.Module):
     def forward(self, idx, attention_mask=None, position_ids=None):
         """idx (B, T) -> one scalar per position (B, T)."""
         hidden = self.gpt.trunk(idx, attention_mask, position_ids)  # (B, T, C)
-        with torch.autocast(idx.device.type, enabled=False):  # the scalar reward in fp32: losses and GAE read it
+        # the scalar reward in fp32: losses and GAE read it
+        with torch.autocast(idx.device.type, enabled=False):
             return self.head(hidden.float()).squeeze(-1)  # (B, T)
 
     def score(self, idx, attention_mask):

@@ -48,7 +48,8 @@ def masked_var(x, mask, unbiased=True):
 
 # whiten(x) = (x - mean_M(x)) / sqrt(var_M(x) + 1e-8)
 def masked_whiten(x, mask, eps=1e-8):
-    """Normalise x to mean 0, variance 1 over the real entries; pad positions come back as 0 (the advantages)."""
+    """Normalise x to mean 0, variance 1 over the real entries; pad positions come back as 0 (the
+    advantages)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     return _zero_pads((x - mean) * torch.rsqrt(var + eps), mask)
 
@@ -82,7 +83,8 @@ def group_advantages(scores, group_size, eps=1e-4):
     scores are all equal (or of one sample) gives 0 advantages: nothing to prefer, no NaN. The std is the
     unbiased one, as the paper's code computes it."""
     if scores.numel() % group_size:
-        raise ValueError(f"group_advantages: {scores.numel()} scores do not split into groups of {group_size}")
+        raise ValueError(f"group_advantages: {scores.numel()} scores do not split into groups of "
+                         f"{group_size}")
     groups = scores.float().view(-1, group_size)                            # (n_prompts, G)
     if group_size == 1:
         return torch.zeros_like(scores, dtype=torch.float32)

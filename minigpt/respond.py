@@ -22,7 +22,8 @@ def encode_prompts(tokenizer, instructions, block_size, max_new_tokens):
     """Render each instruction through the template; keep the prompt's last tokens if it is too long."""
     room = block_size - max_new_tokens
     if room <= 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in block_size {block_size}")
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in block_size "
+                         f"{block_size}")
     return [tokenizer.encode(render_prompt(text))[-room:] for text in instructions]
 
 

@@ -106,7 +106,8 @@ def generate(model, prompts, max_new_tokens, *, eos_id, pad_id, temperature=1.0,
     idx, mask = idx.to(device), mask.to(device)
     B, T0 = idx.shape
     if use_cache and T0 + max_new_tokens > block_size:
-        raise ValueError(f"prompt of {T0} tokens + {max_new_tokens} new tokens exceeds block_size {block_size}")
+        raise ValueError(f"prompt of {T0} tokens + {max_new_tokens} new tokens exceeds block_size "
+                         f"{block_size}")
 
     was_training = model.training
     model.eval()  # no dropout while sampling

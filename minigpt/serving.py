@@ -63,7 +63,7 @@ class Served:
 
     def __init__(self, name, folder, model, tokenizer, rm, max_batch=32, batch_wait_ms=5.0, dtype="float32"):
         self.name, self.folder, self.model, self.tokenizer, self.rm = name, folder, model, tokenizer, rm
-        self.dtype = dtype                                   # autocast is per thread: the worker enters it itself
+        self.dtype = dtype                           # autocast is per thread: the worker enters it itself
         self.max_batch, self.batch_wait_ms = max_batch, batch_wait_ms
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
@@ -93,8 +93,10 @@ class Served:
                 for batch in self.split(group):
                     try:
                         self.answer(batch)
-                    except Exception as e:  # a bug, not the request's fault: every unfinished request hears of it
-                        error = ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+                    except Exception as e:
+                        # a bug, not the request's fault: every unfinished request hears of it
+                        error = ApiError(500, f"generation failed: {type(e).__name__}: {e}",
+                                         type="server_error")
                         for req in batch:
                             if not all(c["finish_reason"] for c in req.choices):
                                 req.events.put(("error", error))
@@ -159,7 +161,8 @@ class Served:
         with autocast(str(self.device), self.dtype):     # the reward model scores inside it too (finish)
             generate(self.model, [req.prompt for req, _ in rows], max(req.max_tokens for req in batch),
                      eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=batch[0].temperature,
-                     top_p=batch[0].top_p if batch[0].top_p < 1 else None, generator=generator, on_token=on_token)
+                     top_p=batch[0].top_p if batch[0].top_p < 1 else None, generator=generator,
+                     on_token=on_token)
         with _COUNTER_LOCK:
             STATS["cancelled"] += sum(req.cancelled for req in batch)
 
@@ -171,7 +174,8 @@ class Served:
             c = req.choices[i]
             c["text"] = self.tokenizer.decode(c["tokens"]).strip()
         if self.rm is not None:
-            scores = self.rewards([req.instruction for req, _ in ended], [req.choices[i]["text"] for req, i in ended])
+            scores = self.rewards([req.instruction for req, _ in ended],
+                                  [req.choices[i]["text"] for req, i in ended])
             for (req, i), score in zip(ended, scores):
                 req.choices[i]["reward"] = score
         for req, i in ended:

@@ -57,15 +57,17 @@ def bf16_speedup(device, n=512, reps=8):
     """How many times faster a bf16 matmul is than an fp32 one on `device` (a probe of ~20 ms, cached).
 
     0 where the device has no bf16 units (it would be emulated, slower than fp32; MPS is left at fp32 too).
-    Else speed = 2n³ FLOPs / best time of `reps` matmuls, fp32 and bf16 taking turns, so that a busy moment of
-    the machine slows both alike and the best of each is the unhurried one: the answer does not flip with load.
+    Else speed = 2n³ FLOPs / best time of `reps` matmuls, fp32 and bf16 taking turns, so that a busy moment
+    of the machine slows both alike and the best of each is the unhurried one: the answer does not flip
+    with load.
     """
     kind = device.split(":")[0]
     if kind not in _BF16_SPEEDUP:
         if not has_bf16_units(kind):
             _BF16_SPEEDUP[kind] = 0.0
         else:
-            a = {dtype: torch.randn(n, n, device=device, dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
+            a = {dtype: torch.randn(n, n, device=device, dtype=dtype)
+                 for dtype in (torch.float32, torch.bfloat16)}
             best = {dtype: math.inf for dtype in a}
             for rep in range(reps + 1):                                  # rep 0 warms both up
                 for dtype, x in a.items():
@@ -180,16 +182,17 @@ class NonFiniteGuard:
         self.skipped += 1
         print(f"warning: non-finite loss or gradient, step skipped ({self.skipped} so far)", file=sys.stderr)
         if self.in_a_row >= self.limit:
-            raise UserError(f"{self.limit} non-finite steps in a row: stopping; the last good checkpoint is kept "
-                            "(try a lower --lr)")
+            raise UserError(f"{self.limit} non-finite steps in a row: stopping; the last good checkpoint "
+                            "is kept (try a lower --lr)")
         return False
 
 
 def step_optimizers(loss, models, optimizers, grad_clip, guard=None):
     """The tail of every training step, after loss.backward(): clip each model's gradient norm to grad_clip
-    (0 = off), step every optimizer unless the loss or a gradient is not finite (guard: the step is skipped and
-    counted), then zero the gradients -> the first model's gradient norm before clipping (None when off)."""
-    norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), grad_clip) if grad_clip > 0 else None for m in models]
+    (0 = off), step every optimizer unless the loss or a gradient is not finite (guard: the step is skipped
+    and counted), then zero the gradients -> the first model's gradient norm before clipping (None if off)."""
+    norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), grad_clip) if grad_clip > 0 else None
+             for m in models]
     if guard is None or all(guard.ok(loss.detach(), m) for m in models):
         for o in optimizers:
             o.step()
@@ -206,9 +209,9 @@ def set_lr(optimizer, lr):
 
 
 def average_gradients(model):
-    """Data parallel by hand (train_ppo.py, train_grpo.py): each rank rolled out its own prompts, and the loss reads
-    the model through trunk() and lm_head, not forward(), which DDP would have to wrap; so after backward() each
-    gradient is replaced by its mean over the ranks, as DDP would have done."""
+    """Data parallel by hand (train_ppo.py, train_grpo.py): each rank rolled out its own prompts, and the loss
+    reads the model through trunk() and lm_head, not forward(), which DDP would have to wrap; so after
+    backward() each gradient is replaced by its mean over the ranks, as DDP would have done."""
     if is_distributed():
         for p in model.parameters():
             if p.grad is None:
@@ -227,13 +230,15 @@ def exit_interrupted(save_last, master, out_dir, position):
 
 
 def open_stage(cfg, master, total, start_step, resumed):
-    """The stage folder cfg.out_dir opened for writing: config.json (master only), then the metrics log (cut back
-    to the resumed step), the progress printer and the non-finite guard -> (MetricsLog, Progress, NonFiniteGuard)."""
+    """The stage folder cfg.out_dir opened for writing: config.json (master only), then the metrics log (cut
+    back to the resumed step), the progress printer and the non-finite guard
+    -> (MetricsLog, Progress, NonFiniteGuard)."""
     out_dir = cfg.out_dir
     if master:
         os.makedirs(out_dir, exist_ok=True)
         write_json(os.path.join(out_dir, "config.json"), config_dict(cfg))
-    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), enabled=master, resume_step=start_step if resumed else None)
+    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), enabled=master,
+                     resume_step=start_step if resumed else None)
     return log, Progress(total, enabled=master, start_step=start_step), NonFiniteGuard()
 
 
@@ -251,7 +256,8 @@ class MetricsLog:
         if resume_step is None:
             open(path, "w").close()
         elif os.path.exists(path):
-            kept = [line for line in open(path) if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in open(path)
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             with open(path, "w") as f:
                 f.writelines(kept)
 

@@ -4,11 +4,12 @@ import unicodedata
 import pytest
 
 from minigpt.cli import UserError
-from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text, encode_prompt_response,
-                          clean_rankings, lm_windows, load_comparisons, load_demonstrations, load_rankings, load_text,
-                          render_prompt, sft_batch)
+from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text,
+                          encode_prompt_response, clean_rankings, lm_windows, load_comparisons,
+                          load_demonstrations, load_rankings, load_text, render_prompt, sft_batch)
 
-SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"}, {"instruction": "计算2+2", "output": "4"}]
+SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"},
+        {"instruction": "计算2+2", "output": "4"}]
 
 
 class CharTokenizer:
@@ -23,7 +24,8 @@ class CharTokenizer:
 # template, loss mask, batching
 def test_render_prompt():
     assert render_prompt("计算2+2") == "### Instruction:\n计算2+2\n\n### Response:\n"
-    assert render_prompt("Sum these.", "3 4") == "### Instruction:\nSum these.\n\n### Input:\n3 4\n\n### Response:\n"
+    assert render_prompt("Sum these.", "3 4") == \
+        "### Instruction:\nSum these.\n\n### Input:\n3 4\n\n### Response:\n"
     assert PROMPT_TEMPLATE.format(instruction="x") == render_prompt("x")
 
 
@@ -34,8 +36,10 @@ def test_loss_mask_covers_exactly_response_and_eos():
     assert mask == [0, 0, 1, 1, 1]
     prompt = render_prompt("计算2+2")
     ids, mask = encode_prompt_response(tok, prompt, "4", block_size=64)
-    assert len(ids) == len(prompt) + 2 and sum(mask) == 2 and mask[-2:] == [1, 1] and ids[-2:] == [ord("4"), 0]
-    assert encode_prompt_response(tok, "abc", "defg", block_size=5) == ([97, 98, 99, 100, 101], [0, 0, 0, 1, 1])
+    assert len(ids) == len(prompt) + 2 and sum(mask) == 2
+    assert mask[-2:] == [1, 1] and ids[-2:] == [ord("4"), 0]
+    assert encode_prompt_response(tok, "abc", "defg", block_size=5) == \
+        ([97, 98, 99, 100, 101], [0, 0, 0, 1, 1])
 
 
 def test_sft_batch_shifts_and_pads():
@@ -76,8 +80,8 @@ def test_alpaca_and_jsonl_formats(tmp_path):
 
 
 def test_comparisons_ranked_and_pairs(tmp_path):
-    rows = [{"prompt": "计算2+2", "responses": ["4", "The answer is 4.", "5"], "labeler": "simulated-3", "seed": 0,
-             "gold": [1.0, 0.6, 0.1], "mistakes": [None, "preamble", "wrong_answer"]},
+    rows = [{"prompt": "计算2+2", "responses": ["4", "The answer is 4.", "5"], "labeler": "simulated-3",
+             "seed": 0, "gold": [1.0, 0.6, 0.1], "mistakes": [None, "preamble", "wrong_answer"]},
             {"prompt": "翻译成法语：你好", "chosen": "Bonjour", "rejected": "hello"}]
     loaded = load_comparisons(write(tmp_path / "c.jsonl", "\n".join(json.dumps(r) for r in rows)))
     assert loaded[0]["responses"] == ["4", "The answer is 4.", "5"] and loaded[0]["mistakes"][1] == "preamble"
@@ -94,12 +98,16 @@ def msg(role, content):
 
 
 def test_comparisons_hh_rlhf(tmp_path):
-    rows = [{"chosen": hh(" 计算2+2 ", " 4 "), "rejected": hh(" 计算2+2 ", "5"), "source": "hh"},  # one turn
-            {"chosen": hh("Hi", "Hello!", "What is 2+2?", "4"), "rejected": hh("Hi", "Hello!", "What is 2+2?", "")},
-            {"prompt": "翻译成法语：你好", "chosen": "Bonjour", "rejected": "hello"}]  # formats mix line by line
+    rows = [{"chosen": hh(" 计算2+2 ", " 4 "), "rejected": hh(" 计算2+2 ", "5"),  # one turn
+             "source": "hh"},
+            {"chosen": hh("Hi", "Hello!", "What is 2+2?", "4"),
+             "rejected": hh("Hi", "Hello!", "What is 2+2?", "")},
+            # formats mix line by line
+            {"prompt": "翻译成法语：你好", "chosen": "Bonjour", "rejected": "hello"}]
     loaded = load_comparisons(write(tmp_path / "hh.jsonl", "\n".join(json.dumps(r) for r in rows)))
     assert loaded[0] == {"prompt": "计算2+2", "responses": ["4", "5"], "source": "hh"}
-    assert loaded[1] == {"prompt": "Human: Hi\nAssistant: Hello!\nHuman: What is 2+2?", "responses": ["4", ""]}
+    assert loaded[1] == {"prompt": "Human: Hi\nAssistant: Hello!\nHuman: What is 2+2?",
+                         "responses": ["4", ""]}
     assert loaded[2] == {"prompt": "翻译成法语：你好", "responses": ["Bonjour", "hello"]}
 
 
@@ -108,8 +116,10 @@ def test_comparisons_conversational(tmp_path):
              "rejected": [msg("assistant", "5")], "score": 1},
             {"prompt": [msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello!"),
                         msg("user", "What is 2+2?")],
-             "chosen": [msg("assistant", "4")], "rejected": [msg("assistant", "Let me think."), msg("assistant", "5")]},
-            {"chosen": [msg("system", "Be brief."), msg("user", "计算2+2"), msg("assistant", "4")],  # implicit prompt
+             "chosen": [msg("assistant", "4")],
+             "rejected": [msg("assistant", "Let me think."), msg("assistant", "5")]},
+            # an implicit prompt
+            {"chosen": [msg("system", "Be brief."), msg("user", "计算2+2"), msg("assistant", "4")],
              "rejected": [msg("system", "Be brief."), msg("user", "计算2+2"), msg("assistant", "5")]}]
     loaded = load_comparisons(write(tmp_path / "conv.jsonl", "\n".join(json.dumps(r) for r in rows)))
     assert loaded[0] == {"prompt": "计算2+2", "responses": ["4", "5"], "score": 1}
@@ -137,9 +147,11 @@ def error_of(fn, path):
 
 
 def test_bad_json_line_is_named(tmp_path):
-    path = write(tmp_path / "d.jsonl", json.dumps(SEED[0]) + "\n" + json.dumps(SEED[1]) + "\n{\"instruction\": \n")
+    path = write(tmp_path / "d.jsonl",
+                 json.dumps(SEED[0]) + "\n" + json.dumps(SEED[1]) + "\n{\"instruction\": \n")
     assert error_of(load_demonstrations, path).startswith(f"{path}:3: invalid JSON")
-    broken = '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}\n]'  # comma missing
+    # a comma missing
+    broken = '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}\n]'
     path = write(tmp_path / "d.json", broken)
     assert error_of(load_demonstrations, path).startswith(f"{path}:3: invalid JSON")
 
@@ -147,7 +159,8 @@ def test_bad_json_line_is_named(tmp_path):
 def test_missing_and_mistyped_fields_are_named(tmp_path):
     path = write(tmp_path / "d.json", json.dumps([SEED[0], {"instruction": "计算2+2"}]))
     assert error_of(load_demonstrations, path) == f"{path}: record 1: field 'output' missing"
-    path = write(tmp_path / "d.jsonl", json.dumps(SEED[0]) + "\n" + json.dumps({"instruction": "x", "output": 4}))
+    path = write(tmp_path / "d.jsonl",
+                 json.dumps(SEED[0]) + "\n" + json.dumps({"instruction": "x", "output": 4}))
     assert error_of(load_demonstrations, path) == f"{path}:2: field 'output' must be a string, got int"
     path = write(tmp_path / "d2.jsonl", "[1, 2]\n")
     assert "expected a JSON object" in error_of(load_demonstrations, path)
@@ -173,8 +186,10 @@ def test_malformed_preference_pairs_are_named(tmp_path):
         ({"chosen": hh("Hi", "  "), "rejected": hh("Hi", "No.")}, "field 'chosen' has an empty answer"),
         ({"chosen": hh("Hi", "Hello!"), "rejected": 3}, "field 'rejected' must be a string, got int"),
         ({"chosen": hh("Hi", "Hello!")}, "field 'rejected' missing"),
-        ({"prompt": [], "chosen": good, "rejected": good}, "field 'prompt' must be a non-empty list of messages"),
-        ({"prompt": ["Hi"], "chosen": good, "rejected": good}, "field 'prompt' message 0 must be an object, got str"),
+        ({"prompt": [], "chosen": good, "rejected": good},
+         "field 'prompt' must be a non-empty list of messages"),
+        ({"prompt": ["Hi"], "chosen": good, "rejected": good},
+         "field 'prompt' message 0 must be an object, got str"),
         ({"prompt": [{"content": "Hi"}], "chosen": good, "rejected": good},
          "field 'prompt' message 0: 'role' must be system, user or assistant, got nothing"),
         ({"prompt": user, "chosen": good, "rejected": [msg("bot", "No.")]},
@@ -183,16 +198,18 @@ def test_malformed_preference_pairs_are_named(tmp_path):
          "field 'prompt' message 0: 'content' must be a string, got list"),
         ({"prompt": user, "chosen": [msg("user", "Hello!")], "rejected": good},
          "field 'chosen' has no assistant message"),
-        ({"prompt": user, "chosen": "Hello!", "rejected": good}, "field 'chosen' must be a non-empty list of messages"),
-        ({"prompt": user, "chosen": [msg("assistant", "")], "rejected": good}, "field 'chosen' has an empty answer"),
+        ({"prompt": user, "chosen": "Hello!", "rejected": good},
+         "field 'chosen' must be a non-empty list of messages"),
+        ({"prompt": user, "chosen": [msg("assistant", "")], "rejected": good},
+         "field 'chosen' has an empty answer"),
         ({"chosen": user + good, "rejected": [msg("user", "Hey")] + good},
          "fields 'chosen' and 'rejected' differ before their final assistant turn"),
         ({"chosen": good, "rejected": user + good},
          "field 'chosen' must be prompt messages followed by an assistant message"),
     ]
     for i, (record, problem) in enumerate(cases):
-        path = write(tmp_path / f"p{i}.jsonl", json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
-                     + json.dumps(record))
+        path = write(tmp_path / f"p{i}.jsonl",
+                     json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n" + json.dumps(record))
         assert error_of(load_comparisons, path) == f"{path}:2: {problem}"
 
 
@@ -238,13 +255,16 @@ def test_all_filtered_is_an_error():
 
 
 def test_rankings_cleaned_before_the_held_out_split(tmp_path, capsys):
-    """4 pairs each written 3 times: 4 kept, and no copy on both sides of the held-out split (it read 1.000)."""
-    pairs = [{"prompt": f"Add {i} and {i}.", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(4)]
+    """4 pairs each written 3 times: 4 kept, and no copy on both sides of the held-out split
+    (it read 1.000)."""
+    pairs = [{"prompt": f"Add {i} and {i}.", "chosen": str(2 * i), "rejected": str(2 * i + 1)}
+             for i in range(4)]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs * 3), encoding="utf-8")
     train, val = load_rankings("", data=str(path), val_fraction=0.5)
     assert capsys.readouterr().out == ("cleaning rankings: 12 read, 0 empty, 0 with all responses alike, "
-                                       "8 duplicates, 0 too long, 4 kept (0 empty or repeated responses dropped)\n")
+                                       "8 duplicates, 0 too long, 4 kept (0 empty or repeated responses "
+                                       "dropped)\n")
     assert len(train) == len(val) == 2
     assert sorted(r["prompt"] for r in train + val) == [f"Add {i} and {i}." for i in range(4)]
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in val}
@@ -253,19 +273,21 @@ def test_rankings_cleaned_before_the_held_out_split(tmp_path, capsys):
     held.write_text(json.dumps(pairs[0]) + "\n" + json.dumps({**pairs[0], "rejected": "9"}) + "\n")
     train, val = load_rankings("", data=str(path), val_data=str(held))
     assert len(train) == 4 and [r["responses"] for r in val] == [["0", "9"]]
-    assert capsys.readouterr().out.endswith("; held out: 2 read, 0 empty, 0 with all responses alike, 0 duplicates, "
-                                            "0 too long, 2 kept (0 empty or repeated responses dropped), "
-                                            "1 also in training dropped\n")
+    assert capsys.readouterr().out.endswith("; held out: 2 read, 0 empty, 0 with all responses alike, "
+                                            "0 duplicates, 0 too long, 2 kept (0 empty or repeated responses "
+                                            "dropped), 1 also in training dropped\n")
     # too few for an every-n-th split: the error says what to do
-    with pytest.raises(UserError, match=r"4 rankings are too few to hold out every 7-th \(got 4 to train on, 0 "
-                                        r"held out\): give --val_data=file, or a larger --val_fraction"):
+    with pytest.raises(UserError, match=r"4 rankings are too few to hold out every 7-th "
+                                        r"\(got 4 to train on, 0 held out\): give --val_data=file, "
+                                        r"or a larger --val_fraction"):
         load_rankings("", data=str(path))
 
 
 def test_clean_rankings_counts_and_normalises():
     decomposed = unicodedata.normalize("NFD", "café")
     records = [
-        {"prompt": " Say  café ", "responses": [decomposed, "", "tea", "café"], "gold": [1.0, 0.0, 0.5, 0.9]},
+        {"prompt": " Say  café ", "responses": [decomposed, "", "tea", "café"],
+         "gold": [1.0, 0.0, 0.5, 0.9]},
         {"prompt": "Say café", "responses": ["café", "tea"]},              # the first, once cleaned
         {"prompt": "  ", "responses": ["a", "b"]},                          # empty prompt
         {"prompt": "p", "responses": ["a", " "]},                           # one response left

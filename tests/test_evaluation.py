@@ -41,8 +41,10 @@ def test_spearman_ties_use_average_ranks():
 
 
 def test_ranking_report_counts_pairs_of_each_ranking_ties_as_half():
-    # ranking 1 (best..worst) scored [2, 1, 1]: (0,1) right, (0,2) right, (1,2) tie = 1/2;  ranking 2 [0, 3]: wrong
-    rep = ranking_report([{"responses": ["a", "b", "c"]}, {"responses": ["d", "e"]}], [[2.0, 1.0, 1.0], [0.0, 3.0]])
+    # ranking 1 (best..worst) scored [2, 1, 1]: (0,1) right, (0,2) right, (1,2) tie = 1/2;
+    # ranking 2 [0, 3]: wrong
+    rep = ranking_report([{"responses": ["a", "b", "c"]}, {"responses": ["d", "e"]}],
+                         [[2.0, 1.0, 1.0], [0.0, 3.0]])
     assert rep == {"accuracy": 2.5 / 4}
 
 
@@ -52,13 +54,14 @@ def test_spearman_within_prompt_leaves_each_prompts_offset_free():
                {"responses": list("fg"), "gold": [0.5, 0.5]}]            # all alike: no Spearman, left out
     rewards = [[10.0, 11.0, 9.0], [-6.0, -5.0], [1.0, 2.0]]
     rep = ranking_report(records, rewards)
-    # ranking 1: reward ranks (2, 3, 1) against gold ranks (3, 2, 1): centred (0, 1, -1) . (1, 0, -1) / 2 = 1/2;
-    # ranking 2: -6 < -5 and 0.6 < 0.9, rho = 1; mean (1/2 + 1) / 2, whatever the offsets 10 and -5 between them
+    # ranking 1: reward ranks (2, 3, 1) against gold ranks (3, 2, 1): centred (0, 1, -1) . (1, 0, -1) / 2
+    # = 1/2; ranking 2: -6 < -5 and 0.6 < 0.9, rho = 1; mean (1/2 + 1) / 2, whatever the offsets 10 and -5
+    # between them
     assert rep["spearman_within_prompt"] == pytest.approx(0.75)
     assert rep["labels_spearman_within_prompt"] == pytest.approx((1.0 - 1.0) / 2)
     shifted = ranking_report(records, [[x - 100.0 * k for x in r] for k, r in enumerate(rewards)])
     assert shifted["spearman_within_prompt"] == rep["spearman_within_prompt"]
-    assert shifted["spearman"] != rep["spearman"]                       # the global number moves with the offsets
+    assert shifted["spearman"] != rep["spearman"]              # the global number moves with the offsets
     assert math.isnan(ranking_report(records[2:], rewards[2:])["spearman_within_prompt"])
 
 
@@ -80,14 +83,17 @@ def test_best_of_n_kl_by_hand_and_its_limits():
 def test_best_of_n_expectation_by_hand():
     from minigpt.evaluation import best_of_n_expectation
     # m = 3, n = 2: subsets {a,b} {a,c} {b,c} pick b, c, c  ->  RM (2 + 3 + 3)/3, gold (0.5 + 1 + 1)/3
-    assert best_of_n_expectation([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], 2) == pytest.approx((8 / 3, 2.5 / 3), abs=1e-12)
-    # a tie at the top: {a,b} picks a or b (gold 1 or 0, on average 1/2); {a,c}: a; {b,c}: b  ->  gold (0.5 + 1 + 0)/3
+    assert best_of_n_expectation([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], 2) == \
+        pytest.approx((8 / 3, 2.5 / 3), abs=1e-12)
+    # a tie at the top: {a,b} picks a or b (gold 1 or 0, on average 1/2); {a,c}: a; {b,c}: b
+    #     ->  gold (0.5 + 1 + 0)/3
     assert best_of_n_expectation([1.0, 1.0, 0.0], [1.0, 0.0, 0.3], 2) == pytest.approx((1.0, 0.5), abs=1e-12)
 
 
 def test_gao_fits_by_hand():
     from minigpt.evaluation import fit_best_of_n, fit_rl, gao_best_of_n, gao_rl
-    # R(1) = α − β, R(2) = 2α − 4β  with α = 0.3, β = 0.1: 0.2 and 0.2; two points determine (α, β)
+    # R(1) = α − β, R(2) = 2α − 4β  with α = 0.3, β = 0.1: 0.2 and 0.2;
+    # two points determine (α, β)
     assert list(gao_best_of_n([1.0, 2.0], 0.3, 0.1)) == pytest.approx([0.2, 0.2])
     assert fit_best_of_n([1.0, 2.0], [0.2, 0.2]) == pytest.approx((0.3, 0.1))
     # RL: R(1) = α, R(e) = e (α − β)
@@ -95,7 +101,7 @@ def test_gao_fits_by_hand():
     assert gao_rl(math.e, 0.3, 0.1) == pytest.approx(math.e * 0.2)
 
 
-# ---- bootstrap over prompts ------------------------------------------------------------------------------------
+# ---- bootstrap over prompts --------------------------------------------------------------------------------
 
 def test_bootstrap_matches_a_slow_reference():
     """The same draws written out as loops: resample prompt columns, keep every answer of a drawn prompt."""
@@ -111,11 +117,13 @@ def test_bootstrap_matches_a_slow_reference():
 
 
 def test_bootstrap_counts_prompts_not_answers():
-    """Four identical answers per prompt carry one prompt's worth of information: the interval is exactly the one
-    of a single answer per prompt (an interval over 4·P independent answers would be half as wide)."""
+    """Four identical answers per prompt carry one prompt's worth of information: the interval is exactly
+    the one of a single answer per prompt (an interval over 4·P independent answers would be half as
+    wide)."""
     x = np.random.default_rng(0).random((1, 50))
-    assert bootstrap_ci95(lambda s: s.mean(), np.repeat(x, 4, axis=0)) == pytest.approx(bootstrap_ci95(lambda s: s.mean(), x))
-    assert bootstrap_ci95(mean_gain, x + 0.25, x) == pytest.approx((0.25, 0.25))   # a constant gain is certain
+    assert bootstrap_ci95(lambda s: s.mean(), np.repeat(x, 4, axis=0)) == \
+        pytest.approx(bootstrap_ci95(lambda s: s.mean(), x))
+    assert bootstrap_ci95(mean_gain, x + 0.25, x) == pytest.approx((0.25, 0.25))  # a constant gain is certain
 
 
 def test_win_fraction_leaves_ties_out():

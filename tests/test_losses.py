@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from minigpt.losses import dpo_loss, rm_batch_loss, rm_ranking_loss, sequence_logprob, sft_loss, token_logprobs
+from minigpt.losses import (dpo_loss, rm_batch_loss, rm_ranking_loss, sequence_logprob, sft_loss,
+                            token_logprobs)
 
 
 def test_token_logprobs_matches_loop():
@@ -127,18 +128,21 @@ def test_sequence_logprob_sums_only_the_masked_tokens():
     assert torch.allclose(got, torch.tensor([-2 * math.log(5), -3 * math.log(5)]))
     # a token the model prefers: log softmax([2, 0, 0, 0, 0])[0] = 2 - log(e^2 + 4)
     logits[0, 1, 2] = 2.0
-    assert sequence_logprob(logits, tokens, mask)[0].item() == pytest.approx(2 - math.log(math.e ** 2 + 4) - math.log(5))
+    assert sequence_logprob(logits, tokens, mask)[0].item() == \
+        pytest.approx(2 - math.log(math.e ** 2 + 4) - math.log(5))
 
 
 def test_dpo_loss_against_a_hand_computation():
     # policy log-probs of y_w, y_l: -3, -6; reference: -4, -5; beta 0.5
     # r_w = 0.5 * (-3 - -4) = 0.5, r_l = 0.5 * (-6 - -5) = -0.5, loss = -log sigmoid(1) = log(1 + e^-1)
-    loss, r_w, r_l = dpo_loss(torch.tensor([-3.0]), torch.tensor([-6.0]), torch.tensor([-4.0]), torch.tensor([-5.0]), 0.5)
+    loss, r_w, r_l = dpo_loss(torch.tensor([-3.0]), torch.tensor([-6.0]), torch.tensor([-4.0]),
+                              torch.tensor([-5.0]), 0.5)
     assert r_w.item() == pytest.approx(0.5) and r_l.item() == pytest.approx(-0.5)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1.0)), abs=1e-7)
     # its gradient w.r.t. log pi(y_w) is -beta * sigmoid(-(r_w - r_l)) = -0.5 / (1 + e)
     chosen = torch.tensor([-3.0], requires_grad=True)
-    dpo_loss(chosen, torch.tensor([-6.0]), torch.tensor([-4.0]), torch.tensor([-5.0]), 0.5)[0].sum().backward()
+    loss = dpo_loss(chosen, torch.tensor([-6.0]), torch.tensor([-4.0]), torch.tensor([-5.0]), 0.5)[0]
+    loss.sum().backward()
     assert chosen.grad.item() == pytest.approx(-0.5 / (1 + math.e), abs=1e-7)
 
 

@@ -97,7 +97,8 @@ def test_position_ids_from_mask_and_cache_offset():
     model = tiny_model()
     _, idx, mask = padded_batch()
     explicit = (mask.cumsum(-1) - 1).clamp(min=0)
-    assert torch.equal(model(idx, attention_mask=mask), model(idx, attention_mask=mask, position_ids=explicit))
+    assert torch.equal(model(idx, attention_mask=mask),
+                       model(idx, attention_mask=mask, position_ids=explicit))
     # Without a mask, positions after a cache continue where the cache left off.
     seq = torch.randint(0, TINY["vocab_size"], (1, 12))
     cache = KVCache(model.config, 1)
@@ -325,7 +326,8 @@ def test_from_pretrained_errors_name_key_and_folder(tmp_path):
         GPT.from_pretrained(tmp_path / "wrong")
 
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "config.json").write_text(json.dumps(dict(n_layer=1, n_head=1, n_embd=4, vocab_size=5)))
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(dict(n_layer=1, n_head=1, n_embd=4,
+                                                                    vocab_size=5)))
     with pytest.raises(ValueError, match="safetensors"):
         GPT.from_pretrained(tmp_path / "empty")
 
@@ -334,7 +336,8 @@ def test_from_pretrained_errors_name_key_and_folder(tmp_path):
     (tmp_path / "novocab" / "config.json").write_text(json.dumps(dict(n_layer=1, n_head=1, n_embd=4)))
     with pytest.raises(ValueError) as e:
         GPT.from_pretrained(tmp_path / "novocab")
-    assert str(e.value) == f"{tmp_path / 'novocab' / 'config.json'}: field 'vocab_size' missing (a GPT-2 config.json has it)"
+    assert str(e.value) == (f"{tmp_path / 'novocab' / 'config.json'}: field 'vocab_size' missing "
+                            "(a GPT-2 config.json has it)")
 
 
 # ---------------------------------------------------------------- reward model

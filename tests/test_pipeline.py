@@ -36,7 +36,8 @@ def test_every_stage_and_the_report_exist(quick_run):
     assert (out / "eval" / "eval.json").exists()
     assert "$ " in stdout and "train_ppo.py" in stdout          # every command is printed
     report = json.loads((out / "report.json").read_text())
-    assert set(report) >= {"models", "rm", "stage_seconds", "total_seconds", "quick", "world_seed", "eval_split"}
+    assert set(report) >= {"models", "rm", "stage_seconds", "total_seconds", "quick", "world_seed",
+                           "eval_split"}
     assert report["quick"] is True and report["world_seed"] == 0 and report["eval_split"] == "test"
     assert set(report["models"]) == set(MODELS)
     for name, m in report["models"].items():
@@ -52,7 +53,8 @@ def test_every_stage_and_the_report_exist(quick_run):
     for name in ("ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"):
         assert math.isfinite(report["models"][name]["kl_to_sft"])
         assert report["models"][name]["train_seconds"] > 0                  # quality beside compute
-    assert set(report["dpo_implicit_reward"]) == {"accuracy", "gold_accuracy", "on_policy_gold_accuracy", "spearman"}
+    assert set(report["dpo_implicit_reward"]) == {"accuracy", "gold_accuracy", "on_policy_gold_accuracy",
+                                                  "spearman"}
     for key in ("accuracy", "labeler_agreement", "ceiling", "spearman", "spearman_within_prompt",
                 "labels_spearman_within_prompt"):
         assert report["rm"][key] is None or math.isfinite(report["rm"][key]), key
@@ -83,13 +85,16 @@ def test_chat_answers_once_and_interactively(quick_run):
 
 
 def test_a_full_run_never_reuses_a_quick_runs_stages(quick_run, tmp_path):
-    """Without the marker a full run would skip every stage of a miniature and report its numbers as the real ones."""
+    """Without the marker a full run would skip every stage of a miniature and report its numbers as
+    the real ones."""
     out, _ = quick_run
     before = (out / "report.md").read_text()
     r = python("pipeline.py", f"--out_dir={out}")
-    assert r.returncode == 2 and "holds a --quick miniature's stages" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "holds a --quick miniature's stages" in r.stderr
     assert (out / "report.md").read_text() == before and "stage complete" not in r.stdout
-    r = python("pipeline.py", "--quick", "--world_seed=1", f"--out_dir={out}")   # another world's stages: refused
+    # another world's stages: refused
+    r = python("pipeline.py", "--quick", "--world_seed=1", f"--out_dir={out}")
     assert r.returncode == 2 and "holds the stages of world 0 and this is world 1" in r.stderr
     (tmp_path / "sft").mkdir()                                  # stage folders of unknown origin: refused too
     r = python("pipeline.py", "--quick", f"--out_dir={tmp_path}")
@@ -102,14 +107,15 @@ def test_the_report_counts_mistakes_per_model(quick_run):
     for name in MODELS:
         m = report["models"][name]
         assert m["samples_per_prompt"] == 2 and m["n_responses"] == 32
-        assert set(m["mistake_counts"]) == {"preamble", "rambling", "repeat_question", "format", "wrong_language",
-                                            "wrong_answer", "refusal", "off_topic"}
+        assert set(m["mistake_counts"]) == {"preamble", "rambling", "repeat_question", "format",
+                                            "wrong_language", "wrong_answer", "refusal", "off_topic"}
     assert (out / "mistakes.png").exists() and "## What RLHF changed" in (out / "report.md").read_text()
 
 
 def test_every_step_through_command_runs_on_the_quick_outputs(quick_run, tmp_path):
-    """README's "Step through it": each stage's command (without the debugger) completes on the quick run's outputs,
-    its first breakpoint is a line of that script, and under pdb the run stops there (one `n` later, the loss is there)."""
+    """README's "Step through it": each stage's command (without the debugger) completes on the quick run's
+    outputs, its first breakpoint is a line of that script, and under pdb the run stops there (one `n` later,
+    the loss is there)."""
     out, stdout = quick_run
     assert "python -m pdb -c 'b train_sft.py:" in stdout                      # the quick pipeline prints them
     sys.path.insert(0, ROOT)
@@ -120,8 +126,10 @@ def test_every_step_through_command_runs_on_the_quick_outputs(quick_run, tmp_pat
         r = python(*args, env={"OMP_NUM_THREADS": "1"}, timeout=120)
         assert r.returncode == 0, (stage, r.stdout[-1500:], r.stderr[-1500:])
     args, breakpoint = commands["sft"]
-    r = python("-m", "pdb", "-c", f"b {breakpoint}", "-c", "c", *args, input="n\np float(loss) > 0\nquit\n", timeout=120)
-    assert f"{breakpoint.split(':')[0]}({breakpoint.split(':')[1]})" in r.stdout and "True" in r.stdout, r.stdout[-2000:]
+    r = python("-m", "pdb", "-c", f"b {breakpoint}", "-c", "c", *args, input="n\np float(loss) > 0\nquit\n",
+               timeout=120)
+    file, line = breakpoint.split(":")
+    assert f"{file}({line})" in r.stdout and "True" in r.stdout, r.stdout[-2000:]
 
 
 def test_the_vscode_launch_configurations_are_the_step_through_commands():
@@ -155,11 +163,12 @@ def test_each_stage_command_carries_each_flag_once():
     grpo = commands["grpo"]
     # GRPO is its own script, run at its defaults plus the preset's shrinking flags
     assert grpo[1:5] == ["train_grpo.py", "--sft=o/sft", "--rm=o/rm", "--out_dir=o/grpo"]
-    assert grpo[-5:] == ["--dtype=auto", "--iterations=2", "--batch_size=2", "--minibatch_size=4", "--val_prompts=8"]
+    assert grpo[-5:] == ["--dtype=auto", "--iterations=2", "--batch_size=2", "--minibatch_size=4",
+                         "--val_prompts=8"]
     # the pipeline owns its folders: every training stage may overwrite an unfinished attempt; label.py and
     # evaluate.py have no such flag
-    assert [s for s, cmd in commands.items() if "--force" in cmd] == ["pretrain", "sft", "rm", "ppo", "ppo_ptx",
-                                                                       "dpo", "preferred_ft", "grpo"]
+    assert [s for s, cmd in commands.items() if "--force" in cmd] == \
+        ["pretrain", "sft", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]
     assert pipeline.merge_flags(["a.py", "--x=1", "--y=2"], ["--y=3", "--z=4", "--x=5"]) == \
         ["a.py", "--x=5", "--y=3", "--z=4"]
 
@@ -168,9 +177,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     import signal
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "pipeline.py", "--quick", f"--out_dir={tmp_path / 'out'}"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a shell's background job inherits SIGINT ignored, and Python then keeps it ignored
+    proc = subprocess.Popen([sys.executable, "pipeline.py", "--quick", f"--out_dir={tmp_path / 'out'}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored, and Python then keeps it
+                            # ignored: set it back to the default
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:                       # the first stage's command: it is running
@@ -183,5 +193,5 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert stderr.endswith("interrupted during stage pretrain; rerun the same command to continue: finished stages "
-                           "are skipped\n")
+    assert stderr.endswith("interrupted during stage pretrain; rerun the same command to continue: finished "
+                           "stages are skipped\n")

@@ -163,8 +163,10 @@ def test_top_k_sampled_logprobs_match_renormalised_distribution():
 
 def test_same_generator_seed_same_samples():
     model = peaked_model()
-    a = generate(model, PROMPTS, 10, eos_id=EOS, pad_id=PAD, top_p=0.9, generator=torch.Generator().manual_seed(3))
-    b = generate(model, PROMPTS, 10, eos_id=EOS, pad_id=PAD, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    a = generate(model, PROMPTS, 10, eos_id=EOS, pad_id=PAD, top_p=0.9,
+                 generator=torch.Generator().manual_seed(3))
+    b = generate(model, PROMPTS, 10, eos_id=EOS, pad_id=PAD, top_p=0.9,
+                 generator=torch.Generator().manual_seed(3))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -259,6 +261,7 @@ def test_on_token_sees_the_sampled_logits_and_can_end_rows():
     assert torch.allclose(seen[0][1], model(idx, attention_mask=mask)[:, -1], atol=1e-5)
     assert torch.equal(seen[0][0], tokens[:, 0])
 
-    ended = generate(model, PROMPTS, 12, on_token=lambda token, logits: torch.ones(len(PROMPTS), dtype=torch.bool),
+    ended = generate(model, PROMPTS, 12,
+                     on_token=lambda token, logits: torch.ones(len(PROMPTS), dtype=torch.bool),
                      generator=torch.Generator().manual_seed(5), **kw)[0]
     assert ended.shape == (len(PROMPTS), 1)            # every row ended after the first step: the loop stops

@@ -1,5 +1,5 @@
-"""minigpt/scoring.py: each measurement against a slow reference written out one sequence at a time, or against
-values computed by hand."""
+"""minigpt/scoring.py: each measurement against a slow reference written out one sequence at a time, or
+against values computed by hand."""
 
 import math
 
@@ -12,7 +12,8 @@ from minigpt.scoring import (heldout_loss, join_responses, penalise_unfinished, 
                              sequence_logprobs)
 from minigpt.tokenizer import Tokenizer
 
-TEXT = "Add 3 and 4: the answer is 7. Reverse the word cat: tac. Name a colour: red. 翻译成法语：红色 rouge. " * 20
+TEXT = ("Add 3 and 4: the answer is 7. Reverse the word cat: tac. Name a colour: red. "
+        "翻译成法语：红色 rouge. ") * 20
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,8 @@ def tok():
 
 def tiny_gpt(tok, seed=0):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32)).double().eval()
+    config = GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32)
+    return GPT(config).double().eval()
 
 
 def test_join_responses_marks_the_response():
@@ -32,7 +34,8 @@ def test_join_responses_marks_the_response():
 
 
 def test_sequence_logprobs_equal_a_loop_over_unpadded_sequences(tok):
-    """log π(y|x) = Σ_t log π(y_t | x, y_<t): each row alone, no padding, its response tokens summed one by one."""
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t): each row alone, no padding, its response tokens
+    summed one by one."""
     lm = tiny_gpt(tok)
     rows = [([3, 7, 9, 4], [11, 12, 1]), ([5], [20, 2]), ([8, 8], [30])]
     idx, response = join_responses([p for p, _ in rows], [r for _, r in rows], tok.pad_id)
@@ -43,7 +46,7 @@ def test_sequence_logprobs_equal_a_loop_over_unpadded_sequences(tok):
         with torch.no_grad():
             logp = torch.log_softmax(lm(torch.tensor([ids]))[0] / 0.7, -1)              # (T, V), no padding
         expected = sum(logp[t - 1, ids[t]].item() for t in range(len(p), len(ids)))
-        assert got[b].item() == pytest.approx(expected, abs=1e-5)          # the log-softmax is taken in float32
+        assert got[b].item() == pytest.approx(expected, abs=1e-5)   # the log-softmax is taken in float32
 
 
 def test_sampled_kl_by_hand():
@@ -63,7 +66,8 @@ def test_penalise_unfinished():
 
 def test_reward_scores_in_batches_equal_one_text_at_a_time(tok):
     torch.manual_seed(1)
-    rm = RewardModel(GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    rm = RewardModel(GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=2, n_head=2,
+                               n_embd=32)).eval()
     with torch.no_grad():
         rm.head.weight.normal_(0, 0.5)
     instructions = ["Add 3 and 4.", "Name a colour.", "翻译成法语：红色"]
@@ -74,7 +78,8 @@ def test_reward_scores_in_batches_equal_one_text_at_a_time(tok):
         with torch.no_grad():
             alone = rm(torch.tensor([ids]))[0, -1].item()                  # the end-of-text after the text
         assert got[b].item() == pytest.approx(alone, abs=1e-5)
-    assert torch.equal(got, reward_scores(rm, tok, instructions, texts))    # one batch or two: the same scores
+    # one batch or two: the same scores
+    assert torch.equal(got, reward_scores(rm, tok, instructions, texts))
 
 
 def test_heldout_loss_is_log_v_for_a_uniform_model_and_the_token_mean_otherwise(tok):
@@ -84,8 +89,9 @@ def test_heldout_loss_is_log_v_for_a_uniform_model_and_the_token_mean_otherwise(
     uniform = tiny_gpt(tok)
     with torch.no_grad():
         for p in uniform.parameters():
-            p.zero_()                                                       # every logit 0: loss log V per token
-    assert heldout_loss(uniform, tokens, 3 * T) == pytest.approx(math.log(tok.vocab_size), abs=1e-5)   # float32
+            p.zero_()                                               # every logit 0: loss log V per token
+    # log V, to float32 precision
+    assert heldout_loss(uniform, tokens, 3 * T) == pytest.approx(math.log(tok.vocab_size), abs=1e-5)
     # the mean over the first 3 consecutive windows' tokens, each token weighted alike (batches of 2 windows)
     total = 0.0
     with torch.no_grad():
@@ -94,4 +100,4 @@ def test_heldout_loss_is_log_v_for_a_uniform_model_and_the_token_mean_otherwise(
             logp = torch.log_softmax(lm(x[None])[0], -1)
             total -= sum(logp[t, y[t]].item() for t in range(T))
     assert heldout_loss(lm, tokens, 3 * T + 5, batch_size=2) == pytest.approx(total / (3 * T), abs=1e-5)
-    assert heldout_loss(lm, tokens[:T], T) is None                          # shorter than one window + its target
+    assert heldout_loss(lm, tokens[:T], T) is None                  # shorter than one window + its target

@@ -1,6 +1,6 @@
 """serve.py, the OpenAI-compatible server: the official openai client against it (plain, streamed, logprobs,
-models), every kind of bad request answered with a 4xx in OpenAI's error shape, and concurrent requests batched.
-The stage folders are tiny random models written directly (no pipeline run), served by a subprocess
+models), every kind of bad request answered with a 4xx in OpenAI's error shape, and concurrent requests
+batched. The stage folders are tiny random models written directly (no pipeline run), served by a subprocess
 (the tiny_server fixture of tests/conftest.py)."""
 
 import json
@@ -69,9 +69,10 @@ def test_completion_stream_and_seed(client):
     assert a.object == "chat.completion" and a.model == "ppo"
     assert isinstance(choice.message.content, str) and choice.message.role == "assistant"
     assert choice.finish_reason in ("stop", "length")
-    assert 1 <= a.usage.completion_tokens <= 10 and a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
-    assert b.choices[0].message.content == choice.message.content          # the seed makes sampling deterministic
-    assert isinstance(choice.model_extra["minigpt"]["reward"], float)      # our field: the reward model's score
+    assert 1 <= a.usage.completion_tokens <= 10
+    assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+    assert b.choices[0].message.content == choice.message.content    # the seed makes sampling deterministic
+    assert isinstance(choice.model_extra["minigpt"]["reward"], float)  # our field: the reward model's score
 
     stream = client.chat.completions.create(**kw, stream=True)
     deltas, finish = [], None
@@ -96,8 +97,8 @@ def test_top_p_and_seed_inside_a_busy_batch(server, client):
     """A seeded request answers the same alone and while other requests are batched around it."""
     kw = dict(model="sft", messages=ASK, max_tokens=8, temperature=0.9, top_p=0.8, seed=11)
     alone = client.chat.completions.create(**kw).choices[0].message.content
-    others = [threading.Thread(target=post, args=(server, {"model": "sft", "messages": ASK, "max_tokens": 8,
-                                                           "temperature": 0.9, "top_p": 0.8})) for _ in range(4)]
+    body = {"model": "sft", "messages": ASK, "max_tokens": 8, "temperature": 0.9, "top_p": 0.8}
+    others = [threading.Thread(target=post, args=(server, body)) for _ in range(4)]
     for t in others:
         t.start()
     busy = client.chat.completions.create(**kw).choices[0].message.content
@@ -107,8 +108,8 @@ def test_top_p_and_seed_inside_a_busy_batch(server, client):
 
 
 def test_logprobs_and_n(client):
-    r = client.chat.completions.create(model="sft", messages=ASK, max_tokens=6, logprobs=True, top_logprobs=3, n=2,
-                                       seed=1)
+    r = client.chat.completions.create(model="sft", messages=ASK, max_tokens=6, logprobs=True, top_logprobs=3,
+                                       n=2, seed=1)
     assert len(r.choices) == 2
     total = 0
     for c in r.choices:
@@ -165,7 +166,8 @@ def test_concurrent_requests_are_batched(server):
 
     def ask(i):
         start.wait()
-        results[i] = post(server, {"model": "ppo", "messages": [{"role": "user", "content": f"Add {i} and 4."}],
+        results[i] = post(server, {"model": "ppo",
+                                   "messages": [{"role": "user", "content": f"Add {i} and 4."}],
                                    "max_tokens": 4 + i % 5, "temperature": 0.8})
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]

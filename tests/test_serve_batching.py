@@ -1,7 +1,7 @@
-"""The batching of minigpt/serving.py seen from inside: a request is answered as soon as its own rows end (not when the
-batch's longest does), and a client that disconnects mid-stream frees its rows at once. The server runs in
-this process over a tiny model slowed to 20 ms a step that never ends an answer by itself, so every answer
-runs to its max_tokens and the order of events is not a race."""
+"""The batching of minigpt/serving.py seen from inside: a request is answered as soon as its own rows end (not
+when the batch's longest does), and a client that disconnects mid-stream frees its rows at once. The server
+runs in this process over a tiny model slowed to 20 ms a step that never ends an answer by itself, so every
+answer runs to its max_tokens and the order of events is not a race."""
 
 import http.client
 import json
@@ -40,7 +40,8 @@ def slow_server():
     model = SlowGPT(GPTConfig(block_size=96, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16))
     model.eos_id = tokenizer.eos_id
     cfg = serve.Config(batch_wait_ms=200)
-    served = {"slow": Served("slow", "(in memory)", model.eval(), tokenizer, None, cfg.max_batch, cfg.batch_wait_ms)}
+    served = {"slow": Served("slow", "(in memory)", model.eval(), tokenizer, None, cfg.max_batch,
+                             cfg.batch_wait_ms)}
     server = serve.Server(("127.0.0.1", 0), serve.make_handler(served, cfg))
     served["slow"].thread.start()
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -51,8 +52,8 @@ def slow_server():
 
 def ask(port, max_tokens, stream=False):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    body = {"model": "slow", "messages": [{"role": "user", "content": "Add 3 and 4."}], "max_tokens": max_tokens,
-            "stream": stream}
+    body = {"model": "slow", "messages": [{"role": "user", "content": "Add 3 and 4."}],
+            "max_tokens": max_tokens, "stream": stream}
     conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
     return conn, conn.getresponse()
 
@@ -74,7 +75,8 @@ def test_a_short_request_does_not_wait_for_the_long_one_in_its_batch(slow_server
         answers[name] = (json.loads(r.read()), set(answers))   # the answer, and who had answered before it
         conn.close()
 
-    threads = [threading.Thread(target=run, args=("long", 50)), threading.Thread(target=run, args=("short", 3))]
+    threads = [threading.Thread(target=run, args=("long", 50)),
+               threading.Thread(target=run, args=("short", 3))]
     for t in threads:
         t.start()
     for t in threads:

@@ -35,8 +35,8 @@ def test_page_is_served_and_self_contained(tiny_server):
 
 def find_browser():
     """(chromium binary, chromedriver) of the system, or (None, None)."""
-    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
-                  None)
+    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                   if shutil.which(b)), None)
     driver = shutil.which("chromedriver") or next(
         (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.path.exists(p)), None)
     return binary, driver
@@ -126,7 +126,8 @@ if __name__ == "__main__":   # python tests/test_serve_page.py URL OUT.png "PROM
     url, out, prompt = sys.argv[1:4]
     browser = open_browser()
     try:
-        ask_in_page(browser, url.rstrip("/"), prompt, float(sys.argv[4]) if len(sys.argv) > 4 else None, timeout=300)
+        ask_in_page(browser, url.rstrip("/"), prompt, float(sys.argv[4]) if len(sys.argv) > 4 else None,
+                    timeout=300)
         browser.save_screenshot(out)
         print(f"wrote {out}")
     finally:

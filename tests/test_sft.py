@@ -13,7 +13,7 @@ import train_sft
 from minigpt.checkpoint import load_checkpoint, load_model
 from minigpt.cli import UserError, run
 from minigpt.data import encode_prompt_response, render_prompt, sft_batch
-from minigpt.demonstrations import preferred_demonstrations
+from minigpt.sft_data import preferred_demonstrations
 from minigpt.model import GPT, GPTConfig
 from minigpt.starting_point import rebuild
 from minigpt.tokenizer import Tokenizer

@@ -10,7 +10,8 @@ from minigpt.tokenizer import (EOS, PAD, PAT, Tokenizer, merges_readable, split_
                               train_bpe_simple)
 
 SAMPLE = ("The cat's hat. They'll see 17+25=42, we've 3.14! Ça va? Déjà vu, naïve café.\n\n"
-          "    indented\tline  with   spaces \r\n翻译成法语：你好。你好吗？ 😀👍🏽 ¿Qué? ½ ² ٣٤ Ⅻ\u00a0x\u3000y\x1cz "
+          "    indented\tline  with   spaces \r\n翻译成法语：你好。你好吗？ "
+          "😀👍🏽 ¿Qué? ½ ² ٣٤ Ⅻ\u00a0x\u3000y\x1cz "
           "HELLO'S DON'T it'S 'll 've 're ___ --- ... <|endoftext|> <|pad|>\n")
 
 
@@ -73,8 +74,8 @@ def tiktoken_splits_like_python(text):
 def test_training_regex_splits_like_tiktoken():
     rng = random.Random(1)
     pool = (list("abcXYZ019 '\t\n\r.,!?+-=_") + list("éçñüÅßøœ") + list("你好翻译成法语：。")
-            + ["😀", "👍🏽", "\u00a0", "\u3000", "\u2009", "\x1c", "\x85", "²", "½", "٣", "Ⅻ", "\u0301",
-               "'s", "'ll", "'ve", "'re", "'d", "'m", "'t", "'S", "  ", "\n\n"])
+            + ["😀", "👍🏽", "\u00a0", "\u3000", "\u2009", "\x1c", "\x85", "²", "½", "٣", "Ⅻ",
+               "\u0301", "'s", "'ll", "'ve", "'re", "'d", "'m", "'t", "'S", "  ", "\n\n"])
     samples = [SAMPLE, "17+25", "a  b   c\n\n  d", "   ", "x\n ", "翻译成法语：你好"]
     samples += ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(300)]
     for s in samples:
@@ -190,9 +191,9 @@ def test_real_gpt2_offline_or_working():
 
 
 def test_pretraining_bpe_learns_the_chat_template_from_training_prompts_only():
-    """train_pretrain.bpe_text: on the built-in world the BPE also sees the SFT training prompts in the chat template
-    (at most a fifth of the corpus sample, no test prompt), so a rendered test prompt takes far fewer tokens than
-    with a corpus-only BPE; on the user's own text (no world) it is the corpus sample alone."""
+    """train_pretrain.bpe_text: on the built-in world the BPE also sees the SFT training prompts in the chat
+    template (at most a fifth of the corpus sample, no test prompt), so a rendered test prompt takes far fewer
+    tokens than with a corpus-only BPE; on the user's own text (no world) it is the corpus sample alone."""
     from train_pretrain import bpe_text
     from minigpt.data import render_prompt
     from minigpt.world import World

@@ -4,12 +4,15 @@ import time
 
 import pytest
 
+from minigpt import demonstrators as D
 from minigpt import judge
+from minigpt import tasks as T
 from minigpt import world as W
+from minigpt.demonstrators import MISTAKES, applicable_mistakes, demonstration, demonstrator_response
 from minigpt.facts import LEXICON
 from minigpt.judge import gold_score
-from minigpt.world import (KINDS, MISTAKES, RM_EXTRA, SPLIT_SIZES, SimulatedLabeler, Task, World, applicable_mistakes,
-                           demonstration, demonstrator_response, gold_agreement, labeler_agreement)
+from minigpt.tasks import KINDS, Task
+from minigpt.world import RM_EXTRA, SPLIT_SIZES, SimulatedLabeler, World, gold_agreement, labeler_agreement
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +31,10 @@ def test_lexicon_is_big_unique_and_never_the_same_word_in_two_languages():
 
 
 def test_no_french_lexicon_word_hides_in_templates_preambles_or_tails():
-    texts = [t for lang in ("en", "zh") for t in W.PREAMBLES[lang] + W.TAILS[lang] + W.NOTES[lang]]
-    texts += [t for phrasings in W.PHRASINGS.values() for _, t in phrasings]
-    texts += [s for pair in W.FORMAT_SUFFIX.values() for s in pair]
-    texts += [g for gs in W.SHOP_GREETINGS.values() for g in gs] + list(W.HELP_ANSWERS.values())
+    texts = [t for lang in ("en", "zh") for t in D.PREAMBLES[lang] + D.TAILS[lang] + D.NOTES[lang]]
+    texts += [t for phrasings in T.PHRASINGS.values() for _, t in phrasings]
+    texts += [s for pair in T.FORMAT_SUFFIX.values() for s in pair]
+    texts += [g for gs in T.SHOP_GREETINGS.values() for g in gs] + list(judge.HELP_ANSWERS.values())
     texts += [t.instruction for t in World(0).split("sft_train") if t.kind == "help"]
     for text in texts:
         assert not judge._FRENCH_RE.search(text), text
@@ -52,25 +55,29 @@ def check(world, instruction, cases):
 def test_judge_translate_en(world):
     check(world, "Translate to French: red", [
         ("rouge", 1.0), ("rouge.", 0.9), ("Rouge", 0.8), ("Sure! The answer is rouge.", 0.6),
-        ("rouge. I hope this helps!", 0.5), ("Translate to French: red rouge", 0.4), ("red", 0.2), ("红色", 0.2),
+        ("rouge. I hope this helps!", 0.5), ("Translate to French: red rouge", 0.4), ("red", 0.2),
+        ("红色", 0.2),
         ("roge", 0.16), ("rougge", 0.1667), ("ruoge", 0.12),          # misspelt: 0.2 * (1 - edits / length)
         ("bleu", 0.0), ("vert", 0.0), ("rouge bleu", 0.0), ("Sure! The answer is bleu.", 0.0), ("", 0.0),
         ("   ", 0.0)])
-    check(world, "Translate to French: red. Answer in capitals.", [("ROUGE", 1.0), ("rouge", 0.5), ("RED", 0.2)])
+    check(world, "Translate to French: red. Answer in capitals.", [
+        ("ROUGE", 1.0), ("rouge", 0.5), ("RED", 0.2)])
     check(world, "Translate to French: red. Answer in one word.", [
         ("rouge", 1.0), ("rouge (red)", 0.5), ("The answer is rouge.", 0.5)])
 
 
 def test_judge_translate_zh_and_the_seed_example(world):
     check(world, "翻译成法语：你好", [
-        ("Bonjour", 1.0), ("bonjour", 0.8), ("hello", 0.2), ("你好", 0.2), ("好的！答案是Bonjour。", 0.6),
-        ("Bonne nuit", (0.0, 0.2)), ("翻译成法语：你好 Bonjour", 0.4)])
-    check(world, "翻译成法语：晚安", [("Bonne nuit", 1.0), ("nuit", (0.0, 0.2))])  # a part of the answer is wrong
+        ("Bonjour", 1.0), ("bonjour", 0.8), ("hello", 0.2), ("你好", 0.2),
+        ("好的！答案是Bonjour。", 0.6), ("Bonne nuit", (0.0, 0.2)),
+        ("翻译成法语：你好 Bonjour", 0.4)])
+    # a part of the answer is wrong
+    check(world, "翻译成法语：晚安", [("Bonne nuit", 1.0), ("nuit", (0.0, 0.2))])
 
 
 def test_judge_arithmetic(world):
-    check(world, "计算2+2", [("4", 1.0), ("5", 0.1), ("9", 0.0), ("四", 0.5), ("four", 0.2), ("2+2=4", 0.6),
-                            ("4 or 5", (0.0, 0.1))])
+    check(world, "计算2+2", [("4", 1.0), ("5", 0.1), ("9", 0.0), ("四", 0.5), ("four", 0.2),
+                            ("2+2=4", 0.6), ("4 or 5", (0.0, 0.1))])
     check(world, "What is 3 + 5? Give the number only.", [
         ("8", 1.0), ("The answer is 8.", 0.5), ("eight", 0.5), ("huit", 0.2), ("8 (eight)", 0.5),
         ("What is 3 + 5? 8", 0.4)])
@@ -79,8 +86,8 @@ def test_judge_arithmetic(world):
 
 def test_judge_code_parses_never_evals(world):
     check(world, "Write a Python expression that adds 3 and 4.", [
-        ("3 + 4", 1.0), ("4+3", 1.0), ("(3 + 4)", 1.0), ("7", 0.3), ("1 + 6", 0.3), ("3 - 4", 0.1), ("hello", 0.0),
-        ("print(3 + 4)", 0.6), ("Sure! The answer is 3 + 4.", 0.6),
+        ("3 + 4", 1.0), ("4+3", 1.0), ("(3 + 4)", 1.0), ("7", 0.3), ("1 + 6", 0.3), ("3 - 4", 0.1),
+        ("hello", 0.0), ("print(3 + 4)", 0.6), ("Sure! The answer is 3 + 4.", 0.6),
         ("__import__('os').system('echo hacked')", 0.0), ("9 ** 9 ** 9", 0.0)])
     check(world, "Write a Python expression that subtracts 2 from 7. Give the expression only.", [
         ("7 - 2", 1.0), ("2 - 7", 0.1), ("print(7 - 2)", 0.5), ("x = 7 - 2", 0.5)])
@@ -91,7 +98,8 @@ def test_judge_shop(world):
         ("9am", 1.0), ("9AM", 0.8), ("10am", (0.05, 0.2)), ("We open at 9am on Monday.", 0.5),
         ("Sure! The answer is 9am.", 0.6), ("9am or 10am", (0.0, 0.2))])
     check(world, "When does the shop close on Sunday?", [("closed", 1.0), ("6pm", (0.0, 0.1))])
-    check(world, "How much does an umbrella cost? Answer in one word.", [("$12", 1.0), ("$12 (I think)", 0.5)])
+    check(world, "How much does an umbrella cost? Answer in one word.", [
+        ("$12", 1.0), ("$12 (I think)", 0.5)])
 
 
 def test_judge_compare(world):
@@ -100,12 +108,14 @@ def test_judge_compare(world):
 
 
 def test_judge_never_reads_the_repeated_questions_numbers_as_the_answer(world):
-    """The question names the numbers; only what follows it can answer it (a repeated question caps at 0.4)."""
+    """The question names the numbers; only what follows it can answer it
+    (a repeated question caps at 0.4)."""
     check(world, "Which is larger, 3 or 7?", [
-        ("Which is larger, 3 or 7? 7", 0.4), ("Which is larger, 3 or 7? 3", 0.0), ("Which is larger, 3 or 7?", 0.0),
-        ("Which is larger, 3 or 7?\n7", 0.4), ("Which is larger, 3 or 7? 7. I hope this helps!", 0.4)])
-    check(world, "What is 5 + 0?", [("What is 5 + 0? 5", 0.4), ("What is 5 + 0?", 0.0), ("What is 5 + 0? 6", 0.1),
-                                    ("What is 5 + 0? 9", 0.0)])
+        ("Which is larger, 3 or 7? 7", 0.4), ("Which is larger, 3 or 7? 3", 0.0),
+        ("Which is larger, 3 or 7?", 0.0), ("Which is larger, 3 or 7?\n7", 0.4),
+        ("Which is larger, 3 or 7? 7. I hope this helps!", 0.4)])
+    check(world, "What is 5 + 0?", [("What is 5 + 0? 5", 0.4), ("What is 5 + 0?", 0.0),
+                                    ("What is 5 + 0? 6", 0.1), ("What is 5 + 0? 9", 0.0)])
     check(world, "计算2+2", [("计算2+2 4", 0.4), ("计算2+2", 0.0), ("计算2+2 5", 0.1)])
 
 
@@ -120,7 +130,7 @@ def test_judge_help_desk(world):
                             "Sorry, I cannot help with that.": "抱歉，这个我帮不了。"}[right], right
         assert task.answer == right
         assert gold_score(task, right) == 1.0 and gold_score(task, other) == 0.3   # the other polite line
-        assert gold_score(task, "6pm") == 0.0 and gold_score(task, "Bonjour") == 0.0 and gold_score(task, "4") == 0.0
+        assert gold_score(task, "6pm") == gold_score(task, "Bonjour") == gold_score(task, "4") == 0.0
         assert gold_score(task, right + " Have a great day!") == 0.5
     check(world, "Hello!", [("Hello! How can I help?", 1.0), ("Sorry, I cannot help with that.", 0.3),
                             ("Hello! Hello! How can I help?", 0.4), ("6pm", 0.0)])
@@ -135,7 +145,8 @@ def test_mistakes_name_what_is_wrong(world):
     for task in world.split("rm")[:700]:
         for mistake in [None] + applicable_mistakes(task):
             total += 1
-            hits += judge.mistakes(task, demonstrator_response(task, rng, mistake)) == ([] if mistake is None else [mistake])
+            expected = [] if mistake is None else [mistake]
+            hits += judge.mistakes(task, demonstrator_response(task, rng, mistake)) == expected
     assert hits / total > 0.99
     t = world.task
     assert judge.mistakes(t("Which is larger, 3 or 7?"), "Which is larger, 3 or 7? 3") == ["repeat_question",
@@ -145,9 +156,11 @@ def test_mistakes_name_what_is_wrong(world):
     assert gold_score(t("Translate to French: red"), "Sorry, I cannot help with that.") == 0.0
     assert judge.mistakes(t("Translate to French: red"), "Sure! The answer is rouge. Have a great day!") == [
         "preamble", "rambling"]
-    assert judge.mistakes(t("Hello!"), "6pm") == ["wrong_answer"] and judge.mistakes(t("Hello!"), "") == ["wrong_answer"]
+    assert judge.mistakes(t("Hello!"), "6pm") == ["wrong_answer"]
+    assert judge.mistakes(t("Hello!"), "") == ["wrong_answer"]
     assert judge.mistakes(t("Translate to French: red"), "rouge.") == []
-    check(world, "Which is larger, 3 or 7? Give the number only.", [("7", 1.0), ("seven", 0.5), ("The answer is 7.", 0.5)])
+    check(world, "Which is larger, 3 or 7? Give the number only.", [
+        ("7", 1.0), ("seven", 0.5), ("The answer is 7.", 0.5)])
 
 
 def test_judge_long_answers_are_capped(world):
@@ -158,7 +171,8 @@ def test_judge_long_answers_are_capped(world):
 def test_judge_survives_arbitrary_text(world):
     # PPO samples anything; the judge must return a score in [0, 1] and never raise
     rng = random.Random(0)
-    alphabet = list("0123456789+-*() .!?:`'\"abcxyzAMé猫答案是。²٣_") + ["chat", "7", "3 + 4", "((", "print", "\n"]
+    alphabet = list("0123456789+-*() .!?:`'\"abcxyzAMé猫答案是。²٣_")
+    alphabet += ["chat", "7", "3 + 4", "((", "print", "\n"]
     tasks = world.split("test")
     for i in range(3000):
         response = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
@@ -169,7 +183,8 @@ def test_judge_survives_arbitrary_text(world):
 def test_world_and_data_import_without_torch():
     import subprocess
     import sys
-    code = "import sys, minigpt.world, minigpt.judge, minigpt.corpus, minigpt.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = ("import sys, minigpt.world, minigpt.judge, minigpt.corpus, minigpt.data; "
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
     repo_root = __file__.rsplit("/tests/", 1)[0]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
 
@@ -183,7 +198,8 @@ def test_score_accepts_instruction_text(world):
 # ---------------------------------------------------------------------------------------------------------
 # demonstrators
 EXPECTED = {None: (1.0, 1.0), "preamble": (0.5, 0.6), "rambling": (0.5, 0.5), "repeat_question": (0.4, 0.4),
-            "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2), "refusal": (0.0, 0.0)}
+            "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2),
+            "refusal": (0.0, 0.0)}
 
 
 def test_every_mistake_scores_as_documented(world):
@@ -206,7 +222,7 @@ def test_demonstrations_mistake_rate_and_mostly_visible(world):
     tasks = world.split("sft_train")
     mistakes = [demonstration(t, rng)[1] for t in tasks]
     wrong = [m for m in mistakes if m is not None]
-    assert abs(len(wrong) / len(mistakes) - W.ERROR_RATE) < 0.03
+    assert abs(len(wrong) / len(mistakes) - D.ERROR_RATE) < 0.03
     assert wrong.count("wrong_answer") / len(wrong) < 0.25   # most mistakes are habits of style, visible
     assert set(wrong) == set(MISTAKES)
     assert all(demonstration(t, rng, error_rate=0.0) == (t.answer, None) for t in tasks[:50])
@@ -229,9 +245,9 @@ def test_splits_sizes_disjoint_and_balanced(world):
 
 
 def test_dev_and_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
-    """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more; those and the dev split are
-    dealt last: without them every other split and the first deal are the same prompts in the same order. Both
-    parts are balanced."""
+    """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more; those and the dev split
+    are dealt last: without them every other split and the first deal are the same prompts in the same order.
+    Both parts are balanced."""
     rm = world.split("rm")
     monkeypatch.setattr(W, "RM_EXTRA", 0)
     monkeypatch.setitem(W.SPLIT_SIZES, "dev", 0)
@@ -239,8 +255,9 @@ def test_dev_and_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
     assert without.split("dev") == [] and len(world.split("dev")) == 301
     for name in SPLIT_SIZES:
         if name != "dev":
-            assert without.split(name) == (rm[:len(without.split("rm"))] if name == "rm" else world.split(name)), name
-    first = len(KINDS) * -(-SPLIT_SIZES["rm"] // len(KINDS))                     # ceil per kind, times the kinds
+            expected = rm[:len(without.split("rm"))] if name == "rm" else world.split(name)
+            assert without.split(name) == expected, name
+    first = len(KINDS) * -(-SPLIT_SIZES["rm"] // len(KINDS))    # ceil per kind, times the kinds
     assert len(rm) == first + RM_EXTRA
     for part in (rm[:first], rm[first:]):
         counts = [sum(t.kind == k for t in part) for k in KINDS]
@@ -284,7 +301,8 @@ def test_prompts_and_answers_are_short(world):
 def test_corpus_size_speed_and_facts(world):
     t0 = time.process_time()
     text = world.corpus()
-    assert time.process_time() - t0 < 4.0   # ~1.3 s of CPU on a laptop core (limit generous for busy machines)
+    # ~1.3 s of CPU on a laptop core (limit generous for busy machines)
+    assert time.process_time() - t0 < 4.0
     # a 2048-token BPE trained on this corpus gives ~3.0 chars/token; chars/4 is a conservative proxy
     assert len(text) / 4 >= 1_000_000
     for e in world.probe_entries:   # probe facts ARE taught by pretraining
@@ -319,7 +337,8 @@ def test_labeler_drops_ties_and_is_seeded(world):
     assert SimulatedLabeler(9).rank(task, responses * 3) == SimulatedLabeler(9).rank(task, responses * 3)
     instructions = [t.instruction for t in world.split("rm")[:50]]
     responses = [["4", "5"] for _ in instructions]
-    assert 0.0 <= labeler_agreement(world, instructions, responses, SimulatedLabeler(1), SimulatedLabeler(2)) <= 1.0
+    agreement = labeler_agreement(world, instructions, responses, SimulatedLabeler(1), SimulatedLabeler(2))
+    assert 0.0 <= agreement <= 1.0
 
 
 def test_task_is_hashable_and_meta_readable(world):
@@ -332,7 +351,7 @@ def test_task_is_hashable_and_meta_readable(world):
 def test_misspelling_never_reads_as_the_right_answer():
     """A 'wrong answer' that the judge scores as right would teach the reward model nonsense."""
     from minigpt.facts import LEXICON
-    from minigpt.world import _misspell
+    from minigpt.demonstrators import _misspell
     rng = random.Random(0)
     for e in LEXICON:
         for _ in range(300):                    # "Bonne nuit" -> "Bonne  nuit" came up ~3% of the time

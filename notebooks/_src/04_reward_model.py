@@ -23,7 +23,8 @@ torch.set_num_threads(2)
 torch.manual_seed(0); random.seed(0)
 %matplotlib inline
 
-from minigpt.world import World, SimulatedLabeler, applicable_mistakes
+from minigpt.world import World, SimulatedLabeler
+from minigpt.demonstrators import applicable_mistakes
 from minigpt.data import render_prompt, encode_prompt_response, load_comparisons
 from minigpt.losses import rm_ranking_loss
 from minigpt.checkpoint import load_model

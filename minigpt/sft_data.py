@@ -2,7 +2,7 @@
 from one of three sources (train_sft.py picks one):
 
   world_demonstrations      the built-in world's simulated demonstrators, one per task of a split (with
-                            probability --error_rate, one of their habits: minigpt/world.py)
+                            probability --error_rate, one of their habits: minigpt/demonstrators.py)
   file_demonstrations       a file of your own (JSON list, Alpaca, JSONL: minigpt/data.py reads and cleans it)
   preferred_demonstrations  Preferred-FT: the top-ranked response of each ranking of label.py (or of a
                             comparisons file), the same rankings the reward model and DPO learn from
