@@ -31,7 +31,8 @@ from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, loa
                                 model_state, rng_state, save_checkpoint, save_model, set_rng_state,
                                 write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import encode_rankings, epoch_batches, load_rankings
+from minigpt.data import encode_rankings, epoch_batches
+from minigpt.rankings import load_rankings
 from minigpt.evaluation import ranking_report
 from minigpt.losses import rm_batch_loss
 from minigpt.model import RewardModel

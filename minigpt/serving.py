@@ -1,4 +1,5 @@
-"""Answering chat requests in batches (serve.py is the HTTP side: it validates requests and streams answers).
+"""Answering chat requests in batches (serve.py is the HTTP side, minigpt/chat_api.py the request's checks and
+the answer's shape).
 
 One worker thread per model takes every pending request from its queue (up to --max_batch rows,
 waiting --batch_wait_ms for stragglers) and groups them by (temperature, top_p); each group runs ONE generate

@@ -12,7 +12,8 @@ import os
 import sys
 
 from minigpt.cli import UserError
-from minigpt.data import clean_demonstrations, load_demonstrations, load_rankings, render_prompt
+from minigpt.data import clean_demonstrations, load_demonstrations, render_prompt
+from minigpt.rankings import load_rankings
 
 
 def world_demonstrations(world, split, rng, error_rate):

@@ -4,9 +4,9 @@ import unicodedata
 import pytest
 
 from minigpt.cli import UserError
-from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text,
-                          encode_prompt_response, clean_rankings, lm_windows, load_comparisons,
-                          load_demonstrations, load_rankings, load_text, render_prompt, sft_batch)
+from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text, encode_prompt_response,
+                          lm_windows, load_comparisons, load_demonstrations, load_text, render_prompt, sft_batch)
+from minigpt.rankings import clean_rankings, load_rankings
 
 SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"},
         {"instruction": "计算2+2", "output": "4"}]
