@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
-                                load_tokenizer, model_state, rng_state, save_checkpoint, save_model,
-                                set_rng_state, write_json)
+from minigpt.checkpoint import (config_dict, load_model, load_resumed, load_tokenizer, model_state, rng_state,
+                                save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows, load_text, render_prompt
 from minigpt.losses import sft_loss
@@ -27,8 +26,8 @@ from minigpt.model import GPT, GPTConfig
 from minigpt.sampling import generate
 from minigpt.tokenizer import Tokenizer
 from minigpt.training import (all_reduce_mean, autocast, check_dtype, cleanup_distributed, cosine_lr,
-                              exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics,
-                              read_metrics, resolve_dtype, set_lr, setup_distributed, step_optimizers)
+                              exit_interrupted, make_adamw, open_stage, plot_metrics, read_metrics,
+                              resolve_dtype, set_lr, start_stage, step_optimizers)
 from minigpt.world import World
 
 
@@ -148,11 +147,8 @@ def make_tokenizer(cfg, resumed, train_text, world, master):
 def main(cfg):
     # Data parallel: the model wrapped (DDP). Its forward is the whole computation the loss needs, so DDP's
     # hooks see every parameter and average the gradients during backward, overlapped with it.
-    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
-    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    rank, world_size, device, resume = start_stage(cfg)
     master = rank == 0
-    torch.manual_seed(cfg.seed)
-    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- data and tokenizer ----
     world = None

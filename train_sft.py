@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_resumed, model_state,
-                                rng_state, save_checkpoint, save_model, set_rng_state, write_json)
+from minigpt.checkpoint import (config_dict, load_resumed, model_state, rng_state, save_checkpoint,
+                                save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_prompt_response, lm_windows, load_text, sft_batch
 from minigpt.demonstrators import ERROR_RATE
@@ -41,8 +41,8 @@ from minigpt.losses import sft_loss
 from minigpt.respond import respond
 from minigpt.starting_point import load_init, rebuild
 from minigpt.training import (all_reduce_mean, all_reduce_sum, autocast, check_dtype, cleanup_distributed,
-                              cosine_lr, exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics,
-                              read_metrics, resolve_dtype, set_lr, setup_distributed, step_optimizers)
+                              cosine_lr, exit_interrupted, make_adamw, open_stage, plot_metrics, read_metrics,
+                              resolve_dtype, set_lr, start_stage, step_optimizers)
 from minigpt.world import World
 
 
@@ -287,11 +287,8 @@ def write_summary(cfg, best, rows, gold_scored, run):
 def main(cfg):
     # Data parallel: the model wrapped (DDP), as in pretraining: the SFT and the pretraining-mix losses both
     # go through its forward (no_sync on the first backward, so both gradients are averaged once, together).
-    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
-    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    rank, world_size, device, resume = start_stage(cfg)
     master = rank == 0
-    torch.manual_seed(cfg.seed)
-    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- model, tokenizer, demonstrations, the pretraining mix ----
     model, tokenizer = load_init(cfg.init, cfg.tokenizer)

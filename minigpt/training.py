@@ -11,7 +11,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from minigpt.checkpoint import config_dict, write_json
+from minigpt.checkpoint import check_out_dir, config_dict, load_checkpoint, write_json
 from minigpt.cli import UserError
 
 
@@ -227,6 +227,17 @@ def exit_interrupted(save_last, master, out_dir, position):
         print(f"\ninterrupted: saved {out_dir}/last.pt at {position}; rerun with --resume to continue")
     cleanup_distributed()
     sys.exit(130)
+
+
+def start_stage(cfg):
+    """The first lines of every training stage: refuse to train over a run in cfg.out_dir (unless --resume or
+    --force), join torchrun's process group when launched by it, seed torch, and read out_dir/last.pt on
+    --resume -> (rank, world_size, device, the resumed state or None)."""
+    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
+    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
+    return rank, world_size, device, resume
 
 
 def open_stage(cfg, master, total, start_step, resumed):
