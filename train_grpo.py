@@ -46,22 +46,22 @@ from minigpt.world import World
 @dataclass
 class Config:
     out_dir: str = field(default="out/grpo", metadata={"help": "stage folder to write"})
-    sft: str = field(default="out/sft", metadata={"help": "SFT stage folder: the policy's "
-                                                          "start and the frozen reference"})
+    sft: str = field(default="out/sft", metadata={
+        "help": "SFT stage folder: the policy's start and the frozen reference"})
     rm: str = field(default="out/rm", metadata={"help": "reward model stage folder (frozen)"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction "
-                                                         "world (its 'ppo' prompts)"})
+    world_seed: int = field(default=0, metadata={
+        "help": "seed of the built-in instruction world (its 'ppo' prompts)"})
     seed: int = field(default=1337, metadata={"help": "seed for sampling, prompt order and minibatches"})
-    group_size: int = field(default=4, metadata={"help": "G: responses sampled per "
-                                                         "prompt, the group baseline"})
+    group_size: int = field(default=4, metadata={
+        "help": "G: responses sampled per prompt, the group baseline"})
     # rollouts
     iterations: int = field(default=30, metadata={"help": "rollout + update rounds"})
     batch_size: int = field(default=16, metadata={"help": "prompts rolled out per iteration per process, "
                                                           "each --group_size times"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits "
                                                               "end-of-text is penalised"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the "
-                                                              "log-probs use the same one)"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature (the log-probs use the same one)"})
     no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
         "help": "score instead of the RM's for a response without end-of-text "
                 "(minigpt.scoring.NO_EOS_PENALTY)"})
@@ -81,15 +81,15 @@ class Config:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
     adam_beta2: float = field(default=0.95, metadata={"help": "Adam beta2 (beta1 is 0.9)"})
     # selection and safety
-    val_prompts: int = field(default=64, metadata={"help": "ppo prompts held out to select "
-                                                           "the checkpoint by RM score"})
+    val_prompts: int = field(default=64, metadata={
+        "help": "ppo prompts held out to select the checkpoint by RM score"})
     val_samples: int = field(default=4, metadata={"help": "responses sampled per validation prompt"})
     val_tokens: int = field(default=16384, metadata={
         "help": "tokens of held-out pretraining text for pretrain_val_loss (minigpt.scoring.heldout_loss)"})
-    kl_budget: float = field(default=10.0, metadata={"help": "select only checkpoints whose "
-                                                             "validation KL is below this, nats"})
-    max_kl: float = field(default=50.0, metadata={"help": "stop if the rollout KL per "
-                                                          "response exceeds this, nats"})
+    kl_budget: float = field(default=10.0, metadata={
+        "help": "select only checkpoints whose validation KL is below this, nats"})
+    max_kl: float = field(default=50.0, metadata={
+        "help": "stop if the rollout KL per response exceeds this, nats"})
     eval_interval: int = field(default=5, metadata={"help": "iterations between validation + checkpoint"})
     log_interval: int = field(default=1, metadata={"help": "iterations between progress lines"})
     sample_interval: int = field(default=20, metadata={"help": "iterations between printed sample responses "

@@ -56,20 +56,20 @@ from minigpt.world import World
 @dataclass
 class Config:
     out_dir: str = field(default="out/ppo", metadata={"help": "stage folder to write"})
-    sft: str = field(default="out/sft", metadata={"help": "SFT stage folder: the policy's "
-                                                          "start and the frozen reference"})
-    rm: str = field(default="out/rm", metadata={"help": "reward model stage folder (frozen; "
-                                                        "also the value model's start)"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction "
-                                                         "world (its 'ppo' prompts)"})
+    sft: str = field(default="out/sft", metadata={
+        "help": "SFT stage folder: the policy's start and the frozen reference"})
+    rm: str = field(default="out/rm", metadata={
+        "help": "reward model stage folder (frozen; also the value model's start)"})
+    world_seed: int = field(default=0, metadata={
+        "help": "seed of the built-in instruction world (its 'ppo' prompts)"})
     seed: int = field(default=1337, metadata={"help": "seed for sampling, prompt order and minibatches"})
     # rollouts
     iterations: int = field(default=60, metadata={"help": "rollout + update rounds"})
     batch_size: int = field(default=64, metadata={"help": "prompts rolled out per iteration per process"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits "
                                                               "end-of-text is penalised"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the "
-                                                              "log-probs use the same one)"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature (the log-probs use the same one)"})
     no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
         "help": "score instead of the RM's for a response without end-of-text "
                 "(minigpt.scoring.NO_EOS_PENALTY)"})
@@ -77,8 +77,8 @@ class Config:
     kl_coef: float = field(default=0.2, metadata={
         "help": "beta, the per-token KL penalty to the SFT model, in units of the demonstrations' reward "
                 "spread (InstructGPT 0.02; here small values let PPO find the RM's holes)"})
-    adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta towards "
-                                                               "--kl_target (Ziegler et al.)"})
+    adaptive_kl: bool = field(default=False, metadata={
+        "help": "adapt beta towards --kl_target (Ziegler et al.)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive KL: target KL per response, nats"})
     kl_horizon: int = field(default=1000, metadata={
         "help": "adaptive KL: horizon in episodes (Ziegler: 10000 of ~1M episodes; a default run has ~1300)"})
@@ -100,17 +100,17 @@ class Config:
                                                            "loss (0 = plain PPO)"})
     ptx_batch_size: int = field(default=8, metadata={"help": "pretraining windows per PPO minibatch"})
     # selection and safety
-    val_prompts: int = field(default=64, metadata={"help": "ppo prompts held out to select "
-                                                           "the checkpoint by RM score"})
+    val_prompts: int = field(default=64, metadata={
+        "help": "ppo prompts held out to select the checkpoint by RM score"})
     val_samples: int = field(default=4, metadata={"help": "responses sampled per validation "
                                                           "prompt (one RM score per response "
                                                           "has std ~1: 64 of them give +-0.25)"})
     val_tokens: int = field(default=16384, metadata={
         "help": "tokens of held-out pretraining text for pretrain_val_loss (minigpt.scoring.heldout_loss)"})
-    kl_budget: float = field(default=10.0, metadata={"help": "select only checkpoints whose "
-                                                             "validation KL is below this, nats"})
-    max_kl: float = field(default=50.0, metadata={"help": "stop if the rollout KL per "
-                                                          "response exceeds this, nats"})
+    kl_budget: float = field(default=10.0, metadata={
+        "help": "select only checkpoints whose validation KL is below this, nats"})
+    max_kl: float = field(default=50.0, metadata={
+        "help": "stop if the rollout KL per response exceeds this, nats"})
     eval_interval: int = field(default=5, metadata={"help": "iterations between validation + checkpoint"})
     log_interval: int = field(default=1, metadata={"help": "iterations between progress lines"})
     sample_interval: int = field(default=20, metadata={"help": "iterations between printed sample "
