@@ -252,8 +252,8 @@ def main(cfg):
     if policy.config.block_size <= cfg.max_new_tokens:
         raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size "
                         f"{policy.config.block_size}")
-    # Adam eps 1e-5 (detail 17); betas (0.9, β2) spelled out: a (β1, β1) typo is a known bug. No weight
-    # decay: the KL penalty, not decay towards zero, is what keeps the policy near the SFT model.
+    # Adam eps 1e-5 (detail 17); betas (0.9, β2) spelled out: a (β1, β1) typo is a known bug. No weight decay:
+    # the KL penalty, not decay towards zero, is what keeps the policy near the SFT model.
     betas = (0.9, cfg.adam_beta2)
     policy_optimizer = make_adamw(policy, cfg.lr, weight_decay=0.0, betas=betas, eps=1e-5)
     value_optimizer = make_adamw(value_model, cfg.value_lr, weight_decay=0.0, betas=betas, eps=1e-5)
@@ -336,7 +336,7 @@ def main(cfg):
                     assert logprob_gap < (1e-4 if dtype == "float32" else 0.1), \
                         f"recomputed log-probs differ from sampled ones by {logprob_gap}"
 
-                # 2. Reward: RM score at the last real token, −β·log(π/π_ref) on every response token
+                # 2. Reward: RM score at the last real token, −β·(log π − log π_ref) on every response token
                 scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)     # (B,)
                 rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, kl_ctl.value)
 
