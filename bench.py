@@ -42,13 +42,19 @@ class Config:
     threads: int = field(default=0, metadata={"help": "torch threads (0 = torch's default)"})
     train_steps: int = field(default=12, metadata={"help": "timed training steps per config"})
     compile: bool = field(default=False, metadata={"help": "also time training with torch.compile"})
-    only: list = field(default_factory=list, metadata={"help": f"run only these sections ({', '.join(SECTIONS)}; default all)"})
-    serve_requests: int = field(default=64, metadata={"help": "serve section: requests per phase (sequential, concurrent)"})
-    serve_clients: int = field(default=16, metadata={"help": "serve section: client threads in the concurrent phase"})
+    only: list = field(default_factory=list, metadata={
+        "help": f"run only these sections ({', '.join(SECTIONS)}; default all)"})
+    serve_requests: int = field(default=64, metadata={"help": "serve section: requests per phase "
+                                                              "(sequential, concurrent)"})
+    serve_clients: int = field(default=16, metadata={
+        "help": "serve section: client threads in the concurrent phase"})
     serve_max_tokens: int = field(default=24, metadata={"help": "serve section: max_tokens of each request"})
-    serve_model: str = field(default="", metadata={"help": "serve section: stage folder to serve ('' = a random model of the default size)"})
-    serve_rm: bool = field(default=False, metadata={"help": "serve section: also load a random reward model scoring every answer"})
-    serve_batch_wait_ms: float = field(default=5.0, metadata={"help": "serve section: serve.py --batch_wait_ms"})
+    serve_model: str = field(default="", metadata={"help": "serve section: stage folder to serve ('' = a "
+                                                           "random model of the default size)"})
+    serve_rm: bool = field(default=False, metadata={"help": "serve section: also load a random reward "
+                                                            "model scoring every answer"})
+    serve_batch_wait_ms: float = field(default=5.0, metadata={
+        "help": "serve section: serve.py --batch_wait_ms"})
     serve_max_batch: int = field(default=32, metadata={"help": "serve section: serve.py --max_batch"})
 
     def validate(self):
@@ -123,7 +129,8 @@ def generation_speed(device, batch=16, prompt_len=128, new_tokens=256):
     for name, use_cache in (("cached", True), ("uncached", False)):
         sync(device)
         t0 = time.perf_counter()
-        tokens, _ = generate(model, prompts, new_tokens, eos_id=-1, pad_id=0, temperature=0, use_cache=use_cache)
+        tokens, _ = generate(model, prompts, new_tokens, eos_id=-1, pad_id=0, temperature=0,
+                             use_cache=use_cache)
         sync(device)
         result[name] = (batch * new_tokens / (time.perf_counter() - t0), tokens)
     same = torch.equal(result["cached"][1], result["uncached"][1])
@@ -131,7 +138,7 @@ def generation_speed(device, batch=16, prompt_len=128, new_tokens=256):
 
 
 def script_defaults(script):
-    """The literal defaults of a stage script's Config, read from its source (bench.py imports no other script)."""
+    """The literal defaults of a script's Config, read from its source (bench.py imports no other script)."""
     import ast
 
     tree = ast.parse(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), script)).read())
@@ -147,8 +154,8 @@ def script_defaults(script):
 
 def ppo_iteration(device):
     """One PPO iteration at train_ppo.py's default config, on freshly initialised models, timed in its
-    three parts: rollout (sampling), scoring (policy, reference, value and reward forwards), update (the clipped
-    losses of train_ppo.py's ppo_loss, minibatch by minibatch, for its ppo_epochs)."""
+    three parts: rollout (sampling), scoring (policy, reference, value and reward forwards), update (the
+    clipped losses of train_ppo.py's ppo_loss, minibatch by minibatch, for its ppo_epochs)."""
     import copy
 
     from minigpt.ppo import gae, kl_penalty_rewards, masked_whiten, policy_loss, value_loss
@@ -168,7 +175,8 @@ def ppo_iteration(device):
     tasks = world.split("ppo")[: cfg.batch_size]
     generator = torch.Generator(device=device).manual_seed(0)
     t0 = time.perf_counter()
-    batch = rollout(policy, tokenizer, [t.instruction for t in tasks], cfg.max_new_tokens, cfg.temperature, generator)
+    batch = rollout(policy, tokenizer, [t.instruction for t in tasks], cfg.max_new_tokens, cfg.temperature,
+                    generator)
     sync(device)
     t1 = time.perf_counter()
     mask = batch["mask"]
@@ -187,10 +195,10 @@ def ppo_iteration(device):
         perm = torch.randperm(cfg.batch_size, generator=order)
         for start in range(0, cfg.batch_size, cfg.minibatch_size):
             rows = perm[start: start + cfg.minibatch_size]
-            mb = {"P": batch["P"], **{k: batch[k][rows] for k in ("query_response", "attention_mask", "position_ids",
-                                                                  "response")}}
-            pg, _ = policy_loss(response_logprobs(policy, mb, cfg.temperature), logprobs[rows], advantages[rows],
-                                mask[rows], cfg.clip)
+            mb_keys = ("query_response", "attention_mask", "position_ids", "response")
+            mb = {"P": batch["P"], **{k: batch[k][rows] for k in mb_keys}}
+            pg, _ = policy_loss(response_logprobs(policy, mb, cfg.temperature), logprobs[rows],
+                                advantages[rows], mask[rows], cfg.clip)
             vf, _ = value_loss(response_values(value_model, mb), values[rows], returns[rows], mask[rows],
                                cfg.value_clip)
             (pg + cfg.vf_coef * vf).backward()
@@ -320,7 +328,8 @@ def serve_throughput(cfg, device):
                 tokens = sum(r[1] for r in results)
                 return {"clients": len(threads), "requests": len(results), "wall_s": wall,
                         "requests_per_s": len(results) / wall, "completion_tokens_per_s": tokens / wall,
-                        "p50_latency_s": _percentile(latencies, 50), "p95_latency_s": _percentile(latencies, 95),
+                        "p50_latency_s": _percentile(latencies, 50),
+                        "p95_latency_s": _percentile(latencies, 95),
                         "generate_calls_per_request": calls / len(results)}
 
             sequential = phase(1)
@@ -332,8 +341,8 @@ def serve_throughput(cfg, device):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return {"model": cfg.serve_model or "random GPTConfig() (L4 H4 E128 T128 V2048)", "reward_model": bool(rm),
-            "server_threads": cfg.threads or None,
+    return {"model": cfg.serve_model or "random GPTConfig() (L4 H4 E128 T128 V2048)",
+            "reward_model": bool(rm), "server_threads": cfg.threads or None,
             "max_tokens": cfg.serve_max_tokens, "batch_wait_ms": cfg.serve_batch_wait_ms,
             "max_batch": cfg.serve_max_batch, "sequential": sequential, "concurrent": concurrent,
             "speedup": concurrent["requests_per_s"] / sequential["requests_per_s"]}
@@ -359,17 +368,19 @@ def main(cfg):
         # the default pretraining config of train_pretrain.py, and the issue's reference config
         pc = SimpleNamespace(**script_defaults("train_pretrain.py"))
         configs = {
-            "default_pretrain": (GPTConfig(block_size=pc.block_size, vocab_size=pc.vocab_size, n_layer=pc.n_layer,
-                                           n_head=pc.n_head, n_embd=pc.n_embd, flash=pc.flash), pc.batch_size),
-            "L4_H4_E128_T128_V2048_B32": (GPTConfig(block_size=128, vocab_size=2048, n_layer=4, n_head=4, n_embd=128,
-                                                    flash=True), 32),
-            "L4_H4_E128_T128_V2048_B32_manual_attention": (GPTConfig(block_size=128, vocab_size=2048, n_layer=4,
-                                                                     n_head=4, n_embd=128, flash=False), 32),
+            "default_pretrain": (GPTConfig(block_size=pc.block_size, vocab_size=pc.vocab_size,
+                                           n_layer=pc.n_layer, n_head=pc.n_head, n_embd=pc.n_embd,
+                                           flash=pc.flash), pc.batch_size),
+            "L4_H4_E128_T128_V2048_B32": (GPTConfig(block_size=128, vocab_size=2048, n_layer=4, n_head=4,
+                                                    n_embd=128, flash=True), 32),
+            "L4_H4_E128_T128_V2048_B32_manual_attention": (
+                GPTConfig(block_size=128, vocab_size=2048, n_layer=4, n_head=4, n_embd=128, flash=False), 32),
         }
         # Each dtype's MFU is against its own measured matmul peak: bf16 runs more tokens/s but its ceiling is
         # higher still, so a model this small (128-wide matrices) reaches a smaller share of it.
         report["train"] = {}
-        print(f"\n{'training config':<45} {'fp32 tok/s':>10} {'MFU':>6} {'bf16 tok/s':>10} {'MFU':>6} {'bf16/fp32':>9}")
+        print(f"\n{'training config':<45} {'fp32 tok/s':>10} {'MFU':>6} {'bf16 tok/s':>10} {'MFU':>6} "
+              f"{'bf16/fp32':>9}")
         for name, (mc, bs) in configs.items():
             variants = [(name, False)] + ([(name + "_compiled", True)] if cfg.compile else [])
             for vname, comp in variants:
@@ -379,20 +390,21 @@ def main(cfg):
                     row[dtype] = {"tokens_per_s": tps, "mfu": tps * flops / (peak * 1e9)}
                 report["train"][vname] = row
                 f, b = row["float32"], row["bfloat16"]
-                print(f"{vname:<45} {f['tokens_per_s']:10.0f} {f['mfu']:6.1%} {b['tokens_per_s']:10.0f} {b['mfu']:6.1%} "
-                      f"{b['tokens_per_s'] / f['tokens_per_s']:8.2f}x")
+                print(f"{vname:<45} {f['tokens_per_s']:10.0f} {f['mfu']:6.1%} {b['tokens_per_s']:10.0f} "
+                      f"{b['mfu']:6.1%} {b['tokens_per_s'] / f['tokens_per_s']:8.2f}x")
 
     if "generate" in sections:
         cached, uncached, same = generation_speed(device)
         report["generate"] = {"cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
                               "speedup": cached / uncached, "same_tokens": same}
-        print(f"\ngeneration (batch 16, prompt 128, 256 new): cached {cached:.0f} tok/s, uncached {uncached:.0f} tok/s, "
-              f"speedup {cached / uncached:.1f}x, identical tokens: {same}")
+        print(f"\ngeneration (batch 16, prompt 128, 256 new): cached {cached:.0f} tok/s, "
+              f"uncached {uncached:.0f} tok/s, speedup {cached / uncached:.1f}x, identical tokens: {same}")
 
     if "ppo" in sections:
         report["ppo_iteration"] = ppo_iteration(device)
         p = report["ppo_iteration"]
-        print(f"\nPPO iteration: rollout {p['rollout_s']:.2f}s | score {p['score_s']:.2f}s | update {p['update_s']:.2f}s")
+        print(f"\nPPO iteration: rollout {p['rollout_s']:.2f}s | score {p['score_s']:.2f}s | "
+              f"update {p['update_s']:.2f}s")
     else:
         report["ppo_iteration"] = None
 
@@ -400,10 +412,10 @@ def main(cfg):
         report["serve"] = sv = serve_throughput(cfg, device)
         threads = "" if sv["server_threads"] is None else f", {sv['server_threads']} server threads"
         print(f"\nserve.py ({sv['model']}{', reward model' if sv['reward_model'] else ''}; "
-              f"max_tokens {sv['max_tokens']}, temperature 1, no seed; --batch_wait_ms={sv['batch_wait_ms']:g} "
-              f"--max_batch={sv['max_batch']}{threads})")
-        print(f"{'phase':<12} {'clients':>7} {'requests':>8} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
-              f"{'gen calls/req':>13}")
+              f"max_tokens {sv['max_tokens']}, temperature 1, no seed; "
+              f"--batch_wait_ms={sv['batch_wait_ms']:g} --max_batch={sv['max_batch']}{threads})")
+        print(f"{'phase':<12} {'clients':>7} {'requests':>8} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} "
+              f"{'p95 s':>7} {'gen calls/req':>13}")
         for name in ("sequential", "concurrent"):
             r = sv[name]
             print(f"{name:<12} {r['clients']:>7} {r['requests']:>8} {r['requests_per_s']:7.2f} "

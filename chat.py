@@ -21,16 +21,18 @@ from minigpt.training import autocast, check_dtype, pick_device
 @dataclass
 class Config:
     model: str = field(default="out/ppo", metadata={"help": "stage folder of the model to talk to"})
-    compare: list = field(default_factory=list, metadata={"help": "several stage folders: each answers every prompt"})
+    compare: list = field(default_factory=list, metadata={
+        "help": "several stage folders: each answers every prompt"})
     prompt: str = field(default="", metadata={"help": "answer this one instruction and exit"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature (0 = greedy)"})
     top_k: int = field(default=0, metadata={"help": "keep only the k most likely tokens (0 = off)"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling: smallest set with this probability mass"})
+    top_p: float = field(default=0.95, metadata={
+        "help": "nucleus sampling: smallest set with this probability mass"})
     max_new_tokens: int = field(default=48, metadata={"help": "longest answer in tokens"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
-                                                         "clearly faster), float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 "
+                                                         "matmul is clearly faster), float32 or bfloat16"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -63,8 +65,8 @@ def answer(model, tokenizer, instruction, cfg, generator, label=""):
 
     with autocast(str(next(model.parameters()).device), cfg.dtype):
         generate(model, prompt, cfg.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                 temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None,
-                 generator=generator, on_token=on_token)
+                 temperature=cfg.temperature, top_k=cfg.top_k or None,
+                 top_p=cfg.top_p if cfg.top_p < 1 else None, generator=generator, on_token=on_token)
     final = tokenizer.decode_streamed(sampled, final=True)
     print(final[len(shown):], flush=True)
     return final
@@ -88,7 +90,8 @@ def main(cfg):
 
     def reply(instruction):
         for (folder, model, tokenizer), generator in zip(models, generators):
-            answer(model, tokenizer, instruction, cfg, generator, label=f"[{folder:>{width}}] " if len(models) > 1 else "")
+            label = f"[{folder:>{width}}] " if len(models) > 1 else ""
+            answer(model, tokenizer, instruction, cfg, generator, label=label)
 
     if cfg.prompt:
         reply(cfg.prompt)

@@ -12,7 +12,8 @@ facts appear only in the pretraining text. Against the baseline model (--baselin
 score and the win rate (on how many answers the gold judge prefers A's answer to B's, ties left out and
 reported beside), each with a 95% interval by bootstrap over prompts (a prompt's answers are resampled
 together: they are not independent). --best_of=N adds best-of-N sampling from one model, reranked by the
-reward model: RLHF's simplest competitor; it draws its own samples, independent of the answers it is paired with.
+reward model: RLHF's simplest competitor; it draws its own samples, independent of the answers it is paired
+with.
 """
 
 import math
@@ -25,7 +26,8 @@ import torch
 
 from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
 from minigpt.cli import UserError, check, named_folders, run
-from minigpt.evaluation import best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95, mean_gain, win_fraction, win_rate
+from minigpt.evaluation import (best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95, mean_gain, win_fraction,
+                                win_rate)
 from minigpt.judge import MISTAKE_KINDS, mistakes
 from minigpt.respond import respond
 from minigpt.scoring import (NO_EOS_PENALTY, heldout_loss, join_responses, penalise_unfinished, reward_scores,
@@ -38,31 +40,39 @@ STAGES = ("pretrain", "sft", "ppo", "ppo_ptx")   # looked for under out/ when --
 
 @dataclass
 class Config:
-    models: str = field(default="", metadata={"help": "NAME:FOLDER,... (or bare folders, named by their basename); "
-                                                      "empty = every finished stage among out/" + ",out/".join(STAGES)})
-    baseline: str = field(default="", metadata={"help": "the model gains and win rates are against (default: the first)"})
-    split: str = field(default="test", metadata={"help": "test (only reported) or dev (where defaults are chosen)"})
+    models: str = field(default="", metadata={
+        "help": "NAME:FOLDER,... (or bare folders, named by their basename); "
+                "empty = every finished stage among out/" + ",out/".join(STAGES)})
+    baseline: str = field(default="", metadata={"help": "the model gains and win rates are against "
+                                                        "(default: the first)"})
+    split: str = field(default="test", metadata={
+        "help": "test (only reported) or dev (where defaults are chosen)"})
     ref: str = field(default="", metadata={"help": "reference model folder for the KL column (e.g. out/sft)"})
-    rm: str = field(default="", metadata={"help": "reward model folder for the RM-score column (e.g. out/rm)"})
+    rm: str = field(default="", metadata={
+        "help": "reward model folder for the RM-score column (e.g. out/rm)"})
     best_of: int = field(default=0, metadata={"help": "N > 1 adds best-of-N by reward model (needs --rm)"})
-    best_of_model: str = field(default="sft", metadata={"help": "the model (by name) that best-of-N samples from"})
+    best_of_model: str = field(default="sft", metadata={
+        "help": "the model (by name) that best-of-N samples from"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (RLHF samples at 1.0)"})
     greedy: bool = field(default=False, metadata={"help": "also evaluate greedy decoding of every model"})
     n_prompts: int = field(default=0, metadata={"help": "test prompts to use (0 = all)"})
-    samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per test prompt (each paired with the "
-                                                                 "same-numbered answer of every other model for win rates)"})
-    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={"help": "best-of-N: the score of a sample that "
-                                                                        "never ended (PPO's rule and default)"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per test prompt (each "
+                                                                 "paired with the same-numbered answer of "
+                                                                 "every other model for win rates)"})
+    no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
+        "help": "best-of-N: the score of a sample that never ended (PPO's rule and default)"})
     max_new_tokens: int = field(default=32, metadata={"help": "longest answer"})
-    val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for the val loss"})
+    val_tokens: int = field(default=16384, metadata={
+        "help": "tokens of held-out pretraining text for the val loss"})
     seed: int = field(default=0, metadata={"help": "sampling seed (the same for every model)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
-    json: str = field(default="out/eval/eval.json", metadata={"help": "where to write the results (empty = nowhere)"})
+    json: str = field(default="out/eval/eval.json", metadata={
+        "help": "where to write the results (empty = nowhere)"})
     show: int = field(default=3, metadata={"help": "side-by-side samples to print"})
     batch_size: int = field(default=256, metadata={"help": "prompts per generation batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
-                                                         "clearly faster), float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 "
+                                                         "matmul is clearly faster), float32 or bfloat16"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -71,7 +81,8 @@ class Config:
         for key in ("max_new_tokens", "val_tokens", "batch_size", "samples_per_prompt"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.n_prompts >= 0 and self.show >= 0, "--n_prompts and --show must be >= 0")
-        check(self.best_of == 0 or self.best_of >= 2, f"--best_of must be 0 (off) or >= 2, got {self.best_of}")
+        check(self.best_of == 0 or self.best_of >= 2,
+              f"--best_of must be 0 (off) or >= 2, got {self.best_of}")
         check(self.best_of == 0 or self.rm, "--best_of needs a reward model: pass --rm=out/rm")
 
 
@@ -94,15 +105,16 @@ def logprobs_of_answers(model, ans, pad_id, temperature, batch_size):
     responses = [[t for t in row if t != pad_id] for row in ans["tokens"].tolist()]
     out = []
     for i in range(0, len(responses), batch_size):
-        idx, response = join_responses(ans["prompts"][i: i + batch_size], responses[i: i + batch_size], pad_id)
+        idx, response = join_responses(ans["prompts"][i: i + batch_size], responses[i: i + batch_size],
+                                       pad_id)
         out.append(sequence_logprobs(model, idx.to(device), response.to(device), temperature).cpu())
     return torch.cat(out)
 
 
 def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=None):
-    """`samples` answers to each task, laid out sample-major: answer s of task p at s * len(tasks) + p. With n > 1
-    each answer is best-of-n: n samples, the one the reward model scores highest, where a sample that never ended
-    scores cfg.no_eos_penalty (PPO's rule, so best-of-n and PPO are judged by the same reward).
+    """`samples` answers to each task, laid out sample-major: answer s of task p at s * len(tasks) + p. With
+    n > 1 each answer is best-of-n: n samples, the one the reward model scores highest, where a sample that
+    never ended scores cfg.no_eos_penalty (PPO's rule, so best-of-n and PPO are judged by the same reward).
 
     Returns dict(texts, tokens (S*P, N), prompts, eos, rm (S*P,) or None, all_rm (S, n, P) or None)."""
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -116,10 +128,11 @@ def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=N
         scores = penalise_unfinished(raw, torch.tensor(out.eos), cfg.no_eos_penalty)
     pick = list(range(samples * P))
     if n > 1:
-        best = scores.view(samples, n, P).argmax(1)                            # (S, P) best of each group of n
+        best = scores.view(samples, n, P).argmax(1)                         # (S, P) best of each group of n
         pick = [(s * n + int(best[s, p])) * P + p for s in range(samples) for p in range(P)]
-    return {"texts": [out.texts[i] for i in pick], "tokens": out.tokens[pick], "eos": [out.eos[i] for i in pick],
-            "prompts": [out.prompts[i] for i in pick], "rm": scores[pick] if scores is not None else None,
+    return {"texts": [out.texts[i] for i in pick], "tokens": out.tokens[pick],
+            "eos": [out.eos[i] for i in pick], "prompts": [out.prompts[i] for i in pick],
+            "rm": scores[pick] if scores is not None else None,
             "all_rm": scores.view(samples, n, P) if scores is not None else None}
 
 
@@ -131,12 +144,16 @@ def per_kind(tasks, scores):
     return {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
 
 
+# ======== read this first: the judging: gold score and mistakes per answer, paired gains, win rates ========
 def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
-    """The numbers of one system, in the JSON's shape, plus the gold score of every answer and of every probe answer
-    (for gains and win rates). tasks[i] is the task answers[i] answers (each test task once per sample)."""
+    """The numbers of one system, in the JSON's shape, plus the gold score of every answer and of every
+    probe answer (for gains and win rates). tasks[i] is the task answers[i] answers (each test task once
+    per sample)."""
     gold = [world.gold_score(t, text) for t, text in zip(tasks, ans["texts"])]
-    lengths = [sum(1 for tok in row if tok != pad_id) - int(e) for row, e in zip(ans["tokens"].tolist(), ans["eos"])]
-    probe = [world.gold_score(t, text) for t, text in zip(probe_tasks, probe_ans["texts"])] if probe_ans else []
+    lengths = [sum(1 for tok in row if tok != pad_id) - int(e)
+               for row, e in zip(ans["tokens"].tolist(), ans["eos"])]
+    probe = ([world.gold_score(t, text) for t, text in zip(probe_tasks, probe_ans["texts"])] if probe_ans
+             else [])
     counts = {kind: 0 for kind in MISTAKE_KINDS}
     for t, text in zip(tasks, ans["texts"]):
         for kind in mistakes(t, text):
@@ -158,9 +175,9 @@ def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
 
 
 def with_intervals(results, gold, probe_gold, baseline, samples, seed):
-    """Add to each system's results: its gold mean's 95% interval, and against the baseline the paired gain and
-    the win rate with theirs (on test and probe prompts), by bootstrap over prompts. gold[system]: scores laid out
-    sample-major (answer s of prompt p at s * P + p)."""
+    """Add to each system's results: its gold mean's 95% interval, and against the baseline the paired gain
+    and the win rate with theirs (on test and probe prompts), by bootstrap over prompts. gold[system]: scores
+    laid out sample-major (answer s of prompt p at s * P + p)."""
     def grid(scores):                                                            # -> (samples, P)
         return np.asarray(scores, dtype=np.float64).reshape(samples, -1)
 
@@ -173,11 +190,13 @@ def with_intervals(results, gold, probe_gold, baseline, samples, seed):
             continue
         b = grid(gold[baseline])
         r["gain_vs_baseline"], r["gain_ci95"] = mean_gain(a, b), bootstrap_ci95(mean_gain, a, b, seed=seed)
-        r["win_rate_vs_baseline"], r["win_rate_ci95"] = win_fraction(a, b), bootstrap_ci95(win_fraction, a, b, seed=seed)
+        r["win_rate_vs_baseline"] = win_fraction(a, b)
+        r["win_rate_ci95"] = bootstrap_ci95(win_fraction, a, b, seed=seed)
         if probe_gold[system]:
             pa, pb = grid(probe_gold[system]), grid(probe_gold[baseline])
             r["probe_gain_vs_baseline"] = mean_gain(pa, pb)
             r["probe_gain_ci95"] = bootstrap_ci95(mean_gain, pa, pb, seed=seed)
+# ======== end of read this first ========
 
 
 def finite(x):
@@ -210,16 +229,17 @@ def print_table(results, wins, ties, baseline):
         return "" if pair is None else f"[{fmt(pair[0], spec)}, {fmt(pair[1], spec)}]"
 
     print(f"\n{'model':<{w}} {'gold [95% CI]':>21} {'gain vs ' + baseline + ' [95% CI]':>28} "
-          f"{'win rate vs ' + baseline + ' [CI] (ties)':>30} {'exact':>6} {'eos':>5} {'len':>5} {'val loss':>8} "
-          f"{'KL ref':>7} {'RM':>6} {'probe':>6}")
+          f"{'win rate vs ' + baseline + ' [CI] (ties)':>30} {'exact':>6} {'eos':>5} {'len':>5} "
+          f"{'val loss':>8} {'KL ref':>7} {'RM':>6} {'probe':>6}")
     for n in names:
         r = results[n]
         gain = "" if n == baseline else f"{fmt(r['gain_vs_baseline'], '+.3f')} {ci(r['gain_ci95'])}"
-        win = "" if n == baseline else (f"{fmt(wins[f'{n}_vs_{baseline}'], '.2f')} {ci(r['win_rate_ci95'], '.2f')} "
-                                        f"({ties[f'{n}_vs_{baseline}']:.2f})")
+        win = "" if n == baseline else (f"{fmt(wins[f'{n}_vs_{baseline}'], '.2f')} "
+                                        f"{ci(r['win_rate_ci95'], '.2f')} ({ties[f'{n}_vs_{baseline}']:.2f})")
         print(f"{n:<{w}} {fmt(r['gold_mean'])} {ci(r['gold_ci95']):>15} {gain:>28} {win:>30} "
-              f"{fmt(r['exact_match'], '.2f'):>6} {fmt(r['eos_rate'], '.2f'):>5} {fmt(r['mean_len'], '.1f'):>5} "
-              f"{fmt(r['pretrain_val_loss']):>8} {fmt(r['kl_to_ref'], '.2f'):>7} {fmt(r['rm_score'], '.2f'):>6} "
+              f"{fmt(r['exact_match'], '.2f'):>6} {fmt(r['eos_rate'], '.2f'):>5} "
+              f"{fmt(r['mean_len'], '.1f'):>5} {fmt(r['pretrain_val_loss']):>8} "
+              f"{fmt(r['kl_to_ref'], '.2f'):>7} {fmt(r['rm_score'], '.2f'):>6} "
               f"{fmt(r['probe_gold_mean']):>6}")
     kinds = sorted({k for r in results.values() for k in r["per_task"]})
     print(f"\n{'gold by task':<{w}} " + " ".join(f"{k:>13}" for k in kinds))
@@ -273,16 +293,19 @@ def main(cfg):
         for system, name, temperature, n in systems:
             folder, model, tok = loaded[name]
             if name not in val_losses:
-                val_losses[name] = heldout_loss(model, torch.tensor(tok.encode(val_text)[: cfg.val_tokens + 1],
-                                                                    dtype=torch.long), cfg.val_tokens)
-            S = cfg.samples_per_prompt if temperature > 0 else 1                  # greedy answers are all the same
-            print(f"evaluating {system} ({folder}, {'greedy' if temperature == 0 else f'temperature {temperature}'}, "
+                val_ids = torch.tensor(tok.encode(val_text)[: cfg.val_tokens + 1], dtype=torch.long)
+                val_losses[name] = heldout_loss(model, val_ids, cfg.val_tokens)
+            S = cfg.samples_per_prompt if temperature > 0 else 1            # greedy answers are all the same
+            sampling = "greedy" if temperature == 0 else f"temperature {temperature}"
+            print(f"evaluating {system} ({folder}, {sampling}, "
                   f"{S} per prompt{f', each the best of {n} by {cfg.rm}' if n > 1 else ''}) ...", flush=True)
-            # Every model samples with the same seed. Best-of-n draws its own samples: with the seed of the model it
-            # samples from, a prompt's first answer would often be that model's own first answer, a tie by construction.
+            # Every model samples with the same seed. Best-of-n draws its own samples: with the seed of the
+            # model it samples from, a prompt's first answer would often be that model's own first answer, a
+            # tie by construction.
             seed = cfg.seed if n == 1 else random.Random(f"{cfg.seed}-{system}").randrange(2 ** 31)
             ans = answer(model, tok, tasks, cfg, temperature, seed, S, n, rm[0] if rm else None)
-            probe_ans = answer(model, tok, probe, cfg, temperature, seed + 1, S, n, rm[0] if rm else None) if probe else None
+            probe_ans = (answer(model, tok, probe, cfg, temperature, seed + 1, S, n, rm[0] if rm else None)
+                         if probe else None)
             kl, kl_bound = None, None
             if ref and temperature > 0:
                 if n == 1:
@@ -290,16 +313,17 @@ def main(cfg):
                                       for m in (model, ref[0]))
                     kl = sampled_kl(logp, ref_logp)                       # KL(π ‖ π_ref) on π's own answers
                 elif os.path.samefile(folder, cfg.ref):
-                    # estimated on the S*n samples of each prompt (their empirical distribution); the analytic value
-                    # log n − (n−1)/n is only an upper bound: it assumes all samples differ, and short answers repeat
+                    # estimated on the S*n samples of each prompt (their empirical distribution); the analytic
+                    # value log n − (n−1)/n is only an upper bound: it assumes all samples differ, and short
+                    # answers repeat
                     draws = ans["all_rm"].permute(2, 0, 1).reshape(len(tasks), -1).tolist()   # (P, S*n)
                     kl = sum(best_of_n_kl(d, n) for d in draws) / len(draws)
                     kl_bound = best_of_n_kl_bound(n)
-            results[system], gold[system], probe_gold[system] = report(world, tasks * S, ans, probe * S, probe_ans,
-                                                                       tok.pad_id, val_losses[name], kl)
+            results[system], gold[system], probe_gold[system] = report(
+                world, tasks * S, ans, probe * S, probe_ans, tok.pad_id, val_losses[name], kl)
             results[system].update(samples_per_prompt=S, kl_bound=kl_bound)
             answers[system] = ans["texts"]
-            if S != cfg.samples_per_prompt:                                        # pair greedy with every sample
+            if S != cfg.samples_per_prompt:                                 # pair greedy with every sample
                 gold[system] = gold[system] * cfg.samples_per_prompt
                 probe_gold[system] = probe_gold[system] * cfg.samples_per_prompt
                 answers[system] = answers[system] * cfg.samples_per_prompt
@@ -308,7 +332,7 @@ def main(cfg):
     P = len(tasks)
     per_prompt = {s: [sum(g[k * P + p] for k in range(cfg.samples_per_prompt)) / cfg.samples_per_prompt
                       for p in range(P)] for s, g in gold.items()}
-    prompt_wins, prompt_ties = pairwise(per_prompt)                          # prompt by prompt (mean of its answers)
+    prompt_wins, prompt_ties = pairwise(per_prompt)                 # prompt by prompt (mean of its answers)
     with_intervals(results, gold, probe_gold, baseline, cfg.samples_per_prompt, cfg.seed)
     print_table(results, wins, ties, baseline)
     samples = [{"instruction": t.instruction, "answer": t.answer, "kind": t.kind,

@@ -50,54 +50,64 @@ from minigpt.world import LABELER_TEMPERATURE, SimulatedLabeler, World, labeler_
 @dataclass
 class Config:
     out_dir: str = field(default="out/labels", metadata={"help": "stage folder to write"})
-    policy: str = field(default="out/sft", metadata={"help": "stage folder of the model whose responses are ranked"})
+    policy: str = field(default="out/sft", metadata={
+        "help": "stage folder of the model whose responses are ranked"})
     labeler: str = field(default="simulated", metadata={"help": "simulated (world.SimulatedLabeler) or human "
                                                                 "(you, in the terminal)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
-    seed: int = field(default=1337, metadata={"help": "seed for sampling, demonstrators and the simulated labeller"})
-    n_prompts: int = field(default=0, metadata={"help": "RM prompts to label (0 = all of the world's rm split, 2464)"})
-    val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts held out as validation "
-                                                                "comparisons (spread evenly over the prompts)"})
+    seed: int = field(default=1337, metadata={
+        "help": "seed for sampling, demonstrators and the simulated labeller"})
+    n_prompts: int = field(default=0, metadata={
+        "help": "RM prompts to label (0 = all of the world's rm split, 2464)"})
+    val_fraction: float = field(default=0.15, metadata={
+        "help": "fraction of prompts held out as validation comparisons (spread evenly over the prompts)"})
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
-    k_decorated: int = field(default=0, metadata={"help": "policy samples also shown wrapped in a surface mistake "
-                             "(preamble, rambling, repeated question): style compared with content held fixed"})
-    k_other: int = field(default=0, metadata={"help": "samples for other prompts (another task kind) shown as "
-                                                      "responses to this one: fluent but off-topic"})
-    k_demo: int = field(default=0, metadata={"help": "demonstrator responses per prompt (distinct mistake kinds, "
-                                                     "or the right answer)"})
-    temperatures: str = field(default="1.0", metadata={"help": "sampling temperatures of the policy, comma-separated: "
-                                                               "k_policy samples at each"})
-    max_new_tokens: int = field(default=24, metadata={"help": "longest sampled response (as in PPO's rollouts)"})
+    k_decorated: int = field(default=0, metadata={
+        "help": "policy samples also shown wrapped in a surface mistake (preamble, rambling, repeated "
+                "question): style compared with content held fixed"})
+    k_other: int = field(default=0, metadata={"help": "samples for other prompts (another task kind) shown "
+                                                      "as responses to this one: fluent but off-topic"})
+    k_demo: int = field(default=0, metadata={"help": "demonstrator responses per prompt (distinct mistake "
+                                                     "kinds, or the right answer)"})
+    temperatures: str = field(default="1.0", metadata={"help": "sampling temperatures of the policy, "
+                                                               "comma-separated: k_policy samples at each"})
+    max_new_tokens: int = field(default=24, metadata={
+        "help": "longest sampled response (as in PPO's rollouts)"})
     labeler_temperature: float = field(default=LABELER_TEMPERATURE, metadata={
-        "help": "noise of the simulated labeller (0 = always the gold order; minigpt.world.LABELER_TEMPERATURE)"})
+        "help": "noise of the simulated labeller (0 = always the gold order; "
+                "minigpt.world.LABELER_TEMPERATURE)"})
     batch_size: int = field(default=512, metadata={"help": "responses sampled at once"})
-    fresh: bool = field(default=False, metadata={"help": "discard labels already in out_dir (human labels are "
-                                                         "otherwise continued, and never overwritten)"})
+    fresh: bool = field(default=False, metadata={"help": "discard labels already in out_dir (human labels "
+                                                         "are otherwise continued, and never overwritten)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
-                                                         "clearly faster), float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 "
+                                                         "matmul is clearly faster), float32 or bfloat16"})
 
     def validate(self):
         check_dtype(self.dtype)
-        check(self.labeler in ("simulated", "human"), f"--labeler must be simulated or human, got {self.labeler!r}")
+        check(self.labeler in ("simulated", "human"),
+              f"--labeler must be simulated or human, got {self.labeler!r}")
         check(self.n_prompts >= 0, f"--n_prompts must be >= 0, got {self.n_prompts}")
         check(0 <= self.val_fraction < 1, f"--val_fraction must be in [0, 1), got {self.val_fraction}")
         check(min(self.k_policy, self.k_decorated, self.k_other, self.k_demo) >= 0,
               "--k_policy, --k_decorated, --k_other and --k_demo must be >= 0")
-        check(self.k_policy + self.k_demo >= 2, f"need K = k_policy + k_demo >= 2 responses per prompt to rank, "
-                                                f"got {self.k_policy + self.k_demo}")
+        check(self.k_policy + self.k_demo >= 2, f"need K = k_policy + k_demo >= 2 responses per prompt to "
+                                                f"rank, got {self.k_policy + self.k_demo}")
         try:
             temperatures = [float(t) for t in self.temperatures.split(",")]
         except ValueError:
-            raise UserError(f"--temperatures: expected numbers separated by commas, got {self.temperatures!r}") from None
+            raise UserError("--temperatures: expected numbers separated by commas, "
+                            f"got {self.temperatures!r}") from None
         check(all(t > 0 for t in temperatures), f"--temperatures must all be > 0, got {self.temperatures}")
-        check(self.max_new_tokens > 0 and self.batch_size > 0, "--max_new_tokens and --batch_size must be > 0")
-        check(self.labeler_temperature >= 0, f"--labeler_temperature must be >= 0, got {self.labeler_temperature}")
+        check(self.max_new_tokens > 0 and self.batch_size > 0,
+              "--max_new_tokens and --batch_size must be > 0")
+        check(self.labeler_temperature >= 0,
+              f"--labeler_temperature must be >= 0, got {self.labeler_temperature}")
 
 
 def is_val(i, fraction):
-    """Prompt i is held out when i * fraction crosses an integer: exactly ~fraction of any prefix, spread evenly,
-    so the split of a prompt never depends on how many prompts are labelled."""
+    """Prompt i is held out when i * fraction crosses an integer: exactly ~fraction of any prefix, spread
+    evenly, so the split of a prompt never depends on how many prompts are labelled."""
     return math.floor((i + 1) * fraction) > math.floor(i * fraction)
 
 
@@ -113,24 +123,24 @@ def demo_responses(world, task, k, seed):
 
 
 def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
-    """Yield (task, [{"response", "mistake", "source", "gold"}]) for each task, sampling the policy `chunk` prompts
+    """Yield (task, [{"response", "mistake", "source", "gold"}]) per task, sampling the policy `chunk` prompts
     at a time. A policy sample's mistake is the first that minigpt.judge.mistakes names (None when right)."""
     temperatures = [float(t) for t in cfg.temperatures.split(",")]
     for start in range(0, len(tasks), chunk):
         part = tasks[start: start + chunk]
         texts = [[] for _ in part]                                            # per prompt: the samples shown
         for temperature in temperatures if cfg.k_policy else []:
-            # A labeller is shown k_policy DIFFERENT answers (two copies of one text teach nothing): draw twice as
-            # many, keep the first k_policy distinct ones (short answers repeat: on world 0's dev split this gave
-            # 2.57 answers per ranking instead of 2.41, and 1,765 rankings instead of 1,588).
+            # A labeller is shown k_policy DIFFERENT answers (two copies of one text teach nothing): draw
+            # twice as many, keep the first k_policy distinct ones (short answers repeat: on world 0's dev
+            # split this gave 2.57 answers per ranking instead of 2.41, and 1,765 rankings instead of 1,588).
             draws = DRAWS_PER_SHOWN * cfg.k_policy
             instructions = [t.instruction for t in part for _ in range(draws)]
             with autocast(str(next(model.parameters()).device), cfg.dtype):
                 out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature,
                               generator=generator, batch_size=cfg.batch_size)
             for n in range(len(part)):
-                # A sample that never emitted end-of-text is left out: the reward model reads a response + eos, and
-                # PPO never asks it about an unfinished one (it gets the fixed no-EOS penalty instead).
+                # A sample that never emitted end-of-text is left out: the reward model reads a response +
+                # eos, and PPO never asks it about an unfinished one (that gets the fixed no-EOS penalty).
                 mine = slice(n * draws, (n + 1) * draws)
                 ended = [text for text, e in zip(out.texts[mine], out.eos[mine]) if e]
                 texts[n] += distinct(ended)[: cfg.k_policy]
@@ -146,22 +156,25 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
             for r in [s for s in samples if s][: cfg.k_decorated]:
                 mistake = rng.choice(SURFACE_MISTAKES)
                 d = decorate(task, r, rng, mistake)
-                cands.append({"response": d, "mistake": mistake, "source": "decorated", "gold": world.gold_score(task, d)})
-            # A fluent answer to another question: another prompt's sample (of a different kind) shown here. With
-            # none of these the RM never saw an off-topic answer, and PPO learnt to answer "3 * 1" to everything.
+                cands.append({"response": d, "mistake": mistake, "source": "decorated",
+                              "gold": world.gold_score(task, d)})
+            # A fluent answer to another question: another prompt's sample (another kind) shown here. Without
+            # these the RM never saw an off-topic answer, and PPO learnt to answer "3 * 1" to everything.
             rng = random.Random(f"other-{cfg.seed}-{task.instruction}")
             others = [m for m, t in enumerate(part) if t.kind != task.kind and texts[m] and texts[m][0]]
             for m in rng.sample(others, min(cfg.k_other, len(others))):
                 r = texts[m][0]
-                cands.append({"response": r, "mistake": "off_topic", "source": "other", "gold": world.gold_score(task, r)})
+                cands.append({"response": r, "mistake": "off_topic", "source": "other",
+                              "gold": world.gold_score(task, r)})
             for r, kind in demo_responses(world, task, cfg.k_demo, cfg.seed):
-                cands.append({"response": r, "mistake": kind, "source": "demo", "gold": world.gold_score(task, r)})
-            random.Random(f"order-{cfg.seed}-{task.instruction}").shuffle(cands)  # sources mixed, position random
+                cands.append({"response": r, "mistake": kind, "source": "demo",
+                              "gold": world.gold_score(task, r)})
+            random.Random(f"order-{cfg.seed}-{task.instruction}").shuffle(cands)  # sources mixed in any order
             yield task, cands
 
 
 def record(task, cands, order, labeler, seed):
-    """The JSON line for one ranked prompt: responses best -> worst, with gold scores and where each came from."""
+    """The JSON line of one ranked prompt: responses best -> worst, each with its gold score and source."""
     ranked = [cands[i] for i in order]
     return {"prompt": task.instruction, "responses": [c["response"] for c in ranked], "labeler": labeler,
             "seed": seed, "gold": [c["gold"] for c in ranked], "mistakes": [c["mistake"] for c in ranked],
@@ -196,7 +209,7 @@ def append_line(path, obj):
     return offset
 
 
-# agreement = fraction of a ranking's pairs (i above j) where gold_i > gold_j; pairs with equal gold are skipped
+# agreement = fraction of a ranking's pairs (i above j) where gold_i > gold_j; pairs of equal gold are skipped
 def gold_agreement_of(records):
     agree = total = 0
     for r in records:
@@ -235,7 +248,7 @@ def show(task, cands, position, total):
 def human_session(tasks, pending, make_cands, paths, seed):
     """Rank each pending prompt from stdin; every answer is on disk before the next prompt is shown.
     Returns (labelled, skipped, quit_early)."""
-    history, cache, k, labelled, skipped = [], {}, 0, 0, 0   # history: (index into pending, file, offset|None)
+    history, cache, k, labelled, skipped = [], {}, 0, 0, 0  # history: (index into pending, file, offset|None)
     print(f"{len(pending)} prompts to rank; {HINT}; end of input also stops, keeping your work")
     while k < len(pending):
         i = pending[k]
@@ -319,13 +332,15 @@ def main(cfg):
     world = World(cfg.world_seed)
     tasks = world.split("rm")
     if cfg.n_prompts:
-        check(cfg.n_prompts <= len(tasks), f"--n_prompts={cfg.n_prompts}: the world has {len(tasks)} RM prompts")
+        check(cfg.n_prompts <= len(tasks),
+              f"--n_prompts={cfg.n_prompts}: the world has {len(tasks)} RM prompts")
         tasks = tasks[: cfg.n_prompts]
     device = pick_device(cfg.device)
     model, tokenizer, _ = load_model(cfg.policy, "lm", device)
     model.eval()
     check(cfg.max_new_tokens < model.config.block_size,
-          f"--max_new_tokens ({cfg.max_new_tokens}) must be < the policy's block_size ({model.config.block_size})")
+          f"--max_new_tokens ({cfg.max_new_tokens}) must be < the policy's block_size "
+          f"({model.config.block_size})")
     identity = "human" if cfg.labeler == "human" else f"simulated-{cfg.seed}"
 
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -335,9 +350,11 @@ def main(cfg):
     existing = read_labels(paths["train"]) + read_labels(paths["val"])
     others = {r.get("labeler") for r in existing} - {identity}
     if existing and not cfg.fresh and "human" in others:
-        raise UserError(f"{cfg.out_dir} holds human labels; use another --out_dir, or --fresh to discard them")
+        raise UserError(f"{cfg.out_dir} holds human labels; use another --out_dir, "
+                        "or --fresh to discard them")
     if existing and not cfg.fresh and cfg.labeler == "human" and others:
-        raise UserError(f"{cfg.out_dir} holds labels by {sorted(others)[0]}; use another --out_dir or --fresh")
+        raise UserError(f"{cfg.out_dir} holds labels by {sorted(others)[0]}; "
+                        "use another --out_dir or --fresh")
     if cfg.fresh or cfg.labeler == "simulated":   # simulated labels are reproducible: redo them from scratch
         existing = []
         for name in ("train", "val"):
@@ -351,10 +368,11 @@ def main(cfg):
     # "up to": a prompt's responses with equal gold scores are tied and all but one dropped before ranking
     print(f"labelling {len(tasks)} prompts x up to K={K} responses ({k} from {cfg.policy} at temperatures "
           f"{cfg.temperatures}, dtype {resolve_dtype(cfg.dtype, device)}, up to "
-          f"{cfg.k_decorated} of them decorated, {cfg.k_other} off-topic, {cfg.k_demo} from the demonstrators); "
-          f"labeller {identity}")
+          f"{cfg.k_decorated} of them decorated, {cfg.k_other} off-topic, {cfg.k_demo} from the "
+          f"demonstrators); labeller {identity}")
 
     skipped, quit_early, dropped = 0, False, 0
+    # ======== read this first: the labelling: K candidates per prompt, ranked best first (or by you) ========
     if cfg.labeler == "simulated":
         labeler = SimulatedLabeler(cfg.seed, cfg.labeler_temperature)
         chunk = max(1, cfg.batch_size // max(k, 1))
@@ -382,17 +400,19 @@ def main(cfg):
 
         labelled, skipped, quit_early = human_session(tasks, pending, make_cands, paths, cfg.seed)
         print(f"{labelled} prompts ranked this session, {skipped} skipped")
+    # ======== end of read this first ========
 
     # ---- how good are the labels? ----
     train, val = read_labels(paths["train"]), read_labels(paths["val"])
     if not train and not val:
         print("no labels written yet")
         return
-    # ceiling: these labels vs the noise-free gold order; agreement: two fresh, independent simulated labellers
-    # ranking the same held-out responses (the labels' own noise, as InstructGPT measured between people)
+    # ceiling: these labels vs the noise-free gold order; agreement: two fresh, independent simulated
+    # labellers on the same held-out responses (the labels' own noise, as InstructGPT measured between people)
     held_out = val or train
     instructions, lists = [r["prompt"] for r in held_out], [r["responses"] for r in held_out]
-    agreement = labeler_agreement(world, instructions, lists, SimulatedLabeler(cfg.seed + 1, cfg.labeler_temperature),
+    agreement = labeler_agreement(world, instructions, lists,
+                                  SimulatedLabeler(cfg.seed + 1, cfg.labeler_temperature),
                                   SimulatedLabeler(cfg.seed + 2, cfg.labeler_temperature))
     policy_gold = [g for r in train + val for g, s in zip(r["gold"], r["sources"]) if s == "policy"]
     summary = {
@@ -408,14 +428,16 @@ def main(cfg):
     }
     if cfg.labeler == "human":   # how often the person orders a pair like a simulated labeller would
         summary["human_vs_simulated"] = labeler_agreement(
-            world, instructions, lists, SimulatedLabeler(cfg.seed + 3, cfg.labeler_temperature), StoredOrder())
+            world, instructions, lists, SimulatedLabeler(cfg.seed + 3, cfg.labeler_temperature),
+            StoredOrder())
     write_json(summary_path, summary)
     fmt = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"  # noqa: E731
     mean = summary["mean_responses_per_list"]
     print(f"{len(train)} train + {len(val)} val ranked lists ({mean:.2f} responses ranked on average of up "
           f"to K={K}, ties dropped; {dropped} prompts all tied) in {summary['seconds']:.0f}s")
     print(f"held-out labels vs gold (ceiling) {fmt(summary['ceiling'])} | two simulated labellers agree "
-          f"{fmt(summary['labeler_agreement'])} | policy samples' mean gold {fmt(summary['policy_mean_gold'])}")
+          f"{fmt(summary['labeler_agreement'])} | policy samples' mean gold "
+          f"{fmt(summary['policy_mean_gold'])}")
     if cfg.labeler == "human":
         print(f"you agree with a simulated labeller on {fmt(summary['human_vs_simulated'])} of pairs")
     print(f"wrote {paths['train']}, {paths['val']}, {summary_path}")

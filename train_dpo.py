@@ -41,39 +41,48 @@ from minigpt.rollout import rollout
 from minigpt.sampling import right_pad
 from minigpt.scoring import rollout_kl, sequence_logprobs
 from minigpt.training import (all_reduce_mean, autocast, check_dtype, cleanup_distributed, cosine_lr,
-                              exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics, read_metrics,
-                              resolve_dtype, set_lr, setup_distributed, step_optimizers)
+                              exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics,
+                              read_metrics, resolve_dtype, set_lr, setup_distributed, step_optimizers)
 
 
 @dataclass
 class Config:
     out_dir: str = field(default="out/dpo", metadata={"help": "stage folder to write"})
-    sft: str = field(default="out/sft", metadata={"help": "SFT stage folder: the policy's start and the frozen reference"})
-    labels: str = field(default="out/labels", metadata={"help": "label.py's folder: train.jsonl and val.jsonl"})
-    data: str = field(default="", metadata={"help": "a preference file instead of --labels (any format train_rm.py reads)"})
-    val_data: str = field(default="", metadata={"help": "held-out comparisons for --data (empty = hold out --val_fraction)"})
-    val_fraction: float = field(default=0.15, metadata={"help": "share of --data held out when no --val_data"})
+    sft: str = field(default="out/sft", metadata={
+        "help": "SFT stage folder: the policy's start and the frozen reference"})
+    labels: str = field(default="out/labels", metadata={
+        "help": "label.py's folder: train.jsonl and val.jsonl"})
+    data: str = field(default="", metadata={
+        "help": "a preference file instead of --labels (any format train_rm.py reads)"})
+    val_data: str = field(default="", metadata={
+        "help": "held-out comparisons for --data (empty = hold out --val_fraction)"})
+    val_fraction: float = field(default=0.15, metadata={
+        "help": "share of --data held out when no --val_data"})
     max_chars: int = field(default=2000, metadata={"help": "drop --data rankings whose prompt and longest "
-                                                        "response exceed this many characters"})
+                                                         "response exceed this many characters"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     seed: int = field(default=1337, metadata={"help": "seed for data order and sampling"})
     n_prompts: int = field(default=0, metadata={"help": "train on the first N rankings (0 = all)"})
-    beta: float = field(default=0.1, metadata={"help": "β: the KL coefficient of the objective DPO solves (Rafailov: 0.1)"})
+    beta: float = field(default=0.1, metadata={
+        "help": "β: the KL coefficient of the objective DPO solves (Rafailov: 0.1)"})
     # optimisation
     epochs: int = field(default=2, metadata={"help": "passes over the comparisons"})
-    batch_size: int = field(default=16, metadata={"help": "rankings per step per process (each with all its pairs)"})
+    batch_size: int = field(default=16, metadata={
+        "help": "rankings per step per process (each with all its pairs)"})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of lr"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = off)"})
     # measuring
-    kl_prompts: int = field(default=64, metadata={"help": "held-out prompts sampled to measure the KL to the SFT model"})
-    max_new_tokens: int = field(default=24, metadata={"help": "longest sampled response when measuring the KL"})
+    kl_prompts: int = field(default=64, metadata={
+        "help": "held-out prompts sampled to measure the KL to the SFT model"})
+    max_new_tokens: int = field(default=24, metadata={
+        "help": "longest sampled response when measuring the KL"})
     eval_interval: int = field(default=25, metadata={"help": "steps between validation + checkpoint"})
     log_interval: int = field(default=5, metadata={"help": "steps between progress lines"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
-                                                         "clearly faster), float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 "
+                                                         "matmul is clearly faster), float32 or bfloat16"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
     force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
@@ -89,9 +98,9 @@ class Config:
 
 
 class SequenceLogprob(torch.nn.Module):
-    """minigpt.scoring.sequence_logprobs as the forward pass, so DDP can wrap it (DDP only synchronises gradients
-    of computations that went through its forward): idx (B, T), response (B, T) 1 on the response and its
-    end-of-text -> (B,), under the run's dtype (bf16 autocast where it pays)."""
+    """minigpt.scoring.sequence_logprobs as the forward pass, so DDP can wrap it (DDP only synchronises
+    gradients of computations that went through its forward): idx (B, T), response (B, T) 1 on the response
+    and its end-of-text -> (B,), under the run's dtype (bf16 autocast where it pays)."""
 
     def __init__(self, lm, dtype="float32"):
         super().__init__()
@@ -118,9 +127,10 @@ def all_logprobs(model, rankings, pad_id, device, batch=32):
             for lp in logprobs_of(model, rankings[i: i + batch], pad_id, device)]
 
 
+# ======== read this first: the DPO loss over each ranking's C(K,2) pairs, and the implicit reward ========
 def ranking_dpo_loss(logps, ref_logps, beta):
-    """The DPO loss of a batch of rankings: each ranking's C(K,2) pairs (i above j) averaged as one element, then
-    the mean over rankings -> (loss, pair accuracy of the implicit reward, mean margin r̂_w − r̂_l)."""
+    """The DPO loss of a batch of rankings: each ranking's C(K,2) pairs (i above j) averaged as one element,
+    then the mean over rankings -> (loss, pair accuracy of the implicit reward, mean margin r̂_w − r̂_l)."""
     losses, margins = [], []
     for lp, ref in zip(logps, ref_logps):                                     # one ranking: (K,), (K,)
         i, j = torch.triu_indices(len(lp), len(lp), offset=1)                 # every pair, i ranked above j
@@ -134,13 +144,14 @@ def ranking_dpo_loss(logps, ref_logps, beta):
 def implicit_rewards(logps, ref_logps, beta):
     """r̂(x, y) = β·(log π(y|x) − log π_SFT(y|x)) per ranking: what DPO's policy says of each response."""
     return [beta * (lp - ref) for lp, ref in zip(logps, ref_logps)]
+# ======== end of read this first ========
 
 
 @torch.no_grad()
 def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
-    """KL(π || π_SFT) per response, measured as PPO measures it (minigpt.scoring.rollout_kl: a sampled estimate,
-    which near the start can dip below 0): responses sampled from π on held-out prompts with a fixed noise, so
-    evaluations differ by the policy, not by luck -> (KL, mean length, share ended)."""
+    """KL(π || π_SFT) per response, measured as PPO measures it (minigpt.scoring.rollout_kl: a sampled
+    estimate, which near the start can dip below 0): responses sampled from π on held-out prompts with a fixed
+    noise, so evaluations differ by the policy, not by luck -> (KL, mean length, share ended)."""
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     with autocast(str(device), cfg.dtype):
         batch = rollout(policy, tokenizer, prompts, cfg.max_new_tokens, 1.0, noise)
@@ -149,9 +160,10 @@ def kl_to_reference(policy, reference, tokenizer, prompts, cfg, device):
 
 
 def main(cfg):
-    # Data parallel: the loss's model wrapped. DDP wraps SequenceLogprob (scoring.sequence_logprobs as a forward),
-    # because log π(y|x) reads the policy through trunk() and lm_head, not GPT.forward, and DDP only averages the
-    # gradients of what went through the forward it wraps. The reference is read once, before training.
+    # Data parallel: the loss's model wrapped. DDP wraps SequenceLogprob (scoring.sequence_logprobs as a
+    # forward), because log π(y|x) reads the policy through trunk() and lm_head, not GPT.forward, and DDP only
+    # averages the gradients of what went through the forward it wraps. The reference is read once, before
+    # training.
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
@@ -164,10 +176,10 @@ def main(cfg):
     if cfg.n_prompts:
         train_recs = train_recs[: cfg.n_prompts]
     dtype = resolve_dtype(cfg.dtype, device)
-    policy, tokenizer, _ = load_model(cfg.sft, "lm", device)                  # π, trained
-    reference, _, _ = load_model(cfg.sft, "lm", device)                      # π_SFT, frozen
+    policy, tokenizer, _ = load_model(cfg.sft, "lm", device)  # π, trained
+    reference, _, _ = load_model(cfg.sft, "lm", device)       # π_SFT, frozen
     reference.requires_grad_(False).eval()
-    policy.eval()                                                             # dropout off: log-probs must match π_ref's
+    policy.eval()                                             # dropout off: log-probs must match π_ref's
     block_size = policy.config.block_size
     train = encode_rankings(tokenizer, train_recs, block_size)
     val = encode_rankings(tokenizer, val_recs, block_size)
@@ -194,7 +206,8 @@ def main(cfg):
     if master:
         n_pairs = sum(len(r) * (len(r) - 1) // 2 for r in train)
         print(f"data: {len(train)} train rankings ({n_pairs} pairs), {len(val)} held out; "
-              f"policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}; β = {cfg.beta}; dtype {dtype}; {max_steps} steps")
+              f"policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}; β = {cfg.beta}; dtype {dtype}; "
+              f"{max_steps} steps")
     model = SequenceLogprob(policy, dtype)
     if world_size > 1:
         model = DDP(model)
@@ -215,17 +228,17 @@ def main(cfg):
         logps = all_logprobs(SequenceLogprob(policy, dtype), val[:n], tokenizer.pad_id, device)
         loss, accuracy, margin = ranking_dpo_loss(logps, ref_val[:n], cfg.beta)
         kl, length, eos = kl_to_reference(policy, reference, tokenizer, kl_prompts, cfg, device)
-        return dict(val_loss=loss.item(), val_accuracy=accuracy, val_margin=margin, val_kl=kl, val_length=length,
-                    val_eos_rate=eos), logps
+        return dict(val_loss=loss.item(), val_accuracy=accuracy, val_margin=margin, val_kl=kl,
+                    val_length=length, val_eos_rate=eos), logps
 
     def save_last():
         save_checkpoint(os.path.join(cfg.out_dir, "last.pt"), {
-            "model": model_state(policy), "optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(),
-            "config": config_dict(cfg)})
+            "model": model_state(policy), "optimizer": optimizer.state_dict(), "step": step,
+            "rng": rng_state(), "config": config_dict(cfg)})
 
     log, progress, guard = open_stage(cfg, master, max_steps, step, resume is not None)
     if master and not resume:
-        log.log(step=0, **evaluate(64)[0])                                    # loss log 2, accuracy 0: nothing moved
+        log.log(step=0, **evaluate(64)[0])                          # loss log 2, accuracy 0: nothing moved
 
     # ---- the training loop ----
     try:
@@ -236,14 +249,16 @@ def main(cfg):
             logps = logprobs_of(model, [train[i] for i in ids], tokenizer.pad_id, device)   # with gradients
             loss, accuracy, margin = ranking_dpo_loss(logps, [ref_train[i] for i in ids], cfg.beta)
             loss.backward()
-            step_optimizers(loss, [policy], [optimizer], cfg.grad_clip, guard)   # clip, skip if non-finite, step
+            # clip, skip if non-finite, step
+            step_optimizers(loss, [policy], [optimizer], cfg.grad_clip, guard)
             step += 1
 
             if step % cfg.log_interval == 0 or step == max_steps:
                 row = dict(train_loss=all_reduce_mean(loss.item()), train_accuracy=all_reduce_mean(accuracy),
                            train_margin=all_reduce_mean(margin))
                 progress.line(step, sum(len(ids) for r in ids for ids, _ in train[r]) * world_size,
-                              loss=row["train_loss"], acc=row["train_accuracy"], margin=row["train_margin"], lr=lr)
+                              loss=row["train_loss"], acc=row["train_accuracy"], margin=row["train_margin"],
+                              lr=lr)
                 log.log(step=step, lr=lr, **row)
             if master and (step % cfg.eval_interval == 0 or step == max_steps):
                 rep, _ = evaluate(64)
@@ -262,7 +277,8 @@ def main(cfg):
         ranking = ranking_report(val_recs, [r.tolist() for r in implicit_rewards(logps, ref_val, cfg.beta)])
         rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
         plot_metrics(os.path.join(cfg.out_dir, "loss.png"), rows, "step",
-                     {"DPO loss": ["train_loss", "val_loss"], "implicit-reward pair accuracy": ["train_accuracy", "val_accuracy"],
+                     {"DPO loss": ["train_loss", "val_loss"],
+                      "implicit-reward pair accuracy": ["train_accuracy", "val_accuracy"],
                       "KL to SFT (nats)": ["val_kl"]}, title="DPO")
         summary = {
             **rep, "accuracy": ranking["accuracy"], "gold_accuracy": ranking.get("gold_accuracy"),
@@ -275,8 +291,9 @@ def main(cfg):
         }
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-        print(f"implicit reward β·log(π/π_SFT) on held-out pairs: accuracy {fmt(summary['accuracy'])}, vs gold order "
-              f"{fmt(summary['gold_accuracy'])}, on pairs of policy samples {fmt(summary['on_policy_gold_accuracy'])}; "
+        print(f"implicit reward β·log(π/π_SFT) on held-out pairs: accuracy {fmt(summary['accuracy'])}, "
+              f"vs gold order {fmt(summary['gold_accuracy'])}, on pairs of policy samples "
+              f"{fmt(summary['on_policy_gold_accuracy'])}; "
               f"KL to SFT (sampled estimate) {rep['val_kl']:.2f} nats; done in {summary['seconds']:.0f}s; "
               f"weights in {cfg.out_dir}/model.pt")
     cleanup_distributed()

@@ -1,18 +1,20 @@
-"""After InstructGPT: GRPO (Shao et al. 2024, DeepSeekMath), PPO without a value model, on the same reward model.
+"""After InstructGPT: GRPO (Shao et al. 2024, DeepSeekMath): PPO without a value model, same reward model.
 
 PPO (train_ppo.py) needs a value model V(s_t) to say how much better than expected each token turned out. GRPO
 samples G responses to each prompt instead and lets the group be the baseline:
 
     A_i = (R_i − mean(R_1..R_G)) / std(R_1..R_G)          the same advantage for every token of response i
 
-    L(θ) = −E_t[ min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t) ] + β · E_t[ k3_t ],    ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
-    k3_t = π_ref/π_θ − log(π_ref/π_θ) − 1   (≥ 0: an estimator of KL(π_θ ‖ π_ref) from the policy's own samples)
+    L(θ) = −E_t[ min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t) ] + β · E_t[ k3_t ]
+    ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
+    k3_t = π_ref/π_θ − log(π_ref/π_θ) − 1    (≥ 0: an estimator of KL(π_θ ‖ π_ref)
+                                               from the policy's own samples)
 
-The KL to the reference is a term of the loss, not subtracted from the reward as in PPO. With A = R (no baseline,
-no normalising) the gradient at ρ = 1 is the seed policy gradient E[∇log π · R], as PPO's is. Three models: the
-policy (starts as the SFT model, trained), the reference (a frozen copy of it) and the reward model (frozen).
-The rollout, the scores, the validation and the losses are the ones train_ppo.py uses (minigpt/rollout.py,
-minigpt/scoring.py, minigpt/ppo.py); only the advantage and the KL's place differ.
+The KL to the reference is a term of the loss, not subtracted from the reward as in PPO. With A = R (no
+baseline, no normalising) the gradient at ρ = 1 is the seed policy gradient E[∇log π · R], as PPO's is.
+Three models: the policy (starts as the SFT model, trained), the reference (a frozen copy of it) and the
+reward model (frozen). The rollout, the scores, the validation and the losses are the ones train_ppo.py uses
+(minigpt/rollout.py, minigpt/scoring.py, minigpt/ppo.py); only the advantage and the KL's place differ.
 
     python train_grpo.py                                      # out/sft + out/rm -> out/grpo: 16 prompts x 4
                                                               # samples per iteration, about 30 s
@@ -22,75 +24,81 @@ minigpt/scoring.py, minigpt/ppo.py); only the advantage and the KL's place diffe
 import copy
 import math
 import os
-import random
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from minigpt.checkpoint import (check_out_dir, check_same_tokenizer, config_dict, load_checkpoint, load_model,
-                                load_resumed, model_state, rng_state, save_checkpoint, save_model, set_rng_state,
-                                write_json)
+                                load_resumed, model_state, rng_state, save_checkpoint, set_rng_state)
 from minigpt.cli import UserError, check, run
 from minigpt.ppo import entropy_from_logits, group_advantages, k3_kl, masked_mean, policy_loss
-from minigpt.rollout import iteration_seeds, minibatch, prompts_for_iteration, rollout, score, validate
-from minigpt.scoring import NO_EOS_PENALTY, heldout_loss, response_logprobs
-from minigpt.training import (all_reduce_mean, autocast, average_gradients, check_dtype, cleanup_distributed,
-                              exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics, read_metrics,
-                              resolve_dtype, setup_distributed, step_optimizers)
+from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
+                             print_samples, prompts_for_iteration, rollout, score, split_prompts,
+                             validate_and_select)
+from minigpt.scoring import NO_EOS_PENALTY, response_logprobs
+from minigpt.training import (autocast, average_gradients, check_dtype, cleanup_distributed, exit_interrupted,
+                              make_adamw, open_stage, pick_device, resolve_dtype, setup_distributed,
+                              step_optimizers)
 from minigpt.world import World
 
 
 @dataclass
 class Config:
     out_dir: str = field(default="out/grpo", metadata={"help": "stage folder to write"})
-    sft: str = field(default="out/sft", metadata={"help": "SFT stage folder: the policy's start and the frozen "
-                                                          "reference"})
+    sft: str = field(default="out/sft", metadata={
+        "help": "SFT stage folder: the policy's start and the frozen reference"})
     rm: str = field(default="out/rm", metadata={"help": "reward model stage folder (frozen)"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world (its 'ppo' prompts)"})
+    world_seed: int = field(default=0, metadata={
+        "help": "seed of the built-in instruction world (its 'ppo' prompts)"})
     seed: int = field(default=1337, metadata={"help": "seed for sampling, prompt order and minibatches"})
-    group_size: int = field(default=4, metadata={"help": "G: responses sampled per prompt, the group baseline"})
+    group_size: int = field(default=4, metadata={
+        "help": "G: responses sampled per prompt, the group baseline"})
     # rollouts
     iterations: int = field(default=30, metadata={"help": "rollout + update rounds"})
-    batch_size: int = field(default=16, metadata={"help": "prompts rolled out per iteration per process, each "
-                                                          "--group_size times"})
-    max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits end-of-text "
-                                                              "is penalised"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the log-probs use the same one)"})
+    batch_size: int = field(default=16, metadata={"help": "prompts rolled out per iteration per process, "
+                                                          "each --group_size times"})
+    max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits "
+                                                              "end-of-text is penalised"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature (the log-probs use the same one)"})
     no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
-        "help": "score instead of the RM's for a response without end-of-text (minigpt.scoring.NO_EOS_PENALTY)"})
-    kl_coef: float = field(default=0.2, metadata={"help": "beta, the weight of the per-token k3 KL to the SFT model "
-                                                          "in the loss"})
+        "help": "score instead of the RM's for a response without end-of-text "
+                "(minigpt.scoring.NO_EOS_PENALTY)"})
+    kl_coef: float = field(default=0.2, metadata={"help": "beta, the weight of the per-token k3 KL to the "
+                                                          "SFT model in the loss"})
     # update
     epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
-    minibatch_size: int = field(default=32, metadata={"help": "responses per gradient step (divides the batch_size "
-                                                              "x group_size responses of an iteration)"})
-    # GRPO optimises the reward model faster than PPO (its baseline is the mean reward of the prompt's 4 samples, its
-    # own included, not a learnt value), into its holes too: at PPO's lr 1e-4 gold fell after ~15 iterations (seed
-    # 2: test gold 0.27, answers collapsing to "0"); lr 3e-5 and 30 iterations stop short of that.
+    minibatch_size: int = field(default=32, metadata={"help": "responses per gradient step (divides "
+                                                              "the batch_size x group_size "
+                                                              "responses of an iteration)"})
+    # GRPO optimises the reward model faster than PPO (its baseline is the mean reward of the prompt's 4
+    # samples, its own included, not a learnt value), into its holes too: at PPO's lr 1e-4 gold fell after
+    # ~15 iterations (seed 2: test gold 0.27, answers collapsing to "0"); lr 3e-5 and 30 iterations stop
+    # short of that.
     lr: float = field(default=3e-5, metadata={"help": "policy learning rate (constant)"})
     clip: float = field(default=0.2, metadata={"help": "ratio clip epsilon"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
     adam_beta2: float = field(default=0.95, metadata={"help": "Adam beta2 (beta1 is 0.9)"})
     # selection and safety
-    val_prompts: int = field(default=64, metadata={"help": "ppo prompts held out to select the checkpoint by RM "
-                                                           "score"})
+    val_prompts: int = field(default=64, metadata={
+        "help": "ppo prompts held out to select the checkpoint by RM score"})
     val_samples: int = field(default=4, metadata={"help": "responses sampled per validation prompt"})
-    val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for "
-                                                           "pretrain_val_loss (minigpt.scoring.heldout_loss)"})
-    kl_budget: float = field(default=10.0, metadata={"help": "select only checkpoints whose validation KL is below "
-                                                             "this, nats"})
-    max_kl: float = field(default=50.0, metadata={"help": "stop if the rollout KL per response exceeds this, nats"})
+    val_tokens: int = field(default=16384, metadata={
+        "help": "tokens of held-out pretraining text for pretrain_val_loss (minigpt.scoring.heldout_loss)"})
+    kl_budget: float = field(default=10.0, metadata={
+        "help": "select only checkpoints whose validation KL is below this, nats"})
+    max_kl: float = field(default=50.0, metadata={
+        "help": "stop if the rollout KL per response exceeds this, nats"})
     eval_interval: int = field(default=5, metadata={"help": "iterations between validation + checkpoint"})
     log_interval: int = field(default=1, metadata={"help": "iterations between progress lines"})
     sample_interval: int = field(default=20, metadata={"help": "iterations between printed sample responses "
                                                                "(0 = never)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
-                                                         "clearly faster), float32 or bfloat16"})
-    debug: bool = field(default=False, metadata={"help": "assert the sanity checks: recomputed log-probs == sampled "
-                                                         "ones, ratio 1 at the start"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 "
+                                                         "matmul is clearly faster), float32 or bfloat16"})
+    debug: bool = field(default=False, metadata={"help": "assert the sanity checks: recomputed log-probs "
+                                                         "== sampled ones, ratio 1 at the start"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
     force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
@@ -100,9 +108,11 @@ class Config:
                     "eval_interval", "log_interval", "val_prompts", "val_samples", "val_tokens"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         responses = self.batch_size * self.group_size
-        check(responses % self.minibatch_size == 0, f"--minibatch_size ({self.minibatch_size}) must divide the "
+        check(responses % self.minibatch_size == 0,
+              f"--minibatch_size ({self.minibatch_size}) must divide the "
               f"{responses} responses of an iteration (--batch_size x --group_size)")
-        check(self.temperature > 0, f"--temperature must be > 0 (log-probs need a distribution), got {self.temperature}")
+        check(self.temperature > 0,
+              f"--temperature must be > 0 (log-probs need a distribution), got {self.temperature}")
         check(self.lr > 0, "--lr must be > 0")
         check(self.kl_coef >= 0, "--kl_coef must be >= 0")
         check(self.clip > 0, "--clip must be > 0")
@@ -110,25 +120,28 @@ class Config:
         check(self.max_kl > 0 and self.kl_budget > 0, "--max_kl and --kl_budget must be > 0")
 
 
-# ---- the loss and the update (each used by main and by tests/test_train_grpo.py) ------------------------------
+# ---- the loss and the update (each used by main and by tests/test_train_grpo.py) ---------------------------
 
+# ======== read this first: the GRPO update: clipped ratio + β·k3 KL to the reference, minibatches ========
 def grpo_loss(policy, mb, cfg):
     """Clipped surrogate + cfg.kl_coef * the k3 KL to the reference on one minibatch -> (loss, stats).
 
-    L = L_clip + β · mean_t k3_t, on the policy's own samples. PPO instead subtracts β·(log π − log π_ref) from the
-    reward, and GAE carries it to every token. Both terms are means over all tokens of the minibatch, as PPO's are
-    here; the GRPO paper averages each response's tokens first, which gives a short response's tokens more weight."""
+    L = L_clip + β · mean_t k3_t, on the policy's own samples. PPO instead subtracts
+    β·(log π − log π_ref) from the reward, and GAE carries it to every token. Both terms are means over
+    all tokens of the minibatch, as PPO's are here; the GRPO paper averages each response's tokens first,
+    which gives a short response's tokens more weight."""
     logprobs = response_logprobs(policy, mb, cfg.temperature)                 # (b, N) with gradients
     pg_loss, stats = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], cfg.clip)
     log_ratio = torch.where(mb["mask"].bool(), logprobs.detach() - mb["logprobs"], torch.zeros_like(logprobs))
     kl_loss = masked_mean(k3_kl(logprobs, mb["ref_logprobs"]), mb["mask"])
-    stats.update(pg_loss=pg_loss.item(), max_abs_log_ratio=log_ratio.abs().max().item(), kl_loss=kl_loss.item())
+    stats.update(pg_loss=pg_loss.item(), max_abs_log_ratio=log_ratio.abs().max().item(),
+                 kl_loss=kl_loss.item())
     return pg_loss + cfg.kl_coef * kl_loss, stats
 
 
 # what grpo_loss reads of each minibatch's rows (the rollout's prompt width P rides along)
-MINIBATCH_KEYS = ("query_response", "attention_mask", "position_ids", "response", "mask", "logprobs", "ref_logprobs",
-                  "advantages")
+MINIBATCH_KEYS = ("query_response", "attention_mask", "position_ids", "response", "mask", "logprobs",
+                  "ref_logprobs", "advantages")
 
 
 def grpo_update(policy, optimizer, batch, cfg, generator, guard=None):
@@ -136,25 +149,26 @@ def grpo_update(policy, optimizer, batch, cfg, generator, guard=None):
     B = batch["response"].shape[0]
     all_stats = []
     for epoch in range(cfg.epochs):
-        order = torch.randperm(B, generator=generator)                        # shuffled minibatches
+        order = torch.randperm(B, generator=generator)                      # shuffled minibatches
         for start in range(0, B, cfg.minibatch_size):
             mb = minibatch(batch, order[start: start + cfg.minibatch_size], MINIBATCH_KEYS)
             with autocast(str(mb["response"].device), cfg.dtype):
                 loss, stats = grpo_loss(policy, mb, cfg)
-            if epoch == 0 and start == 0 and cfg.debug:                      # nothing has moved yet: ratio 1
+            if epoch == 0 and start == 0 and cfg.debug:                     # nothing has moved yet: ratio 1
                 assert stats["max_abs_log_ratio"] < 1e-5, f"ratio != 1 on the first minibatch: {stats}"
             loss.backward()
-            average_gradients(policy)                                         # data parallel by hand (see main)
+            average_gradients(policy)                                       # data parallel by hand (see main)
             grad_norm = step_optimizers(loss, [policy], [optimizer], cfg.grad_clip, guard)
             if grad_norm is not None:
                 stats["grad_norm"] = grad_norm
             all_stats.append(stats)
     return all_stats
+# ======== end of read this first ========
 
 
 def main(cfg):
-    # Data parallel: gradients averaged by hand (minigpt.training.average_gradients), as in train_ppo.py: each rank
-    # rolls out its own prompts and the loss reads the policy through trunk() and lm_head, not forward().
+    # Data parallel: gradients averaged by hand (minigpt.training.average_gradients), as in train_ppo.py: each
+    # rank rolls out its own prompts and the loss reads the policy through trunk() and lm_head, not forward().
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
@@ -176,21 +190,16 @@ def main(cfg):
     optimizer = make_adamw(policy, cfg.lr, weight_decay=0.0, betas=(0.9, cfg.adam_beta2), eps=1e-5)
     G = cfg.group_size
 
-    # ---- prompts: the world's 'ppo' split, some held out for checkpoint selection (never the test split) ----
+    # ---- prompts: the world's 'ppo' split, some held out for checkpoint selection (not the test split) ----
     world = World(cfg.world_seed)
-    tasks = list(world.split("ppo"))
-    random.Random(cfg.world_seed).shuffle(tasks)
-    if len(tasks) < cfg.val_prompts + cfg.batch_size:
-        raise UserError(f"the world has {len(tasks)} ppo prompts: too few for --val_prompts={cfg.val_prompts} "
-                        f"+ --batch_size={cfg.batch_size}")
-    val_tasks, train_tasks = tasks[:cfg.val_prompts] * cfg.val_samples, tasks[cfg.val_prompts:]
+    val_tasks, train_tasks = split_prompts(world, cfg)
     pretrain_val_tokens = torch.tensor(tokenizer.encode(world.corpus_val()), dtype=torch.long)
     dtype = resolve_dtype(cfg.dtype, device)
     if master:
         print(f"dtype: {dtype}")
         print(f"models: policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}, no value model; "
-              f"{len(train_tasks)} training prompts, {G} samples each per iteration; {len(val_tasks)} validation "
-              f"responses ({cfg.val_prompts} prompts x {cfg.val_samples})")
+              f"{len(train_tasks)} training prompts, {G} samples each per iteration; {len(val_tasks)} "
+              f"validation responses ({cfg.val_prompts} prompts x {cfg.val_samples})")
 
     iteration, elapsed_before = 0, 0.0
     best = dict(iteration=-1, val_rm_score=-math.inf)
@@ -209,20 +218,9 @@ def main(cfg):
             "config": config_dict(cfg)})     # prompt order and sampling noise: functions of (seed, iteration)
 
     def evaluate_and_select():
-        """Validation RM score within the KL budget picks model.pt (never the gold score)."""
-        with autocast(device, dtype):
-            val = validate(policy, reference, reward_model, tokenizer, world, val_tasks, cfg)
-            val["pretrain_val_loss"] = heldout_loss(policy, pretrain_val_tokens, cfg.val_tokens)
-        log.log(step=iteration, **val)
-        chosen = val["val_kl"] <= cfg.kl_budget and val["val_rm_score"] > best["val_rm_score"]
-        if chosen:
-            best.update(iteration=iteration, **val)
-            if master:
-                save_model(cfg.out_dir, policy, tokenizer, "lm", cfg, iteration)
+        validate_and_select(policy, reference, reward_model, tokenizer, world, val_tasks, pretrain_val_tokens,
+                            cfg, iteration, best, log, master, device, dtype)
         if master:
-            print(f"iteration {iteration}: validation RM score {val['val_rm_score']:+.3f} | KL {val['val_kl']:.2f} "
-                  f"nats | gold {val['val_gold']:.3f} | eos {val['val_eos_rate']:.2f} | pretraining loss "
-                  f"{val['pretrain_val_loss']:.3f}{' | selected' if chosen else ''}", flush=True)
             save_last()
 
     log, progress, guard = open_stage(cfg, master, cfg.iterations, iteration, resume is not None)
@@ -230,27 +228,31 @@ def main(cfg):
     stopped = None
     global_batch = cfg.batch_size * world_size
     if not resume:
-        evaluate_and_select()                                                  # iteration 0 = the SFT model itself
+        evaluate_and_select()                                             # iteration 0 = the SFT model itself
 
     # ---- the RL loop ----
     try:
         while iteration < cfg.iterations:
             t0 = time.time()
             # 1. Rollout: this rank's prompts, each sampled G times at temperature T with the KV cache
-            picked = prompts_for_iteration(len(train_tasks), iteration, global_batch, rank, world_size, cfg.seed)
+            picked = prompts_for_iteration(len(train_tasks), iteration, global_batch, rank, world_size,
+                                           cfg.seed)
             sample_seed, shuffle_seed = iteration_seeds(cfg.seed, iteration, rank, world_size)
             sampler = torch.Generator(device=device).manual_seed(sample_seed)
             batch_tasks = [train_tasks[i] for i in picked for _ in range(G)]  # a group's samples side by side
             with autocast(device, dtype):
                 batch = rollout(policy, tokenizer, [t.instruction for t in batch_tasks], cfg.max_new_tokens,
                                 cfg.temperature, sampler)
-            mask = batch["mask"]                                               # (B, N) 1 on response tokens incl. eos
-            with torch.no_grad(), autocast(device, dtype):                     # the frozen forwards, batched
-                logprobs, logits = response_logprobs(policy, batch, cfg.temperature, with_logits=True)  # π_old
-                ref_logprobs = response_logprobs(reference, batch, cfg.temperature)                  # π_ref, same T
+            mask = batch["mask"]                                       # (B, N) 1 on response tokens incl. eos
+            with torch.no_grad(), autocast(device, dtype):             # the frozen forwards, batched
+                # π_old and π_ref at the same T: each (B, N)
+                logprobs, logits = response_logprobs(policy, batch, cfg.temperature, with_logits=True)
+                ref_logprobs = response_logprobs(reference, batch, cfg.temperature)
                 entropy = entropy_from_logits(logits.float() / cfg.temperature, mask).item()
-                logprob_gap = torch.where(mask.bool(), logprobs - batch["sample_logprobs"], 0.0).abs().max().item()
-                if cfg.debug:                                                  # rollout and scoring see one distribution
+                gap = torch.where(mask.bool(), logprobs - batch["sample_logprobs"], 0.0)
+                logprob_gap = gap.abs().max().item()
+                # debug: rollout and scoring see one distribution
+                if cfg.debug:
                     assert logprob_gap < (1e-4 if dtype == "float32" else 0.1), \
                         f"recomputed log-probs differ from sampled ones by {logprob_gap}"
 
@@ -267,17 +269,9 @@ def main(cfg):
             iteration += 1
 
             # 5. Log (all ranks' means)
-            kl_per_response = ((logprobs - ref_logprobs) * mask).sum(1)        # (B,) Σ_t log π − log π_ref
-            texts = batch["texts"]
-            row = {k: all_reduce_mean(v) for k, v in dict(
-                score=scores.mean().item(), rm_score=rm_scores.mean().item(),
-                gold=sum(world.gold_score(t, r) for t, r in zip(batch_tasks, texts)) / len(texts),  # watching only
-                kl=kl_per_response.mean().item(), non_score_reward=-cfg.kl_coef * kl_per_response.mean().item(),
-                kl_k3=(k3_kl(logprobs, ref_logprobs) * mask).sum(1).mean().item(),   # the same KL, an estimator >= 0
-                entropy=entropy, length=mask.sum(1).float().mean().item(), eos_rate=batch["eos"].float().mean().item(),
-                logprob_gap=logprob_gap,
-                **{k: sum(s[k] for s in steps) / len(steps) for k in steps[0] if k != "max_abs_log_ratio"},
-                first_minibatch_log_ratio=steps[0]["max_abs_log_ratio"]).items()}   # 0: ratio exactly 1
+            kl_per_response = ((logprobs - ref_logprobs) * mask).sum(1)  # (B,) Σ_t log π − log π_ref
+            row = iteration_stats(world, batch_tasks, batch, scores, rm_scores, logprobs, ref_logprobs,
+                                  kl_per_response, cfg.kl_coef, entropy, logprob_gap, steps)
             row.update(step=iteration, kl_coef=cfg.kl_coef, episodes=iteration * global_batch * G,
                        iteration_s=time.time() - t0, seconds=elapsed_before + time.time() - start_time)
             log.log(**row)
@@ -286,12 +280,8 @@ def main(cfg):
                               kl=row["kl"], beta=row["kl_coef"], ent=row["entropy"], len=row["length"],
                               eos=row["eos_rate"], clip=row["clipfrac"])
             if master and cfg.sample_interval and iteration % cfg.sample_interval == 0:
-                for t, r, s in list(zip(batch_tasks, texts, scores.tolist()))[:3]:
-                    print(f"  > {t.instruction[:70]!r}\n    {r[:100]!r}  (RM {s:+.2f}, gold {world.gold_score(t, r):.2f})")
-            if row["kl"] > cfg.max_kl:                                         # KL explosion: stop, keep the selected model
-                stopped = (f"KL to the SFT model reached {row['kl']:.1f} nats per response (> --max_kl={cfg.max_kl}) "
-                           f"at iteration {iteration}: stopped; lower --lr or raise --kl_coef")
-                print(f"warning: {stopped}", file=sys.stderr)
+                print_samples(world, batch_tasks, batch["texts"], scores)
+            stopped = kl_explosion(row["kl"], cfg.max_kl, iteration)          # stop, keep the selected model
             if iteration % cfg.eval_interval == 0 or iteration == cfg.iterations or stopped:
                 evaluate_and_select()
             if stopped:
@@ -300,24 +290,10 @@ def main(cfg):
         exit_interrupted(save_last, master, cfg.out_dir, f"iteration {iteration}")
 
     if master:
-        rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
-        train_rows = [r for r in rows if "rm_score" in r]
-        val_rows = [r for r in rows if "val_kl" in r]                       # in iteration order: a path, not a curve
-        plot_metrics(os.path.join(cfg.out_dir, "grpo.png"), train_rows, "step",
-                     {"reward": ["rm_score", "score"], "gold (watching only)": ["gold"], "KL to SFT (nats)": ["kl"],
-                      "response length": ["length"]}, title="GRPO rollouts by iteration")
-        plot_metrics(os.path.join(cfg.out_dir, "proxy_vs_gold.png"), val_rows, "val_kl",
-                     {"RM score (proxy)": ["val_rm_score"], "gold score": ["val_gold"]},
-                     title="validation prompts, in iteration order: scores against KL to the SFT model (nats)")
-        write_json(os.path.join(cfg.out_dir, "summary.json"), {
-            "selected_iteration": best["iteration"], "val_rm_score": best["val_rm_score"],
-            "val_kl": best.get("val_kl"), "val_gold": best.get("val_gold"),
-            "pretrain_val_loss": best.get("pretrain_val_loss"), "kl_coef": cfg.kl_coef, "algo": "grpo",
-            "group_size": G, "iterations": iteration, "episodes": iteration * global_batch * G,
-            "seconds": elapsed_before + time.time() - start_time, "skipped_steps": guard.skipped, "stopped": stopped,
-            "dtype": dtype})
-        print(f"done: selected iteration {best['iteration']} (validation RM score {best['val_rm_score']:+.3f}, "
-              f"KL {best.get('val_kl', 0):.2f} nats); weights in {cfg.out_dir}/model.pt")
+        finish_run(cfg, best, dict(
+            kl_coef=cfg.kl_coef, algo="grpo", group_size=G, iterations=iteration,
+            episodes=iteration * global_batch * G, seconds=elapsed_before + time.time() - start_time,
+            skipped_steps=guard.skipped, stopped=stopped, dtype=dtype))
     cleanup_distributed()
 
 

@@ -8,8 +8,9 @@ The objective (InstructGPT, eq. 2), maximised over the policy's weights φ:
 
 The seed's policy gradient, and what PPO puts in its place:
 
-    ∇J(θ) = E[ ∇log π_θ(a|s) · R ]                        push up each sampled token a (the action) in its context s
-                                                           (the state: prompt + response so far) by the return R
+    ∇J(θ) = E[ ∇log π_θ(a|s) · R ]                        push up each sampled token a (the action)
+                                                           in its context s (the state: prompt + response
+                                                           so far) by the return R
     L_clip = E[ min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t) ]   ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
 
 At ρ = 1 the gradient of L_clip is E[∇log π · A]: the same formula, with R replaced by the advantage A
@@ -29,8 +30,6 @@ GRPO, which drops the value model for a group baseline, is train_grpo.py: one al
 import copy
 import math
 import os
-import random
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -38,48 +37,55 @@ import torch
 import torch.distributed as dist
 
 from minigpt.checkpoint import (check_out_dir, check_same_tokenizer, config_dict, load_checkpoint, load_model,
-                                load_resumed, model_state, rng_state, save_checkpoint, save_model,
-                                set_rng_state, write_json)
+                                load_resumed, model_state, rng_state, save_checkpoint, set_rng_state)
 from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows
 from minigpt.losses import sft_loss
-from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance, gae,
-                         k3_kl, kl_penalty_rewards, masked_whiten, policy_loss, value_loss)
-from minigpt.rollout import (iteration_seeds, minibatch, prompts_for_iteration, response_values, rollout, score,
-                             validate)
-from minigpt.scoring import NO_EOS_PENALTY, heldout_loss, response_logprobs
-from minigpt.training import (all_reduce_mean, autocast, average_gradients, check_dtype, cleanup_distributed,
-                              exit_interrupted, is_distributed, make_adamw, open_stage, pick_device, plot_metrics, read_metrics, resolve_dtype, setup_distributed,
-                              step_optimizers)
+from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
+                         gae, kl_penalty_rewards, masked_whiten, policy_loss, value_loss)
+from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
+                             print_samples, prompts_for_iteration, response_values, rollout, score,
+                             split_prompts, validate_and_select)
+from minigpt.scoring import NO_EOS_PENALTY, response_logprobs
+from minigpt.training import (autocast, average_gradients, check_dtype, cleanup_distributed, exit_interrupted,
+                              is_distributed, make_adamw, open_stage, pick_device, resolve_dtype,
+                              setup_distributed, step_optimizers)
 from minigpt.world import World
 
 
 @dataclass
 class Config:
     out_dir: str = field(default="out/ppo", metadata={"help": "stage folder to write"})
-    sft: str = field(default="out/sft", metadata={"help": "SFT stage folder: the policy's start and the frozen reference"})
-    rm: str = field(default="out/rm", metadata={"help": "reward model stage folder (frozen; also the value model's start)"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world (its 'ppo' prompts)"})
+    sft: str = field(default="out/sft", metadata={
+        "help": "SFT stage folder: the policy's start and the frozen reference"})
+    rm: str = field(default="out/rm", metadata={
+        "help": "reward model stage folder (frozen; also the value model's start)"})
+    world_seed: int = field(default=0, metadata={
+        "help": "seed of the built-in instruction world (its 'ppo' prompts)"})
     seed: int = field(default=1337, metadata={"help": "seed for sampling, prompt order and minibatches"})
     # rollouts
     iterations: int = field(default=60, metadata={"help": "rollout + update rounds"})
     batch_size: int = field(default=64, metadata={"help": "prompts rolled out per iteration per process"})
-    max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits end-of-text is penalised"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the log-probs use the same one)"})
+    max_new_tokens: int = field(default=24, metadata={"help": "longest response; one that never emits "
+                                                              "end-of-text is penalised"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature (the log-probs use the same one)"})
     no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
-        "help": "score instead of the RM's for a response without end-of-text (minigpt.scoring.NO_EOS_PENALTY)"})
+        "help": "score instead of the RM's for a response without end-of-text "
+                "(minigpt.scoring.NO_EOS_PENALTY)"})
     # reward: r = RM score - beta * KL
-    kl_coef: float = field(default=0.2, metadata={"help": "beta, the per-token KL penalty to the SFT model, in "
-                                                          "units of the demonstrations' reward spread (InstructGPT "
-                                                          "0.02; here small values let PPO find the RM's holes)"})
-    adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta towards --kl_target (Ziegler et al.)"})
+    kl_coef: float = field(default=0.2, metadata={
+        "help": "beta, the per-token KL penalty to the SFT model, in units of the demonstrations' reward "
+                "spread (InstructGPT 0.02; here small values let PPO find the RM's holes)"})
+    adaptive_kl: bool = field(default=False, metadata={
+        "help": "adapt beta towards --kl_target (Ziegler et al.)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive KL: target KL per response, nats"})
-    kl_horizon: int = field(default=1000, metadata={"help": "adaptive KL: horizon in episodes (Ziegler: 10000 of ~1M episodes; "
-                                                           "a default run has ~1300)"})
+    kl_horizon: int = field(default=1000, metadata={
+        "help": "adaptive KL: horizon in episodes (Ziegler: 10000 of ~1M episodes; a default run has ~1300)"})
     # PPO update
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
-    minibatch_size: int = field(default=32, metadata={"help": "responses per gradient step (divides the responses "
-                                                              "of an iteration)"})
+    minibatch_size: int = field(default=32, metadata={"help": "responses per gradient step (divides the "
+                                                              "responses of an iteration)"})
     lr: float = field(default=1e-4, metadata={"help": "policy learning rate (constant)"})
     value_lr: float = field(default=1e-4, metadata={"help": "value model learning rate (constant)"})
     clip: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon"})
@@ -90,37 +96,47 @@ class Config:
     grad_clip: float = field(default=1.0, metadata={"help": "clip each model's gradient norm (0 = off)"})
     adam_beta2: float = field(default=0.95, metadata={"help": "Adam beta2 (beta1 is 0.9)"})
     # PPO-ptx
-    ptx_coef: float = field(default=0.0, metadata={"help": "gamma of PPO-ptx: weight of the pretraining LM loss (0 = plain PPO)"})
+    ptx_coef: float = field(default=0.0, metadata={"help": "gamma of PPO-ptx: weight of the pretraining LM "
+                                                           "loss (0 = plain PPO)"})
     ptx_batch_size: int = field(default=8, metadata={"help": "pretraining windows per PPO minibatch"})
     # selection and safety
-    val_prompts: int = field(default=64, metadata={"help": "ppo prompts held out to select the checkpoint by RM score"})
-    val_samples: int = field(default=4, metadata={"help": "responses sampled per validation prompt (one RM score "
-                                                          "per response has std ~1: 64 of them give +-0.25)"})
-    val_tokens: int = field(default=16384, metadata={"help": "tokens of held-out pretraining text for "
-                                                           "pretrain_val_loss (minigpt.scoring.heldout_loss)"})
-    kl_budget: float = field(default=10.0, metadata={"help": "select only checkpoints whose validation KL is below this, nats"})
-    max_kl: float = field(default=50.0, metadata={"help": "stop if the rollout KL per response exceeds this, nats"})
+    val_prompts: int = field(default=64, metadata={
+        "help": "ppo prompts held out to select the checkpoint by RM score"})
+    val_samples: int = field(default=4, metadata={"help": "responses sampled per validation "
+                                                          "prompt (one RM score per response "
+                                                          "has std ~1: 64 of them give +-0.25)"})
+    val_tokens: int = field(default=16384, metadata={
+        "help": "tokens of held-out pretraining text for pretrain_val_loss (minigpt.scoring.heldout_loss)"})
+    kl_budget: float = field(default=10.0, metadata={
+        "help": "select only checkpoints whose validation KL is below this, nats"})
+    max_kl: float = field(default=50.0, metadata={
+        "help": "stop if the rollout KL per response exceeds this, nats"})
     eval_interval: int = field(default=5, metadata={"help": "iterations between validation + checkpoint"})
     log_interval: int = field(default=1, metadata={"help": "iterations between progress lines"})
-    sample_interval: int = field(default=20, metadata={"help": "iterations between printed sample responses (0 = never)"})
+    sample_interval: int = field(default=20, metadata={"help": "iterations between printed sample "
+                                                               "responses (0 = never)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 matmul is "
-                                                         "clearly faster), float32 or bfloat16"})
-    debug: bool = field(default=False, metadata={"help": "assert the sanity checks: recomputed log-probs == sampled ones, ratio 1 at the start"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 "
+                                                         "matmul is clearly faster), float32 or bfloat16"})
+    debug: bool = field(default=False, metadata={"help": "assert the sanity checks: recomputed log-probs "
+                                                         "== sampled ones, ratio 1 at the start"})
     resume: bool = field(default=False, metadata={"help": "continue from out_dir/last.pt"})
     force: bool = field(default=False, metadata={"help": "overwrite a run already in out_dir"})
 
     def validate(self):
         check_dtype(self.dtype)
-        for key in ("iterations", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size", "eval_interval",
-                    "log_interval", "ptx_batch_size", "val_prompts", "val_samples", "val_tokens"):
+        for key in ("iterations", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size",
+                    "eval_interval", "log_interval", "ptx_batch_size", "val_prompts", "val_samples",
+                    "val_tokens"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.batch_size % self.minibatch_size == 0,
               f"--minibatch_size ({self.minibatch_size}) must divide the {self.batch_size} responses "
               f"of an iteration (--batch_size)")
-        check(self.temperature > 0, f"--temperature must be > 0 (log-probs need a distribution), got {self.temperature}")
+        check(self.temperature > 0,
+              f"--temperature must be > 0 (log-probs need a distribution), got {self.temperature}")
         check(self.lr > 0 and self.value_lr > 0, "--lr and --value_lr must be > 0")
-        check(self.kl_coef >= 0 and self.ptx_coef >= 0 and self.vf_coef >= 0, "--kl_coef, --ptx_coef, --vf_coef must be >= 0")
+        check(self.kl_coef >= 0 and self.ptx_coef >= 0 and self.vf_coef >= 0,
+              "--kl_coef, --ptx_coef, --vf_coef must be >= 0")
         check(self.clip > 0 and self.value_clip > 0, "--clip and --value_clip must be > 0")
         check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "--gamma and --lam must be in [0, 1]")
         check(0 < self.adam_beta2 < 1, f"--adam_beta2 must be in (0, 1), got {self.adam_beta2}")
@@ -128,7 +144,7 @@ class Config:
         check(self.max_kl > 0 and self.kl_budget > 0, "--max_kl and --kl_budget must be > 0")
 
 
-# ---- the pieces of one iteration (each used by main and by tests/test_train_ppo.py) -------------------------
+# ---- the pieces of one iteration (each used by main and by tests/test_train_ppo.py) ----------------------
 # The rollout, its values, scores and validation are in minigpt/rollout.py; log-probs in minigpt/scoring.py.
 
 def whiten(x, mask):
@@ -153,6 +169,7 @@ def compute_advantages(rewards, values, mask, gamma=1.0, lam=0.95):
     return whiten(advantages, mask), returns
 
 
+# ======== read this first: the PPO update: clipped ratio, clipped value loss, PPO-ptx, minibatches ========
 def ppo_loss(policy, value_model, mb, cfg):
     """Clipped surrogate + cfg.vf_coef * clipped value loss on one minibatch -> (loss, stats); no entropy
     bonus (detail 10). mb holds the rollout's logprobs, values, advantages and returns for its rows."""
@@ -163,19 +180,21 @@ def ppo_loss(policy, value_model, mb, cfg):
     values = response_values(value_model, mb)                                 # (b, N) with gradients
     vf_loss, vf_clipfrac = value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.value_clip)
     stats.update(vf_loss=vf_loss.item(), vf_clipfrac=vf_clipfrac)
-    # The value network here is separate, with its own Adam: Adam divides out a constant gradient scale, so the
-    # 0.1 of detail 10 (made for a value head sharing the policy's trunk) matters only through gradient clipping.
+    # The value network here is separate, with its own Adam: Adam divides out a constant gradient scale, so
+    # the 0.1 of detail 10 (made for a value head sharing the policy's trunk) matters only through gradient
+    # clipping.
     return pg_loss + cfg.vf_coef * vf_loss, stats
 
 
 # what ppo_loss reads of each minibatch's rows (the rollout's prompt width P rides along)
-MINIBATCH_KEYS = ("query_response", "attention_mask", "position_ids", "response", "mask", "logprobs", "values",
-                  "advantages", "returns")
+MINIBATCH_KEYS = ("query_response", "attention_mask", "position_ids", "response", "mask", "logprobs",
+                  "values", "advantages", "returns")
 
 
 def ppo_update(policy, value_model, policy_optimizer, value_optimizer, batch, cfg, generator,
                ptx_tokens=None, guard=None):
-    """cfg.ppo_epochs passes over the rollout batch in shuffled minibatches (detail 11) -> list of per-step stats.
+    """cfg.ppo_epochs passes over the rollout batch in shuffled minibatches (detail 11) -> list of per-step
+    stats.
 
     PPO-ptx: when cfg.ptx_coef > 0, each step also adds γ · (next-token loss on pretraining windows), its
     gradient accumulated with PPO's (InstructGPT)."""
@@ -183,36 +202,38 @@ def ppo_update(policy, value_model, policy_optimizer, value_optimizer, batch, cf
     block_size = policy.config.block_size
     all_stats = []
     for epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=generator)                        # shuffled minibatches
+        order = torch.randperm(B, generator=generator)                      # shuffled minibatches
         for start in range(0, B, cfg.minibatch_size):
             rows = order[start: start + cfg.minibatch_size]
             mb = minibatch(batch, rows, MINIBATCH_KEYS)
             device = mb["response"].device
             with autocast(str(device), cfg.dtype):
                 loss, stats = ppo_loss(policy, value_model, mb, cfg)
-            if epoch == 0 and start == 0 and cfg.debug:                      # detail 13: nothing has moved yet
+            if epoch == 0 and start == 0 and cfg.debug:                     # detail 13: nothing has moved yet
                 assert stats["max_abs_log_ratio"] < 1e-5, f"ratio != 1 on the first minibatch: {stats}"
             if cfg.ptx_coef > 0:
-                x, y = (t.to(device) for t in lm_windows(ptx_tokens, block_size, cfg.ptx_batch_size, generator))
-                with autocast(str(device), cfg.dtype):
-                    ptx_loss = sft_loss(policy(x), y, torch.ones_like(y))     # -(1/N) Σ log π(x_{t+1} | x_≤t)
-                loss = loss + cfg.ptx_coef * ptx_loss                        # objective's γ · E[log π_RL(x)] term
+                windows = lm_windows(ptx_tokens, block_size, cfg.ptx_batch_size, generator)
+                x, y = (t.to(device) for t in windows)
+                with autocast(str(device), cfg.dtype):                      # -(1/N) Σ log π(x_{t+1}|x_≤t)
+                    ptx_loss = sft_loss(policy(x), y, torch.ones_like(y))
+                loss = loss + cfg.ptx_coef * ptx_loss                       # objective's γ·E[log π_RL(x)]
                 stats["ptx_loss"] = ptx_loss.item()
             loss.backward()
-            average_gradients(policy)                                         # data parallel by hand (see main)
+            average_gradients(policy)                                       # data parallel by hand (see main)
             average_gradients(value_model)
             grad_norm = step_optimizers(loss, [policy, value_model], [policy_optimizer, value_optimizer],
-                                        cfg.grad_clip, guard)                 # each model clipped on its own
+                                        cfg.grad_clip, guard)               # each model clipped on its own
             if grad_norm is not None:
                 stats["grad_norm"] = grad_norm
             all_stats.append(stats)
     return all_stats
+# ======== end of read this first ========
 
 
 def main(cfg):
-    # Data parallel: gradients averaged by hand (minigpt.training.average_gradients). Each rank rolls out its own
-    # prompts, two models step, and the loss reads the policy through trunk() and lm_head, not forward(), which a
-    # DDP wrapper would need; whitening's statistics are all-reduced too (whiten).
+    # Data parallel: gradients averaged by hand (minigpt.training.average_gradients). Each rank rolls out its
+    # own prompts, two models step, and the loss reads the policy through trunk() and lm_head, not forward(),
+    # which a DDP wrapper would need; whitening's statistics are all-reduced too (whiten).
     check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     rank, world_size, device = setup_distributed(pick_device(cfg.device))
     master = rank == 0
@@ -220,14 +241,14 @@ def main(cfg):
     resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- four models (detail 1) ----
-    policy, tokenizer, _ = load_model(cfg.sft, "lm", device)                   # π_RL, starts as π_SFT
-    reward_model, rm_tokenizer, _ = load_model(cfg.rm, "reward", device)       # r_θ, frozen
+    policy, tokenizer, _ = load_model(cfg.sft, "lm", device)              # π_RL, starts as π_SFT
+    reward_model, rm_tokenizer, _ = load_model(cfg.rm, "reward", device)  # r_θ, frozen
     check_same_tokenizer(tokenizer, rm_tokenizer, cfg.sft, cfg.rm)
-    reference = copy.deepcopy(policy).requires_grad_(False)                    # π_SFT, frozen
+    reference = copy.deepcopy(policy).requires_grad_(False)               # π_SFT, frozen
     reward_model.requires_grad_(False)
-    value_model = copy.deepcopy(reward_model).requires_grad_(True)            # V starts as the RM
+    value_model = copy.deepcopy(reward_model).requires_grad_(True)        # V starts as the RM
     for model in (policy, reference, reward_model, value_model):
-        model.eval()                                                           # dropout off everywhere (detail 14)
+        model.eval()                                                      # dropout off everywhere (detail 14)
     if policy.config.block_size <= cfg.max_new_tokens:
         raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size "
                         f"{policy.config.block_size}")
@@ -236,27 +257,22 @@ def main(cfg):
     betas = (0.9, cfg.adam_beta2)
     policy_optimizer = make_adamw(policy, cfg.lr, weight_decay=0.0, betas=betas, eps=1e-5)
     value_optimizer = make_adamw(value_model, cfg.value_lr, weight_decay=0.0, betas=betas, eps=1e-5)
-    if cfg.adaptive_kl:
-        kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)  # detail 6
-    else:
-        kl_ctl = FixedKLController(cfg.kl_coef)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl  # detail 6
+              else FixedKLController(cfg.kl_coef))
 
-    # ---- prompts: the world's 'ppo' split, some held out for checkpoint selection (never the test split) ----
+    # ---- prompts: the world's 'ppo' split, some held out for checkpoint selection (not the test split) ----
     world = World(cfg.world_seed)
-    tasks = list(world.split("ppo"))
-    random.Random(cfg.world_seed).shuffle(tasks)
-    if len(tasks) < cfg.val_prompts + cfg.batch_size:
-        raise UserError(f"the world has {len(tasks)} ppo prompts: too few for --val_prompts={cfg.val_prompts} "
-                        f"+ --batch_size={cfg.batch_size}")
-    val_tasks, train_tasks = tasks[:cfg.val_prompts] * cfg.val_samples, tasks[cfg.val_prompts:]
+    val_tasks, train_tasks = split_prompts(world, cfg)
     pretrain_val_tokens = torch.tensor(tokenizer.encode(world.corpus_val()), dtype=torch.long)
-    ptx_tokens = torch.tensor(tokenizer.encode(world.corpus()), dtype=torch.long) if cfg.ptx_coef > 0 else None
+    ptx_tokens = (torch.tensor(tokenizer.encode(world.corpus()), dtype=torch.long) if cfg.ptx_coef > 0
+                  else None)
     dtype = resolve_dtype(cfg.dtype, device)
     if master:
         print(f"dtype: {dtype}")
         print(f"models: policy {policy.num_params() / 1e6:.2f}M from {cfg.sft}, value "
-              f"{value_model.gpt.num_params() / 1e6:.2f}M from {cfg.rm}; {len(train_tasks)} training prompts, "
-              f"{len(val_tasks)} validation responses ({cfg.val_prompts} prompts x {cfg.val_samples})")
+              f"{value_model.gpt.num_params() / 1e6:.2f}M from {cfg.rm}; {len(train_tasks)} training "
+              f"prompts, {len(val_tasks)} validation responses ({cfg.val_prompts} prompts x "
+              f"{cfg.val_samples})")
 
     iteration, elapsed_before = 0, 0.0
     best = dict(iteration=-1, val_rm_score=-math.inf)
@@ -280,20 +296,9 @@ def main(cfg):
             # prompt order and sampling noise are functions of (seed, iteration): see iteration_seeds
 
     def evaluate_and_select():
-        """Validation RM score within the KL budget picks model.pt (never the gold score)."""
-        with autocast(device, dtype):
-            val = validate(policy, reference, reward_model, tokenizer, world, val_tasks, cfg)
-            val["pretrain_val_loss"] = heldout_loss(policy, pretrain_val_tokens, cfg.val_tokens)
-        log.log(step=iteration, **val)
-        chosen = val["val_kl"] <= cfg.kl_budget and val["val_rm_score"] > best["val_rm_score"]
-        if chosen:
-            best.update(iteration=iteration, **val)
-            if master:
-                save_model(cfg.out_dir, policy, tokenizer, "lm", cfg, iteration)
+        validate_and_select(policy, reference, reward_model, tokenizer, world, val_tasks, pretrain_val_tokens,
+                            cfg, iteration, best, log, master, device, dtype)
         if master:
-            print(f"iteration {iteration}: validation RM score {val['val_rm_score']:+.3f} | KL {val['val_kl']:.2f} "
-                  f"nats | gold {val['val_gold']:.3f} | eos {val['val_eos_rate']:.2f} | pretraining loss "
-                  f"{val['pretrain_val_loss']:.3f}{' | selected' if chosen else ''}", flush=True)
             save_last()
 
     log, progress, guard = open_stage(cfg, master, cfg.iterations, iteration, resume is not None)
@@ -301,29 +306,33 @@ def main(cfg):
     stopped = None
     global_batch = cfg.batch_size * world_size
     if not resume:
-        evaluate_and_select()                                                  # iteration 0 = the SFT model itself
+        evaluate_and_select()                                             # iteration 0 = the SFT model itself
 
     # ---- the RL loop ----
     try:
         while iteration < cfg.iterations:
             t0 = time.time()
             # 1. Rollout: this rank's prompts, one response each sampled at temperature T with the KV cache
-            picked = prompts_for_iteration(len(train_tasks), iteration, global_batch, rank, world_size, cfg.seed)
+            picked = prompts_for_iteration(len(train_tasks), iteration, global_batch, rank, world_size,
+                                           cfg.seed)
             sample_seed, shuffle_seed = iteration_seeds(cfg.seed, iteration, rank, world_size)
             sampler = torch.Generator(device=device).manual_seed(sample_seed)
             batch_tasks = [train_tasks[i] for i in picked]
             with autocast(device, dtype):
                 batch = rollout(policy, tokenizer, [t.instruction for t in batch_tasks], cfg.max_new_tokens,
                                 cfg.temperature, sampler)
-            mask = batch["mask"]                                               # (B, N) 1 on response tokens incl. eos
-            with torch.no_grad(), autocast(device, dtype):                     # the frozen forwards, batched
-                logprobs, logits = response_logprobs(policy, batch, cfg.temperature, with_logits=True)  # π_old (12)
-                ref_logprobs = response_logprobs(reference, batch, cfg.temperature)                  # π_ref, same T
-                values = response_values(value_model, batch)                                         # V(s_t), (B, N)
+            mask = batch["mask"]                                       # (B, N) 1 on response tokens incl. eos
+            with torch.no_grad(), autocast(device, dtype):             # the frozen forwards, batched
+                # π_old (detail 12), π_ref at the same T, V(s_t): each (B, N)
+                logprobs, logits = response_logprobs(policy, batch, cfg.temperature, with_logits=True)
+                ref_logprobs = response_logprobs(reference, batch, cfg.temperature)
+                values = response_values(value_model, batch)
                 entropy = entropy_from_logits(logits.float() / cfg.temperature, mask).item()
-                logprob_gap = torch.where(mask.bool(), logprobs - batch["sample_logprobs"], 0.0).abs().max().item()
-                if cfg.debug:                                                  # rollout and scoring see one distribution
-                    # (bf16: the KV cache's one-token steps and the full forward round differently, ~1e-2)
+                gap = torch.where(mask.bool(), logprobs - batch["sample_logprobs"], 0.0)
+                logprob_gap = gap.abs().max().item()
+                # debug: rollout and scoring see one distribution (bf16: the KV cache's one-token steps and
+                # the full forward round differently, ~1e-2)
+                if cfg.debug:
                     assert logprob_gap < (1e-4 if dtype == "float32" else 0.1), \
                         f"recomputed log-probs differ from sampled ones by {logprob_gap}"
 
@@ -342,17 +351,10 @@ def main(cfg):
             iteration += 1
 
             # 5. Log; the KL controller moves β after seeing this batch's KL (all ranks' mean)
-            kl_per_response = (kl * mask).sum(1)                               # (B,) Σ_t log π − log π_ref
-            texts = batch["texts"]
-            row = {k: all_reduce_mean(v) for k, v in dict(
-                score=scores.mean().item(), rm_score=rm_scores.mean().item(),
-                gold=sum(world.gold_score(t, r) for t, r in zip(batch_tasks, texts)) / len(texts),  # watching only
-                kl=kl_per_response.mean().item(), non_score_reward=-kl_ctl.value * kl_per_response.mean().item(),
-                kl_k3=(k3_kl(logprobs, ref_logprobs) * mask).sum(1).mean().item(),   # the same KL, an estimator >= 0
-                entropy=entropy, length=mask.sum(1).float().mean().item(), eos_rate=batch["eos"].float().mean().item(),
-                logprob_gap=logprob_gap, explained_variance=explained_variance(values, returns, mask),
-                **{k: sum(s[k] for s in steps) / len(steps) for k in steps[0] if k != "max_abs_log_ratio"},
-                first_minibatch_log_ratio=steps[0]["max_abs_log_ratio"]).items()}   # 0: ratio exactly 1 (detail 13)
+            kl_per_response = (kl * mask).sum(1)                       # (B,) Σ_t log π − log π_ref
+            row = iteration_stats(world, batch_tasks, batch, scores, rm_scores, logprobs, ref_logprobs,
+                                  kl_per_response, kl_ctl.value, entropy, logprob_gap, steps,
+                                  explained_variance=explained_variance(values, returns, mask))
             row.update(step=iteration, kl_coef=kl_ctl.value, episodes=iteration * global_batch,
                        iteration_s=time.time() - t0, seconds=elapsed_before + time.time() - start_time)
             log.log(**row)
@@ -362,12 +364,8 @@ def main(cfg):
                               kl=row["kl"], beta=row["kl_coef"], ent=row["entropy"], len=row["length"],
                               eos=row["eos_rate"], clip=row["clipfrac"], ev=row["explained_variance"])
             if master and cfg.sample_interval and iteration % cfg.sample_interval == 0:
-                for t, r, s in list(zip(batch_tasks, texts, scores.tolist()))[:3]:
-                    print(f"  > {t.instruction[:70]!r}\n    {r[:100]!r}  (RM {s:+.2f}, gold {world.gold_score(t, r):.2f})")
-            if row["kl"] > cfg.max_kl:                                         # KL explosion: stop, keep the selected model
-                stopped = (f"KL to the SFT model reached {row['kl']:.1f} nats per response (> --max_kl={cfg.max_kl}) "
-                           f"at iteration {iteration}: stopped; lower --lr or raise --kl_coef")
-                print(f"warning: {stopped}", file=sys.stderr)
+                print_samples(world, batch_tasks, batch["texts"], scores)
+            stopped = kl_explosion(row["kl"], cfg.max_kl, iteration)          # stop, keep the selected model
             if iteration % cfg.eval_interval == 0 or iteration == cfg.iterations or stopped:
                 evaluate_and_select()
             if stopped:
@@ -376,27 +374,11 @@ def main(cfg):
         exit_interrupted(save_last, master, cfg.out_dir, f"iteration {iteration}")
 
     if master:
-        rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
-        train_rows = [r for r in rows if "rm_score" in r]
-        val_rows = [r for r in rows if "val_kl" in r]                       # in iteration order: a path, not a curve
-        plot_metrics(os.path.join(cfg.out_dir, "ppo.png"), train_rows, "step",
-                     {"reward": ["rm_score", "score"], "gold (watching only)": ["gold"], "KL to SFT (nats)": ["kl"],
-                      "response length": ["length"]}, title="PPO rollouts by iteration")
-        # Where the policy went: proxy (RM) and gold score against KL, point by point in iteration order. Pushed
-        # too far (Gao et al. 2022) the proxy keeps rising while gold turns down; whether it does here, the plot shows.
-        # The KL is a 256-sample estimate (mean of log π − log π_SFT), so near 0 it can come out slightly negative.
-        plot_metrics(os.path.join(cfg.out_dir, "proxy_vs_gold.png"), val_rows, "val_kl",
-                     {"RM score (proxy)": ["val_rm_score"], "gold score": ["val_gold"]},
-                     title="validation prompts, in iteration order: scores against KL to the SFT model (nats)")
-        write_json(os.path.join(cfg.out_dir, "summary.json"), {
-            "selected_iteration": best["iteration"], "val_rm_score": best["val_rm_score"],
-            "val_kl": best.get("val_kl"), "val_gold": best.get("val_gold"),
-            "pretrain_val_loss": best.get("pretrain_val_loss"), "kl_coef": cfg.kl_coef, "final_kl_coef": kl_ctl.value,
-            "ptx_coef": cfg.ptx_coef, "algo": "ppo", "iterations": iteration, "episodes": iteration * global_batch,
-            "seconds": elapsed_before + time.time() - start_time, "skipped_steps": guard.skipped, "stopped": stopped,
-            "dtype": dtype})
-        print(f"done: selected iteration {best['iteration']} (validation RM score {best['val_rm_score']:+.3f}, "
-              f"KL {best.get('val_kl', 0):.2f} nats); weights in {cfg.out_dir}/model.pt")
+        finish_run(cfg, best, dict(
+            kl_coef=cfg.kl_coef, final_kl_coef=kl_ctl.value, ptx_coef=cfg.ptx_coef, algo="ppo",
+            iterations=iteration, episodes=iteration * global_batch,
+            seconds=elapsed_before + time.time() - start_time, skipped_steps=guard.skipped, stopped=stopped,
+            dtype=dtype))
     cleanup_distributed()
 
 

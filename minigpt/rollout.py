@@ -7,11 +7,19 @@ the rollout's score, the held-out validation both RL scripts select on, and each
 "Detail N" refers to "The N Implementation Details of RLHF with PPO" (Huang et al.).
 """
 
+import os
+import random
+import sys
+
 import torch
 
+from minigpt.checkpoint import save_model, write_json
+from minigpt.cli import UserError
+from minigpt.ppo import k3_kl
 from minigpt.respond import respond
 from minigpt.sampling import left_pad
-from minigpt.scoring import penalise_unfinished, reward_scores, rollout_kl
+from minigpt.scoring import heldout_loss, penalise_unfinished, reward_scores, rollout_kl
+from minigpt.training import all_reduce_mean, autocast, plot_metrics, read_metrics
 
 
 @torch.no_grad()
@@ -106,3 +114,96 @@ def iteration_seeds(seed, iteration, rank, world_size):
     """-> (sampling seed, minibatch-shuffling seed) of this rank at this iteration."""
     base = seed * SEED_STRIDE + iteration * world_size + rank
     return base, base + SHUFFLE_OFFSET
+
+
+# ---- around the loop: what train_ppo.py and train_grpo.py do the same way, written once -------------------
+
+def split_prompts(world, cfg):
+    """The world's 'ppo' prompts, shuffled by cfg.world_seed: the first cfg.val_prompts held out for
+    checkpoint selection (each cfg.val_samples times), the rest to train on; never the test split.
+    -> (val_tasks, train_tasks)."""
+    tasks = list(world.split("ppo"))
+    random.Random(cfg.world_seed).shuffle(tasks)
+    if len(tasks) < cfg.val_prompts + cfg.batch_size:
+        raise UserError(f"the world has {len(tasks)} ppo prompts: too few for "
+                        f"--val_prompts={cfg.val_prompts} + --batch_size={cfg.batch_size}")
+    return tasks[:cfg.val_prompts] * cfg.val_samples, tasks[cfg.val_prompts:]
+
+
+def validate_and_select(policy, reference, reward_model, tokenizer, world, val_tasks, pretrain_val_tokens,
+                        cfg, iteration, best, log, master, device, dtype):
+    """Validation RM score within the KL budget picks model.pt (never the gold score): validate, add the
+    held-out pretraining loss, log, and when selected update `best` in place and (master) save model.pt."""
+    with autocast(device, dtype):
+        val = validate(policy, reference, reward_model, tokenizer, world, val_tasks, cfg)
+        val["pretrain_val_loss"] = heldout_loss(policy, pretrain_val_tokens, cfg.val_tokens)
+    log.log(step=iteration, **val)
+    chosen = val["val_kl"] <= cfg.kl_budget and val["val_rm_score"] > best["val_rm_score"]
+    if chosen:
+        best.update(iteration=iteration, **val)
+        if master:
+            save_model(cfg.out_dir, policy, tokenizer, "lm", cfg, iteration)
+    if master:
+        print(f"iteration {iteration}: validation RM score {val['val_rm_score']:+.3f} | "
+              f"KL {val['val_kl']:.2f} nats | gold {val['val_gold']:.3f} | eos {val['val_eos_rate']:.2f} | "
+              f"pretraining loss {val['pretrain_val_loss']:.3f}{' | selected' if chosen else ''}", flush=True)
+
+
+def iteration_stats(world, tasks, batch, scores, rm_scores, logprobs, ref_logprobs, kl_per_response, kl_coef,
+                    entropy, logprob_gap, steps, **extra):
+    """One iteration's log row, every number the mean over all ranks: scores, gold (watching only), KL,
+    entropy, length, end-of-text rate, `extra`, then the mean of each update step's stats."""
+    mask, texts = batch["mask"], batch["texts"]
+    return {k: all_reduce_mean(v) for k, v in dict(
+        score=scores.mean().item(), rm_score=rm_scores.mean().item(),
+        gold=sum(world.gold_score(t, r) for t, r in zip(tasks, texts)) / len(texts),  # watching only
+        kl=kl_per_response.mean().item(), non_score_reward=-kl_coef * kl_per_response.mean().item(),
+        kl_k3=(k3_kl(logprobs, ref_logprobs) * mask).sum(1).mean().item(),   # the same KL, an estimator >= 0
+        entropy=entropy, length=mask.sum(1).float().mean().item(),
+        eos_rate=batch["eos"].float().mean().item(), logprob_gap=logprob_gap, **extra,
+        **{k: sum(s[k] for s in steps) / len(steps) for k in steps[0] if k != "max_abs_log_ratio"},
+        first_minibatch_log_ratio=steps[0]["max_abs_log_ratio"]).items()}   # 0: ratio exactly 1 (detail 13)
+
+
+def print_samples(world, tasks, texts, scores, n=3):
+    """The first n responses of a rollout with their RM and gold scores."""
+    for t, r, s in list(zip(tasks, texts, scores.tolist()))[:n]:
+        print(f"  > {t.instruction[:70]!r}\n    {r[:100]!r}  "
+              f"(RM {s:+.2f}, gold {world.gold_score(t, r):.2f})")
+
+
+def kl_explosion(kl, max_kl, iteration):
+    """The warning (also printed) when the rollout KL per response `kl` exceeds max_kl, else None."""
+    stopped = None
+    if kl > max_kl:
+        stopped = (f"KL to the SFT model reached {kl:.1f} nats per response (> --max_kl={max_kl}) "
+                   f"at iteration {iteration}: stopped; lower --lr or raise --kl_coef")
+        print(f"warning: {stopped}", file=sys.stderr)
+    return stopped
+
+
+def finish_run(cfg, best, fields):
+    """The end of an RL run (master only): <algo>.png (the rollouts by iteration), proxy_vs_gold.png,
+    summary.json (the selected checkpoint's validation numbers, then `fields`, which name the algo) and the
+    done line."""
+    algo = fields["algo"]
+    rows = read_metrics(os.path.join(cfg.out_dir, "metrics.jsonl"))
+    train_rows = [r for r in rows if "rm_score" in r]
+    val_rows = [r for r in rows if "val_kl" in r]                  # in iteration order: a path, not a curve
+    plot_metrics(os.path.join(cfg.out_dir, f"{algo}.png"), train_rows, "step",
+                 {"reward": ["rm_score", "score"], "gold (watching only)": ["gold"],
+                  "KL to SFT (nats)": ["kl"], "response length": ["length"]},
+                 title=f"{algo.upper()} rollouts by iteration")
+    # Where the policy went: proxy (RM) and gold score against KL, point by point in iteration order. Pushed
+    # too far (Gao et al. 2022) the proxy keeps rising while gold turns down; whether it does here, the plot
+    # shows. The KL is a 256-sample estimate (mean of log π − log π_SFT), so near 0 it can come out
+    # slightly negative.
+    plot_metrics(os.path.join(cfg.out_dir, "proxy_vs_gold.png"), val_rows, "val_kl",
+                 {"RM score (proxy)": ["val_rm_score"], "gold score": ["val_gold"]},
+                 title="validation prompts, in iteration order: scores against KL to the SFT model (nats)")
+    write_json(os.path.join(cfg.out_dir, "summary.json"), {
+        "selected_iteration": best["iteration"], "val_rm_score": best["val_rm_score"],
+        "val_kl": best.get("val_kl"), "val_gold": best.get("val_gold"),
+        "pretrain_val_loss": best.get("pretrain_val_loss"), **fields})
+    print(f"done: selected iteration {best['iteration']} (validation RM score {best['val_rm_score']:+.3f}, "
+          f"KL {best.get('val_kl', 0):.2f} nats); weights in {cfg.out_dir}/model.pt")

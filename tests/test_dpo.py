@@ -1,6 +1,6 @@
-"""train_dpo.py: log π(y|x) of a padded batch equals the token-by-token reference, each ranking's pairs are one
-batch element, the start is the reference (loss log 2, implicit rewards 0), Ctrl-C + --resume is exact, and the
-script runs end to end on label.py's rankings and on a preference file."""
+"""train_dpo.py: log π(y|x) of a padded batch equals the token-by-token reference, each ranking's pairs are
+one batch element, the start is the reference (loss log 2, implicit rewards 0), Ctrl-C + --resume is exact,
+and the script runs end to end on label.py's rankings and on a preference file."""
 
 import itertools
 import json
@@ -36,8 +36,8 @@ def sft(tmp_path_factory, tokenizer):
     """A tiny untrained 'SFT' stage folder."""
     folder = str(tmp_path_factory.mktemp("dpo") / "sft")
     torch.manual_seed(0)
-    save_model(folder, GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32)),
-               tokenizer, "lm", {})
+    config = GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32)
+    save_model(folder, GPT(config), tokenizer, "lm", {})
     return folder
 
 
@@ -65,7 +65,8 @@ def test_each_rankings_pairs_are_one_batch_element():
     per_ranking = []
     for lp, ref in zip(logps, refs):
         pairs = list(itertools.combinations(range(len(lp)), 2))
-        per_ranking.append(sum(dpo_loss(lp[[i]], lp[[j]], ref[[i]], ref[[j]], 0.5)[0].item() for i, j in pairs) / len(pairs))
+        losses = [dpo_loss(lp[[i]], lp[[j]], ref[[i]], ref[[j]], 0.5)[0].item() for i, j in pairs]
+        per_ranking.append(sum(losses) / len(pairs))
     assert loss.item() == pytest.approx(sum(per_ranking) / 2)               # not the mean over all 4 pairs
     # margins r_w - r_l = 0.5 * (lp_i - lp_j) (equal references): 0.5, 1.5, 1.0 and -1.0
     assert accuracy == pytest.approx(3 / 4) and margin == pytest.approx((0.5 + 1.5 + 1.0 - 1.0) / 4)
@@ -74,10 +75,12 @@ def test_each_rankings_pairs_are_one_batch_element():
 def test_end_to_end_on_labels_starts_at_the_reference(sft, tmp_path):
     labels, out = str(tmp_path / "labels"), str(tmp_path / "dpo")
     label.main(label.Config(policy=sft, out_dir=labels, n_prompts=30, k_policy=2, k_demo=2, max_new_tokens=6))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_dpo.py"), f"--sft={sft}", f"--labels={labels}",
-                        f"--out_dir={out}", "--batch_size=8", "--eval_interval=2", "--log_interval=1", "--lr=1e-3",
-                        "--kl_prompts=4", "--max_new_tokens=6", "--device=cpu"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_dpo.py"), f"--sft={sft}",
+                        f"--labels={labels}", f"--out_dir={out}", "--batch_size=8", "--eval_interval=2",
+                        "--log_interval=1", "--lr=1e-3", "--kl_prompts=4", "--max_new_tokens=6",
+                        "--device=cpu"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
     rows = read_metrics(os.path.join(out, "metrics.jsonl"))
     start = rows[0]
@@ -90,17 +93,19 @@ def test_end_to_end_on_labels_starts_at_the_reference(sft, tmp_path):
         assert summary[key] is not None, key
     for name in ("model.pt", "last.pt", "tokenizer.json", "config.json", "loss.png"):
         assert os.path.isfile(os.path.join(out, name)), name
-    assert load_model(out, "lm")[2]["kind"] == "lm"                          # evaluate.py and chat.py can read it
+    # evaluate.py and chat.py can read it
+    assert load_model(out, "lm")[2]["kind"] == "lm"
 
 
 def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch, capsys):
     rows = [{"prompt": f"Name colour number {i}.", "chosen": c, "rejected": c[::-1] + " no"}
-            for i, c in enumerate(["red", "green", "blue", "yellow", "purple", "orange", "black", "white"] * 2)]
+            for i, c in enumerate(["red", "green", "blue", "yellow", "purple", "orange", "black",
+                                   "white"] * 2)]
     rows += [{"prompt": "计算2+2", "responses": ["4", "4.", "Sure! It is 4.", "5"]}] * 4
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tiny = dict(sft=sft, data=str(data), batch_size=4, eval_interval=3, log_interval=1, device="cpu", epochs=2,
-                warmup_steps=2, lr=1e-3, kl_prompts=2, max_new_tokens=4)
+    tiny = dict(sft=sft, data=str(data), batch_size=4, eval_interval=3, log_interval=1, device="cpu",
+                epochs=2, warmup_steps=2, lr=1e-3, kl_prompts=2, max_new_tokens=4)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     train_dpo.main(train_dpo.Config(out_dir=a, **tiny))
     # the KL is measured on samples: it can read slightly below 0, and the lines say it is an estimate
@@ -120,7 +125,8 @@ def test_ctrl_c_then_resume_is_exact(sft, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_dpo, "cosine_lr", real)
     train_dpo.main(train_dpo.Config(out_dir=b, resume=True, **tiny))
     ra, rb = read_metrics(os.path.join(a, "metrics.jsonl")), read_metrics(os.path.join(b, "metrics.jsonl"))
-    assert [r["train_loss"] for r in ra if "train_loss" in r] == [r["train_loss"] for r in rb if "train_loss" in r]
+    assert ([r["train_loss"] for r in ra if "train_loss" in r]
+            == [r["train_loss"] for r in rb if "train_loss" in r])
     wa, wb = load_model(a, "lm")[0].state_dict(), load_model(b, "lm")[0].state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     summary = json.load(open(os.path.join(a, "summary.json")))
@@ -133,7 +139,8 @@ def test_bad_input_is_one_line(sft, tmp_path, capsys):
         run(train_dpo.main, train_dpo.Config, [f"--labels={tmp_path}/nope", f"--out_dir={tmp_path}/dpo"])
     assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "x", "chosen": "a", "rejected": "b"}\n{"prompt": "y", "chosen": 3, "rejected": "b"}\n')
+    bad.write_text('{"prompt": "x", "chosen": "a", "rejected": "b"}\n'
+                   '{"prompt": "y", "chosen": 3, "rejected": "b"}\n')
     with pytest.raises(SystemExit) as e:
         run(train_dpo.main, train_dpo.Config, [f"--sft={sft}", f"--data={bad}", f"--out_dir={tmp_path}/dpo"])
     err = capsys.readouterr().err

@@ -52,7 +52,8 @@ def test_val_split_is_even_and_prefix_stable():
 
 
 def pretend_finished(monkeypatch, unfinished=lambda i: False):
-    """An untrained policy rarely emits end-of-text; mark its samples as finished (except where `unfinished`)."""
+    """An untrained policy rarely emits end-of-text; mark its samples as finished (except where
+    `unfinished`)."""
     real = label.respond
 
     def respond(*args, **kwargs):
@@ -92,13 +93,13 @@ def test_unfinished_policy_samples_are_left_out(policy, monkeypatch):
 
 
 def test_the_labeller_is_shown_different_samples(policy, monkeypatch):
-    """Twice k_policy samples are drawn per prompt; the first k_policy distinct finished ones are shown (a repeat,
-    even with other surrounding spaces, is not; an unfinished sample is not)."""
+    """Twice k_policy samples are drawn per prompt; the first k_policy distinct finished ones are shown (a
+    repeat, even with other surrounding spaces, is not; an unfinished sample is not)."""
     drawn = ["a", "a", "b", " b", "c", "d", "e", "f"]                    # per prompt, in sampling order
     ended = [True, True, True, True, False, True, True, True]
 
     def respond(model, tokenizer, instructions, *args, **kwargs):
-        assert len(instructions) == 2 * len(drawn)                       # 2 prompts x DRAWS_PER_SHOWN * k_policy
+        assert len(instructions) == 2 * len(drawn)                 # 2 prompts x DRAWS_PER_SHOWN * k_policy
         return type("Out", (), {"texts": drawn * 2, "eos": ended * 2})()
     monkeypatch.setattr(label, "respond", respond)
     world = World(0)
@@ -112,8 +113,8 @@ def test_the_labeller_is_shown_different_samples(policy, monkeypatch):
 def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch, capsys):
     pretend_finished(monkeypatch)
     out = str(tmp_path / "labels")
-    label.main(label.Config(policy=policy, out_dir=out, n_prompts=60, k_policy=2, k_demo=3, k_decorated=2, k_other=1,
-                            max_new_tokens=6, val_fraction=0.25))
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=60, k_policy=2, k_demo=3, k_decorated=2,
+                            k_other=1, max_new_tokens=6, val_fraction=0.25))
     world = World(0)
     train, val = read(os.path.join(out, "train.jsonl")), read(os.path.join(out, "val.jsonl"))
     summary = json.load(open(os.path.join(out, "summary.json")))
@@ -121,10 +122,11 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch, caps
     stdout = capsys.readouterr().out
     mean = sum(len(r["responses"]) for r in train + val) / len(train + val)
     assert mean < 8 and stdout.startswith("labelling 60 prompts x up to K=8 responses")
-    assert (f"{len(train)} train + {len(val)} val ranked lists ({mean:.2f} responses ranked on average of up to "
-            f"K=8, ties dropped; {summary['dropped_all_tied']} prompts all tied)") in stdout
+    assert (f"{len(train)} train + {len(val)} val ranked lists ({mean:.2f} responses ranked on average of up "
+            f"to K=8, ties dropped; {summary['dropped_all_tied']} prompts all tied)") in stdout
     assert len(train) + len(val) + summary["dropped_all_tied"] == 60 and len(val) >= 4
-    assert summary["K"] == 2 + 2 + 1 + 3 and 0 <= summary["ceiling"] <= 1 and 0 <= summary["labeler_agreement"] <= 1
+    assert (summary["K"] == 2 + 2 + 1 + 3 and 0 <= summary["ceiling"] <= 1
+            and 0 <= summary["labeler_agreement"] <= 1)
     for r in train + val:
         assert r["labeler"] == "simulated-1337" and r["seed"] == 1337
         assert 2 <= len(r["responses"]) <= 8
@@ -132,35 +134,39 @@ def test_simulated_writes_valid_ranked_lists(policy, tmp_path, monkeypatch, caps
         assert len(set(r["gold"])) == len(r["gold"])            # ties (and duplicates) dropped
         assert set(r["sources"]) <= {"demo", "policy", "decorated", "other"}
         task = world.task(r["prompt"])
-        for y, m, s in zip(r["responses"], r["mistakes"], r["sources"]):   # a policy sample's mistake, as judged
-            assert m == (mistakes(task, y) or [None])[0] or s in ("demo", "decorated") or (s, m) == ("other", "off_topic")
+        # a policy sample's mistake, as judged
+        for y, m, s in zip(r["responses"], r["mistakes"], r["sources"]):
+            assert (m == (mistakes(task, y) or [None])[0] or s in ("demo", "decorated")
+                    or (s, m) == ("other", "off_topic"))
     # decorated responses: policy samples wrapped in a surface mistake (a preamble, a tail, the question)
     decorated = [m for r in train + val for m, s in zip(r["mistakes"], r["sources"]) if s == "decorated"]
     assert decorated and set(decorated) <= {"preamble", "rambling", "repeat_question"}
     # off-topic responses: what the policy said to a prompt of another kind
-    sampled_for = {}                                             # response text -> kinds of prompt it answered
+    sampled_for = {}                                        # response text -> kinds of prompt it answered
     for r in train + val:
         for y, s in zip(r["responses"], r["sources"]):
             if s == "policy":
                 sampled_for.setdefault(y, set()).add(r["kind"])
-    other = [(r["kind"], y) for r in train + val for y, s in zip(r["responses"], r["sources"]) if s == "other"]
-    seen = [(k, y) for k, y in other if y in sampled_for]    # (ties dropped some samples from their own list)
+    other = [(r["kind"], y) for r in train + val for y, s in zip(r["responses"], r["sources"])
+             if s == "other"]
+    seen = [(k, y) for k, y in other if y in sampled_for]   # (ties dropped some samples from their own list)
     assert other and seen and all(sampled_for[y] - {k} for k, y in seen)
     assert load_comparisons(os.path.join(out, "train.jsonl"))[0]["responses"] == train[0]["responses"]
 
     # a noise-free labeller ranks exactly by gold: the ceiling is 1
-    label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=3, k_decorated=0, max_new_tokens=6,
-                            labeler_temperature=0))
+    label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=3, k_decorated=0,
+                            max_new_tokens=6, labeler_temperature=0))
     for r in read(os.path.join(out, "train.jsonl")) + read(os.path.join(out, "val.jsonl")):
         assert r["gold"] == sorted(r["gold"], reverse=True)
     assert json.load(open(os.path.join(out, "summary.json")))["ceiling_train"] == 1.0
 
 
 def human(policy, out, keys, *extra):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "label.py"), "--labeler=human", f"--policy={policy}",
-                           f"--out_dir={out}", "--n_prompts=8", "--k_policy=0", "--k_demo=3", "--k_decorated=0", "--max_new_tokens=6",
-                           "--val_fraction=0.5", *extra], input=keys, capture_output=True, text=True, cwd=ROOT,
-                          timeout=60)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "label.py"), "--labeler=human",
+                           f"--policy={policy}", f"--out_dir={out}", "--n_prompts=8", "--k_policy=0",
+                           "--k_demo=3", "--k_decorated=0", "--max_new_tokens=6", "--val_fraction=0.5",
+                           *extra],
+                          input=keys, capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
 def shown(stdout):
@@ -179,7 +185,8 @@ def displayed(response):
 def test_human_session_from_keystrokes(policy, tmp_path):
     out = str(tmp_path / "human")
     tasks = World(0).split("rm")
-    # prompt 0: ranked; 1: skipped; 2: ranked, undone, ranked again; bad input twice; 3: ranked; then end of input
+    # prompt 0: ranked; 1: skipped; 2: ranked, undone, ranked again; bad input twice; 3: ranked; then end of
+    # input
     r = human(policy, out, "2 1 3\ns\n3 1 2\nu\n1 3 2\nx\n1 2\n2 3 1\n")
     assert r.returncode == 0, r.stderr
     blocks = shown(r.stdout)
@@ -210,7 +217,8 @@ def test_human_session_from_keystrokes(policy, tmp_path):
 
     # simulated labels never overwrite a person's work
     with pytest.raises(UserError, match="human labels"):
-        label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=2, k_decorated=0, max_new_tokens=6))
+        label.main(label.Config(policy=policy, out_dir=out, n_prompts=8, k_policy=1, k_demo=2, k_decorated=0,
+                                max_new_tokens=6))
 
 
 def test_unfinished_last_line_is_dropped(tmp_path):
@@ -221,8 +229,8 @@ def test_unfinished_last_line_is_dropped(tmp_path):
 
 
 def test_by_default_only_model_outputs_are_ranked(policy, tmp_path, monkeypatch):
-    """InstructGPT's labellers ranked model outputs: the default candidates are k_policy samples at each temperature,
-    no written answer, no world-built one."""
+    """InstructGPT's labellers ranked model outputs: the default candidates are k_policy samples at each
+    temperature, no written answer, no world-built one."""
     pretend_finished(monkeypatch)
     # an untrained policy's answers are all wrong (all tied): a labeller who ranks them in the order shown
     monkeypatch.setattr(label, "SimulatedLabeler", lambda *args: label.StoredOrder())

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
-                         gae, group_advantages, k3_kl, kl_penalty_rewards, masked_mean, masked_var, masked_whiten,
-                         policy_loss, value_loss)
+                         gae, group_advantages, k3_kl, kl_penalty_rewards, masked_mean, masked_var,
+                         masked_whiten, policy_loss, value_loss)
 
 
 def ragged_mask(lengths, N):

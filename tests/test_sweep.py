@@ -1,5 +1,5 @@
-"""sweep.py and its pure functions: best-of-n's exact expectation against brute force over every n-subset, Gao's
-fits recovering known (α, β), and an end-to-end tiny sweep on tiny random models."""
+"""sweep.py and its pure functions: best-of-n's exact expectation against brute force over every n-subset,
+Gao's fits recovering known (α, β), and an end-to-end tiny sweep on tiny random models."""
 
 import json
 import math
@@ -39,20 +39,24 @@ def test_best_of_n_expectation_equals_brute_force(ties):
     rng = np.random.default_rng(0)
     for m in range(1, 9):
         for trial in range(3):
-            rm = rng.integers(0, 3, m).astype(float) if ties else rng.normal(size=m)   # ties: few distinct scores
+            # ties: few distinct scores
+            rm = rng.integers(0, 3, m).astype(float) if ties else rng.normal(size=m)
             gold = rng.random(m)
             for n in range(1, m + 1):
                 got = best_of_n_expectation(rm, gold, n)
                 want = brute_force(rm, gold, n)
-                assert got[0] == pytest.approx(want[0], abs=1e-12) and got[1] == pytest.approx(want[1], abs=1e-12)
+                assert (got[0] == pytest.approx(want[0], abs=1e-12)
+                        and got[1] == pytest.approx(want[1], abs=1e-12))
 
 
 def test_best_of_n_expectation_ends():
     rm, gold = [0.3, -1.0, 2.0, 0.5, 2.0], [0.1, 0.0, 0.6, 0.9, 1.0]
-    assert best_of_n_expectation(rm, gold, 1) == pytest.approx((np.mean(rm), np.mean(gold)), abs=1e-12)  # n = 1: mean
-    assert best_of_n_expectation(rm, gold, 5) == pytest.approx((2.0, 0.8), abs=1e-12)   # n = m: the max (tied: mean)
+    # n = 1: the mean; n = m: the max (tied: their mean)
+    assert best_of_n_expectation(rm, gold, 1) == pytest.approx((np.mean(rm), np.mean(gold)), abs=1e-12)
+    assert best_of_n_expectation(rm, gold, 5) == pytest.approx((2.0, 0.8), abs=1e-12)
     assert best_of_n_expectation([1.0, 3.0, 2.0], [0.0, 1.0, 0.5], 3) == (3.0, 1.0)
-    # distinct scores: the k-th smallest is picked with probability C(k-1, n-1) / C(m, n); m = 4, n = 2: 0, 1/6, 2/6, 3/6
+    # distinct scores: the k-th smallest is picked with probability C(k-1, n-1) / C(m, n); m = 4, n = 2: 0,
+    # 1/6, 2/6, 3/6
     assert best_of_n_expectation([1, 2, 3, 4], [0, 6, 12, 18], 2)[1] == pytest.approx(1 + 4 + 9, abs=1e-12)
     with pytest.raises(ValueError):
         best_of_n_expectation([1.0, 2.0], [0.0, 1.0], 3)
@@ -70,7 +74,7 @@ def test_best_of_n_expectation_large_m_is_a_distribution():
 
 
 def test_fits_recover_alpha_and_beta():
-    d = np.sqrt([0.0, 0.31, 0.90, 1.6, 2.4, 3.2])                            # best-of-n's √KL for n = 1..64, roughly
+    d = np.sqrt([0.0, 0.31, 0.90, 1.6, 2.4, 3.2])                   # best-of-n's √KL for n = 1..64, roughly
     assert fit_best_of_n(d, gao_best_of_n(d, 0.12, 0.05)) == pytest.approx((0.12, 0.05), abs=1e-12)
     d = np.linspace(0.05, 3.0, 12)
     assert fit_rl(d, gao_rl(d, 0.2, 0.08)) == pytest.approx((0.2, 0.08), abs=1e-12)
@@ -127,7 +131,8 @@ def test_end_to_end_tiny_sweep(tiny, tmp_path):
     assert set(result["best_of_n"]["points"][0]) == {"n", "kl", "sqrt_kl", "proxy", "gold", "kl_estimated"}
     assert result["best_of_n"]["points"][0]["kl"] == 0.0
     assert set(result["best_of_n"]["fit"]) == {"gold", "proxy"}
-    assert set(result["best_of_n"]["fit"]["gold"]) == {"alpha", "beta", "rmse", "peak_sqrt_kl", "peak_gain", "points"}
+    assert set(result["best_of_n"]["fit"]["gold"]) == {"alpha", "beta", "rmse", "peak_sqrt_kl", "peak_gain",
+                                                        "points"}
     (ppo,) = result["rl"]["runs"]
     assert ppo["kl_coef"] == 0.1 and [p["iteration"] for p in ppo["points"]] == [0, 1, 2]
     assert ppo["points"][0]["kl"] == 0.0 and set(ppo["fits"]) == {"gold", "proxy"}

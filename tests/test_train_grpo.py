@@ -1,5 +1,5 @@
-"""train_grpo.py on tiny random models: the group advantage, the k3 KL in the loss, ratio 1 at the start, and an
-end-to-end run without a value model."""
+"""train_grpo.py on tiny random models: the group advantage, the k3 KL in the loss, ratio 1 at the start, and
+an end-to-end run without a value model."""
 
 import json
 import os
@@ -50,13 +50,13 @@ def test_grpo_update_has_no_value_model_and_puts_the_k3_kl_in_the_loss(tiny):
         logprobs = response_logprobs(policy, batch, cfg.temperature)
         scores, _ = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
     advantages = group_advantages(scores, 4)[:, None] * batch["mask"]
-    assert abs(advantages[:, 0].view(2, 4).sum(1)).max() < 1e-5              # each group's baseline is its mean
+    assert abs(advantages[:, 0].view(2, 4).sum(1)).max() < 1e-5           # each group's baseline is its mean
     batch.update(logprobs=logprobs, ref_logprobs=logprobs.clone(), advantages=advantages)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5)
     steps = train_grpo.grpo_update(policy, opt, batch, cfg, torch.Generator().manual_seed(0))
     assert len(steps) == cfg.epochs * 8 // cfg.minibatch_size and "vf_loss" not in steps[0]
     assert steps[0]["max_abs_log_ratio"] == 0.0 and steps[0]["kl_loss"] == 0.0
-    assert steps[-1]["kl_loss"] > 0                                           # moved away: the k3 term pulls back
+    assert steps[-1]["kl_loss"] > 0                                       # moved away: the k3 term pulls back
     # the loss is the clipped surrogate + beta * mean k3: checked on the moved policy
     loss, stats = train_grpo.grpo_loss(policy, batch, cfg)
     with torch.no_grad():
@@ -74,13 +74,15 @@ def test_end_to_end_tiny_run_has_no_value_model(tiny, tmp_path):
     sft, rm, out = tmp_path / "sft", tmp_path / "rm", tmp_path / "grpo"
     save_model(str(sft), tiny.policy, tiny.tokenizer, "lm")
     save_model(str(rm), tiny.reward_model, tiny.tokenizer, "reward")
-    args = [sys.executable, "train_grpo.py", f"--sft={sft}", f"--rm={rm}", f"--out_dir={out}", "--batch_size=2",
-            "--group_size=4", "--minibatch_size=4", "--epochs=1", "--max_new_tokens=6", "--val_prompts=8",
-            "--eval_interval=2", "--sample_interval=1", "--device=cpu", "--debug", "--iterations=2"]
+    args = [sys.executable, "train_grpo.py", f"--sft={sft}", f"--rm={rm}", f"--out_dir={out}",
+            "--batch_size=2", "--group_size=4", "--minibatch_size=4", "--epochs=1", "--max_new_tokens=6",
+            "--val_prompts=8", "--eval_interval=2", "--sample_interval=1", "--device=cpu", "--debug",
+            "--iterations=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    for name in ("model.pt", "last.pt", "summary.json", "metrics.jsonl", "config.json", "tokenizer.json", "grpo.png"):
+    for name in ("model.pt", "last.pt", "summary.json", "metrics.jsonl", "config.json", "tokenizer.json",
+                 "grpo.png"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algo"] == "grpo" and summary["episodes"] == 2 * 2 * 4       # 2 prompts x 4 samples, twice

@@ -1,6 +1,6 @@
-"""train_ppo.py, minigpt/rollout.py and minigpt/scoring.py's rollout log-probs on tiny random models: the PPO sanity checks (ratio 1 at the start,
-recomputed log-probs equal the sampled ones, padding changes nothing, the no-EOS penalty, the value's off-by-one)
-and an end-to-end run."""
+"""train_ppo.py, minigpt/rollout.py and minigpt/scoring.py's rollout log-probs on tiny random models: the PPO
+sanity checks (ratio 1 at the start, recomputed log-probs equal the sampled ones, padding changes nothing, the
+no-EOS penalty, the value's off-by-one) and an end-to-end run."""
 
 import json
 import os
@@ -25,8 +25,8 @@ from minigpt.tokenizer import Tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
         "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
-PROMPTS = ["Add 3 and 4.", "Reverse the word cat.", "List the colours of the flag of a country you like.", "Say hi.",
-           "Write a short answer.", "Name a colour.", "What is 2 plus 2?", "Sort: b, a, c."]
+PROMPTS = ["Add 3 and 4.", "Reverse the word cat.", "List the colours of the flag of a country you like.",
+           "Say hi.", "Write a short answer.", "Name a colour.", "What is 2 plus 2?", "Sort: b, a, c."]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,14 @@ def tiny():
 
 
 def make_cfg(**overrides):
-    base = dict(batch_size=8, minibatch_size=4, ppo_epochs=2, lr=1e-3, value_lr=1e-3, max_new_tokens=8, debug=True)
+    base = dict(batch_size=8, minibatch_size=4, ppo_epochs=2, lr=1e-3, value_lr=1e-3, max_new_tokens=8,
+                debug=True)
     return train_ppo.Config(**{**base, **overrides})
 
 
 def end_early(batch, lengths, tokenizer):
-    """Make row b's response end with end-of-text after lengths[b] tokens (a random tiny model rarely stops)."""
+    """Make row b's response end with end-of-text after lengths[b] tokens (a random tiny model rarely
+    stops)."""
     P = batch["P"]
     for b, n in enumerate(lengths):
         batch["response"][b, n - 1], batch["response"][b, n:] = tokenizer.eos_id, tokenizer.pad_id
@@ -66,7 +68,7 @@ def rolled_out(tiny, cfg, seed=0, lengths=None):
                     torch.Generator().manual_seed(seed))
     if lengths:
         end_early(batch, lengths, tiny.tokenizer)
-    with torch.no_grad(), autocast("cpu", cfg.dtype):                        # as main(): pi_old in cfg.dtype too
+    with torch.no_grad(), autocast("cpu", cfg.dtype):                    # as main(): pi_old in cfg.dtype too
         logprobs = response_logprobs(policy, batch, cfg.temperature)
         values = response_values(value_model, batch)
         scores, _ = score(tiny.reward_model, tiny.tokenizer, batch, cfg.no_eos_penalty)
@@ -79,8 +81,10 @@ def rolled_out(tiny, cfg, seed=0, lengths=None):
 def test_recomputed_logprobs_equal_the_sampled_ones(tiny):
     """Rollout (KV cache, left-padded prompts) and scoring (one forward) see one distribution (detail 12)."""
     for temperature in (1.0, 0.7):
-        batch = rollout(tiny.policy, tiny.tokenizer, PROMPTS, 10, temperature, torch.Generator().manual_seed(1))
-        assert batch["attention_mask"][:, : batch["P"]].min() == 0       # prompts of different lengths: left padding
+        batch = rollout(tiny.policy, tiny.tokenizer, PROMPTS, 10, temperature,
+                        torch.Generator().manual_seed(1))
+        # prompts of different lengths: left padding
+        assert batch["attention_mask"][:, : batch["P"]].min() == 0
         with torch.no_grad():
             recomputed = response_logprobs(tiny.policy, batch, temperature)
         real = batch["mask"].bool()
@@ -96,7 +100,7 @@ def test_a_sampled_pad_token_mid_response_counts_as_real(tiny):
     """A policy can sample the pad id; generate() then treats it as a real token, and so must the mask."""
     policy = GPT(tiny.config).eval()
     policy.load_state_dict(tiny.policy.state_dict())
-    with torch.no_grad():                       # push the pad token's logit up: h·w_pad ≈ |u|²·10 for ln_f.bias = u
+    with torch.no_grad():               # push the pad token's logit up: h·w_pad ≈ |u|²·10 for ln_f.bias = u
         u = torch.full((tiny.config.n_embd,), 0.15)
         policy.transformer.ln_f.bias.copy_(u)
         policy.transformer.wte.weight[tiny.tokenizer.pad_id] = 10 * u
@@ -118,9 +122,10 @@ def test_ratio_is_exactly_one_on_the_first_minibatch_then_moves(tiny, dtype):
     batch = rolled_out(SimpleNamespace(**{**vars(tiny), "policy": policy, "reward_model": value_model}), cfg)
     opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5)
     opt_v = torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, eps=1e-5)
-    steps = train_ppo.ppo_update(policy, value_model, opt_p, opt_v, batch, cfg, torch.Generator().manual_seed(0))
+    steps = train_ppo.ppo_update(policy, value_model, opt_p, opt_v, batch, cfg,
+                                 torch.Generator().manual_seed(0))
     assert len(steps) == cfg.ppo_epochs * cfg.batch_size // cfg.minibatch_size
-    assert steps[0]["ratio_mean"] == 1.0                       # exactly: same weights, same inputs, same maths
+    assert steps[0]["ratio_mean"] == 1.0                       # exactly: same weights, inputs and maths
     assert steps[0]["max_abs_log_ratio"] == 0.0
     assert steps[0]["approx_kl"] == 0.0 and steps[0]["clipfrac"] == 0.0
     assert max(s["max_abs_log_ratio"] for s in steps[1:]) > 0  # the updates did move the policy
@@ -142,38 +147,39 @@ def test_response_without_eos_gets_the_penalty(tiny):
 
 
 def test_reward_reads_the_text_not_the_sampled_ids(tiny):
-    """A policy can sample one text as different ids ("cat" as one token or three). The reward model was trained
-    on the text's own encoding, so PPO must score that, or a spelling it never saw earns a reward of its own."""
+    """A policy can sample one text as different ids ("cat" as one token or three). The reward model was
+    trained on the text's own encoding, so PPO must score that, or a spelling it never saw earns a reward of
+    its own."""
     tok, instruction = tiny.tokenizer, PROMPTS[3]
     text = "the cat"
     canonical = tok.encode(text)
-    spelt = [i for ch in text for i in tok.encode(ch)]                  # the same text, one token per character
+    spelt = [i for ch in text for i in tok.encode(ch)]              # the same text, one token per character
     assert spelt != canonical and tok.decode(spelt) == tok.decode(canonical) == text
     prompt = tok.encode(render_prompt(instruction))
 
     def batch_of(ids):
         qr = torch.tensor([prompt + ids + [tok.eos_id]])
-        return {"instructions": [instruction], "texts": [tok.decode(ids)], "eos": torch.tensor([True]), "response": qr,
-                "query_response": qr, "attention_mask": torch.ones_like(qr)}
+        return {"instructions": [instruction], "texts": [tok.decode(ids)], "eos": torch.tensor([True]),
+                "response": qr, "query_response": qr, "attention_mask": torch.ones_like(qr)}
 
     a, b = batch_of(canonical), batch_of(spelt)
     with torch.no_grad():
         by_ids = [tiny.reward_model.score(x["query_response"], x["attention_mask"]).item() for x in (a, b)]
-    assert abs(by_ids[0] - by_ids[1]) > 1e-3                            # scoring ids: two spellings, two rewards
+    assert abs(by_ids[0] - by_ids[1]) > 1e-3                        # scoring ids: two spellings, two rewards
     by_text = [score(tiny.reward_model, tok, x, -1.0)[0].item() for x in (a, b)]
-    assert by_text[0] == by_text[1] == pytest.approx(by_ids[0], abs=1e-5)   # scoring the text: one reward
+    assert by_text[0] == by_text[1] == pytest.approx(by_ids[0], abs=1e-5)  # scoring the text: one reward
 
 
 def test_value_of_the_first_response_token_is_read_at_the_last_prompt_token(tiny):
     batch = rollout(tiny.policy, tiny.tokenizer, PROMPTS, 6, 1.0, torch.Generator().manual_seed(3))
     with torch.no_grad():
-        values = response_values(tiny.reward_model, batch)               # (B, N)
+        values = response_values(tiny.reward_model, batch)                  # (B, N)
         for b in range(len(PROMPTS)):
             prompt = batch["query_response"][b, : batch["P"]][batch["attention_mask"][b, : batch["P"]].bool()]
-            v_prompt = tiny.reward_model(prompt[None])[0, -1]                      # V(x): before any response token
+            v_prompt = tiny.reward_model(prompt[None])[0, -1]               # V(x): before any response token
             assert values[b, 0].item() == pytest.approx(v_prompt.item(), abs=1e-5)
             n = int(batch["mask"][b].sum())
-            if n >= 2:                                                              # V(x ⊕ y_0) for the second token
+            if n >= 2:                                                      # V(x ⊕ y_0) for the second token
                 seq = torch.cat([prompt, batch["response"][b, :1]])[None]
                 assert values[b, 1].item() == pytest.approx(tiny.reward_model(seq)[0, -1].item(), abs=1e-5)
 
@@ -201,14 +207,15 @@ def test_padding_contributes_nothing(tiny):
 def test_prompt_order_is_a_function_of_the_iteration():
     n, gb = 10, 4
     seen = [i for it in range(5) for i in prompts_for_iteration(n, it, gb, 0, 1, seed=0)]
-    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))   # every prompt once a pass
+    # every prompt once a pass
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     ranks = [prompts_for_iteration(n, 3, gb, r, 2, seed=0) for r in range(2)]
     assert sorted(ranks[0] + ranks[1]) == sorted(prompts_for_iteration(n, 3, gb, 0, 1, seed=0))
 
 
 def test_iteration_seeds_are_the_historical_formula_and_never_collide():
-    """seed*1000 + iteration*world_size + rank samples, 7 more shuffles: a resumed run draws what an uninterrupted
-    one would, and no two (iteration, rank) of one run share a sampling seed."""
+    """seed*1000 + iteration*world_size + rank samples, 7 more shuffles: a resumed run draws what an
+    uninterrupted one would, and no two (iteration, rank) of one run share a sampling seed."""
     assert iteration_seeds(1337, 5, 1, 2) == (1337 * 1000 + 5 * 2 + 1, 1337 * 1000 + 5 * 2 + 1 + 7)
     seen = {iteration_seeds(3, it, r, 4)[0] for it in range(100) for r in range(4)}
     assert len(seen) == 400
@@ -218,15 +225,17 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     sft, rm, out = tmp_path / "sft", tmp_path / "rm", tmp_path / "ppo"
     save_model(str(sft), tiny.policy, tiny.tokenizer, "lm")
     save_model(str(rm), tiny.reward_model, tiny.tokenizer, "reward")
-    args = [sys.executable, "train_ppo.py", f"--sft={sft}", f"--rm={rm}", f"--out_dir={out}", "--batch_size=8",
-            "--minibatch_size=4", "--ppo_epochs=1", "--max_new_tokens=6", "--val_prompts=8", "--eval_interval=2",
-            "--sample_interval=1", "--device=cpu", "--debug"]
+    args = [sys.executable, "train_ppo.py", f"--sft={sft}", f"--rm={rm}", f"--out_dir={out}",
+            "--batch_size=8", "--minibatch_size=4", "--ppo_epochs=1", "--max_new_tokens=6", "--val_prompts=8",
+            "--eval_interval=2", "--sample_interval=1", "--device=cpu", "--debug"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(args + ["--iterations=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(args + ["--iterations=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "32 validation responses (8 prompts x 4)" in done.stdout          # --val_samples defaults to 4
     ppo_stdout = done.stdout
-    for name in ("model.pt", "last.pt", "summary.json", "metrics.jsonl", "config.json", "tokenizer.json", "ppo.png"):
+    for name in ("model.pt", "last.pt", "summary.json", "metrics.jsonl", "config.json", "tokenizer.json",
+                 "ppo.png"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["selected_iteration"] in (0, 2)
@@ -234,8 +243,9 @@ def test_end_to_end_tiny_run_writes_the_stage_folder(tiny, tmp_path, capsys):
     assert [r["step"] for r in rows if "rm_score" in r] == [1, 2]
     assert all(r["first_minibatch_log_ratio"] == 0.0 for r in rows if "rm_score" in r)
     # resume (in this process: a second interpreter start costs more than the run) continues from last.pt
-    cfg = train_ppo.Config(sft=str(sft), rm=str(rm), out_dir=str(out), batch_size=8, minibatch_size=4, ppo_epochs=1,
-                           max_new_tokens=6, val_prompts=8, eval_interval=2, device="cpu", iterations=3, resume=True)
+    cfg = train_ppo.Config(sft=str(sft), rm=str(rm), out_dir=str(out), batch_size=8, minibatch_size=4,
+                           ppo_epochs=1, max_new_tokens=6, val_prompts=8, eval_interval=2, device="cpu",
+                           iterations=3, resume=True)
     train_ppo.main(cfg)
     assert json.loads((out / "summary.json").read_text())["iterations"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
