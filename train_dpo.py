@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minigpt.checkpoint import (check_out_dir, config_dict, load_checkpoint, load_model, load_resumed,
-                                model_state, rng_state, save_checkpoint, save_model, set_rng_state,
-                                write_json)
+from minigpt.checkpoint import (config_dict, load_model, load_resumed, model_state, rng_state,
+                                save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
 from minigpt.data import encode_rankings, epoch_batches
 from minigpt.rankings import load_rankings
@@ -41,8 +40,8 @@ from minigpt.rollout import rollout
 from minigpt.sampling import right_pad
 from minigpt.scoring import rollout_kl, sequence_logprobs
 from minigpt.training import (all_reduce_mean, autocast, check_dtype, cleanup_distributed, cosine_lr,
-                              exit_interrupted, make_adamw, open_stage, pick_device, plot_metrics,
-                              read_metrics, resolve_dtype, set_lr, setup_distributed, step_optimizers)
+                              exit_interrupted, make_adamw, open_stage, plot_metrics, read_metrics,
+                              resolve_dtype, set_lr, start_stage, step_optimizers)
 
 
 @dataclass
@@ -164,12 +163,9 @@ def main(cfg):
     # forward), because log π(y|x) reads the policy through trunk() and lm_head, not GPT.forward, and DDP only
     # averages the gradients of what went through the forward it wraps. The reference is read once, before
     # training.
-    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
     t0 = time.time()
-    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    rank, world_size, device, resume = start_stage(cfg)
     master = rank == 0
-    torch.manual_seed(cfg.seed)
-    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- data and models: the policy starts as the SFT model, the reference IS the SFT model (frozen) ----
     train_recs, val_recs = load_rankings(cfg.labels, cfg.data, cfg.val_data, cfg.val_fraction, cfg.max_chars)

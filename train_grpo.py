@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minigpt.checkpoint import (check_out_dir, check_same_tokenizer, config_dict, load_checkpoint, load_model,
-                                load_resumed, model_state, rng_state, save_checkpoint, set_rng_state)
+from minigpt.checkpoint import (check_same_tokenizer, config_dict, load_model, load_resumed, model_state,
+                                rng_state, save_checkpoint, set_rng_state)
 from minigpt.cli import UserError, check, run
 from minigpt.ppo import entropy_from_logits, group_advantages, k3_kl, masked_mean, policy_loss
 from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
@@ -38,8 +38,7 @@ from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_ex
                              validate_and_select)
 from minigpt.scoring import NO_EOS_PENALTY, response_logprobs
 from minigpt.training import (autocast, average_gradients, check_dtype, cleanup_distributed, exit_interrupted,
-                              make_adamw, open_stage, pick_device, resolve_dtype, setup_distributed,
-                              step_optimizers)
+                              make_adamw, open_stage, resolve_dtype, start_stage, step_optimizers)
 from minigpt.world import World
 
 
@@ -169,11 +168,8 @@ def grpo_update(policy, optimizer, batch, cfg, generator, guard=None):
 def main(cfg):
     # Data parallel: gradients averaged by hand (minigpt.training.average_gradients), as in train_ppo.py: each
     # rank rolls out its own prompts and the loss reads the policy through trunk() and lm_head, not forward().
-    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
-    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    rank, world_size, device, resume = start_stage(cfg)
     master = rank == 0
-    torch.manual_seed(cfg.seed)
-    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- three models: no value model ----
     policy, tokenizer, _ = load_model(cfg.sft, "lm", device)                   # π_θ, starts as π_SFT

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from minigpt.checkpoint import (check_out_dir, check_same_tokenizer, config_dict, load_checkpoint, load_model,
-                                load_resumed, model_state, rng_state, save_checkpoint, set_rng_state)
+from minigpt.checkpoint import (check_same_tokenizer, config_dict, load_model, load_resumed, model_state,
+                                rng_state, save_checkpoint, set_rng_state)
 from minigpt.cli import UserError, check, run
 from minigpt.data import lm_windows
 from minigpt.losses import sft_loss
@@ -48,8 +48,8 @@ from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_ex
                              split_prompts, validate_and_select)
 from minigpt.scoring import NO_EOS_PENALTY, response_logprobs
 from minigpt.training import (autocast, average_gradients, check_dtype, cleanup_distributed, exit_interrupted,
-                              is_distributed, make_adamw, open_stage, pick_device, resolve_dtype,
-                              setup_distributed, step_optimizers)
+                              is_distributed, make_adamw, open_stage, resolve_dtype, start_stage,
+                              step_optimizers)
 from minigpt.world import World
 
 
@@ -234,11 +234,8 @@ def main(cfg):
     # Data parallel: gradients averaged by hand (minigpt.training.average_gradients). Each rank rolls out its
     # own prompts, two models step, and the loss reads the policy through trunk() and lm_head, not forward(),
     # which a DDP wrapper would need; whitening's statistics are all-reduced too (whiten).
-    check_out_dir(cfg.out_dir, cfg.resume, cfg.force)
-    rank, world_size, device = setup_distributed(pick_device(cfg.device))
+    rank, world_size, device, resume = start_stage(cfg)
     master = rank == 0
-    torch.manual_seed(cfg.seed)
-    resume = load_checkpoint(os.path.join(cfg.out_dir, "last.pt")) if cfg.resume else None
 
     # ---- four models (detail 1) ----
     policy, tokenizer, _ = load_model(cfg.sft, "lm", device)              # π_RL, starts as π_SFT

@@ -68,8 +68,8 @@ class Config:
                 "demonstrations"})
     world_seed: int = field(default=0, metadata={"help": "seed of the built-in instruction world"})
     error_rate: float = field(default=ERROR_RATE, metadata={
-        "help": "how often the simulated demonstrators make a mistake (minigpt/demonstrators.py: their habits; 0 = "
-                "clean demonstrations)"})
+        "help": "how often the simulated demonstrators make a mistake (minigpt/demonstrators.py: their "
+                "habits; 0 = clean demonstrations)"})
     max_chars: int = field(default=2000, metadata={
         "help": "drop demonstrations longer than this (instruction + output)"})
     seed: int = field(default=1337, metadata={"help": "seed for demonstrations, data order and dropout"})

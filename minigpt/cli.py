@@ -84,7 +84,7 @@ def parse_config(cls, argv=None):
 
 
 def help_text(cls):
-    lines = [f"options (defaults in brackets):"]
+    lines = ["options (defaults in brackets):"]
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
