@@ -1,4 +1,5 @@
-"""minigpt/backprop.py: every hand-written gradient against autograd, in float64, through minigpt's own forwards."""
+"""minigpt/backprop.py: every hand-written gradient against autograd, in float64, through minigpt's own
+forwards."""
 
 import math
 
@@ -84,7 +85,8 @@ def test_attention_head_backward_inside_the_models_attention_module(flash):
     dq, dk, dv = attention_head_backward(dyh, q, k, v)           # all heads at once (leading dims)
     dqkv = torch.cat([t.transpose(1, 2).reshape(B, T, C) for t in (dq, dk, dv)], dim=2)  # (B, T, 3C)
     torch.testing.assert_close(dqkv @ W, x.grad, **TOL)
-    torch.testing.assert_close(dqkv.flatten(0, 1).T @ x.detach().flatten(0, 1), attn.c_attn.weight.grad, **TOL)
+    torch.testing.assert_close(dqkv.flatten(0, 1).T @ x.detach().flatten(0, 1),
+                               attn.c_attn.weight.grad, **TOL)
 
 
 def test_mlp_backward_matches_the_models_mlp():

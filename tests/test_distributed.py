@@ -9,8 +9,9 @@ import sys
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=300", "--tokenizer_chars=20000",
-        "--max_steps=6", "--eval_interval=3", "--eval_batches=1", "--log_interval=1", "--device=cpu"]
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=300",
+        "--tokenizer_chars=20000", "--max_steps=6", "--eval_interval=3", "--eval_batches=1",
+        "--log_interval=1", "--device=cpu"]
 
 
 def rows(folder, key):
@@ -40,7 +41,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert train_one[0] != train_one[-1]        # it did train
 
 
-# ---- the later stages: SFT and the reward model match too; PPO runs with each rank rolling out its own prompts ----
+# ---- the later stages: SFT and the reward model match too; in PPO each rank rolls out its own prompts ----
 
 QUICK_PRETRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=96", "--vocab_size=400",
                   "--tokenizer_chars=60000", "--max_steps=10", "--batch_size=8", "--eval_interval=10",
@@ -51,11 +52,12 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     t = str(tmp_path)
     script(["train_pretrain.py", f"--out_dir={t}/pretrain", *QUICK_PRETRAIN])
 
-    # SFT: demonstrations of unequal length, so each rank holds a different number of response tokens; the loss
-    # is normalised by the count over both ranks and must follow the single-process curve. The pretraining mix
-    # (on by default) is one global batch of windows too, each rank taking half.
+    # SFT: demonstrations of unequal length, so each rank holds a different number of response tokens; the
+    # loss is normalised by the count over both ranks and must follow the single-process curve. The
+    # pretraining mix (on by default) is one global batch of windows too, each rank taking half.
+    # data parallelism checked to 1e-4, in fp32
     sft = ["train_sft.py", f"--init={t}/pretrain", "--max_steps=6", "--eval_interval=3", "--log_interval=1",
-           "--eval_prompts=0", "--device=cpu", "--dtype=float32"]   # data parallelism checked to 1e-4, in fp32
+           "--eval_prompts=0", "--device=cpu", "--dtype=float32"]
     script(sft + [f"--out_dir={t}/sft1", "--batch_size=8", "--ptx_batch_size=4"])
     script(sft + [f"--out_dir={t}/sft2", "--batch_size=4", "--ptx_batch_size=2"], ranks=2)
     for key in ("train_loss", "ptx_loss", "val_loss"):
@@ -81,19 +83,21 @@ def test_sft_rm_and_ppo_under_torchrun(tmp_path):
     script(dpo + [f"--out_dir={t}/dpo2", "--batch_size=2"], ranks=2)
     one, two = rows(f"{t}/dpo1", "train_loss"), rows(f"{t}/dpo2", "train_loss")
     assert len(one) == len(two) > 1
-    # the loss after the first update agrees to 1e-6 (a wrongly averaged gradient shows there); the two runs'
-    # summation orders then drift apart step by step, amplified by the updates (1.1e-4 by the last step was seen)
+    # the loss after the first update agrees to 1e-6 (a wrongly averaged gradient shows there); the two
+    # runs' summation orders then drift apart step by step, amplified by the updates (1.1e-4 by the last step
+    # was seen)
     assert abs(one[1] - two[1]) < 1e-5 and max(abs(a - b) for a, b in zip(one, two)) < 3e-4, (one, two)
 
     # PPO: two ranks, each rolling out 4 prompts; rank 0 alone writes the metrics and checkpoints
     script(["train_ppo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/ppo", "--iterations=2",
-                  "--batch_size=4", "--minibatch_size=2", "--val_prompts=8", "--eval_interval=1", "--device=cpu",
-                  "--debug=true"], ranks=2)
+            "--batch_size=4", "--minibatch_size=2", "--val_prompts=8", "--eval_interval=1", "--device=cpu",
+            "--debug=true"], ranks=2)
     summary = json.load(open(f"{t}/ppo/summary.json"))
     assert summary["episodes"] == 2 * 2 * 4                      # iterations x ranks x prompts per rank
     assert len(rows(f"{t}/ppo", "score")) == 2                  # one row per iteration, not one per rank
     assert os.path.exists(f"{t}/ppo/model.pt")
     # GRPO: each rank samples its own prompts' groups (a group never spans two ranks)
     script(["train_grpo.py", f"--sft={t}/sft1", f"--rm={t}/rm1", f"--out_dir={t}/grpo", "--iterations=1",
-            "--batch_size=2", "--group_size=2", "--minibatch_size=2", "--val_prompts=8", "--device=cpu"], ranks=2)
+            "--batch_size=2", "--group_size=2", "--minibatch_size=2", "--val_prompts=8",
+            "--device=cpu"], ranks=2)
     assert json.load(open(f"{t}/grpo/summary.json"))["episodes"] == 1 * 2 * 2 * 2

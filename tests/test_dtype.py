@@ -1,5 +1,5 @@
-"""--dtype: auto follows the bf16 probe and a bad value is a one-line error (PPO's ratio, exactly 1 in bf16 too:
-tests/test_train_ppo.py)."""
+"""--dtype: auto follows the bf16 probe and a bad value is a one-line error (PPO's ratio, exactly 1 in bf16
+too: tests/test_train_ppo.py)."""
 
 import pytest
 

@@ -1,5 +1,6 @@
 """The stored notebooks cannot drift from their sources: each notebooks/NN_*.ipynb has exactly the cells that
-jupytext reads from notebooks/_src/NN_*.py (rebuild with `python notebooks/_build.py NN` after editing a source)."""
+jupytext reads from notebooks/_src/NN_*.py (rebuild with `python notebooks/_build.py NN` after editing a
+source)."""
 
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def test_stored_notebook_matches_its_source(source):
     expected = [(c.cell_type, c.source) for c in jupytext.read(source, fmt="py:percent").cells]
     stored = nbformat.read(NOTEBOOKS / f"{source.stem}.ipynb", as_version=4)
     got = [(c.cell_type, c.source) for c in stored.cells]
-    assert got == expected, f"{source.name} changed since {source.stem}.ipynb was built: python notebooks/_build.py {source.stem[:2]}"
+    assert got == expected, (f"{source.name} changed since {source.stem}.ipynb was built: "
+                             f"python notebooks/_build.py {source.stem[:2]}")
     assert all(c.get("outputs") is not None for c in stored.cells if c.cell_type == "code")
 
 

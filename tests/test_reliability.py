@@ -12,7 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_PRETRAIN = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=300",
-                 "--tokenizer_chars=20000", "--batch_size=4", "--eval_batches=1", "--log_interval=1", "--seed=3"]
+                 "--tokenizer_chars=20000", "--batch_size=4", "--eval_batches=1", "--log_interval=1",
+                 "--seed=3"]
 
 
 def script(name, *args, timeout=300, **kw):
@@ -56,7 +57,8 @@ def test_pretraining_resumes_exactly_after_sigkill(tmp_path):
     args = TINY_PRETRAIN + ["--max_steps=24", "--eval_interval=4"]
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     assert script("train_pretrain.py", f"--out_dir={full}", *args).returncode == 0
-    kill_when([sys.executable, "train_pretrain.py", f"--out_dir={cut}", *args], os.path.join(cut, "last.pt"), 8)
+    kill_when([sys.executable, "train_pretrain.py", f"--out_dir={cut}", *args],
+              os.path.join(cut, "last.pt"), 8)
     r = script("train_pretrain.py", f"--out_dir={cut}", *args, "--resume")
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout
@@ -71,8 +73,8 @@ def test_a_finished_run_is_not_overwritten_without_force_nor_resumed_by_another_
     before = {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
     again = script("train_pretrain.py", *args)
     assert again.returncode == 2 and again.stdout == ""
-    assert again.stderr == (f"error: {out} holds a run already: --resume to continue it, --force to overwrite it, "
-                            "or another --out_dir\n")
+    assert again.stderr == (f"error: {out} holds a run already: --resume to continue it, "
+                            "--force to overwrite it, or another --out_dir\n")
     assert {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))} == before
     # --resume with another width: one line naming last.pt, not load_state_dict's size-mismatch traceback
     other = script("train_pretrain.py", *args, "--n_embd=48", "--resume")
@@ -88,16 +90,18 @@ def test_a_finished_run_is_not_overwritten_without_force_nor_resumed_by_another_
 def tiny_stages(tmp_path_factory):
     """Tiny pretrain -> SFT -> labels -> RM folders for the resume tests of the later stages."""
     base = tmp_path_factory.mktemp("stages")
-    steps = [("train_pretrain.py", [f"--out_dir={base}/pretrain", *TINY_PRETRAIN, "--block_size=96", "--max_steps=10",
-                                    "--eval_interval=5"]),
-             ("train_sft.py", [f"--init={base}/pretrain", f"--out_dir={base}/sft", "--max_steps=6", "--batch_size=8",
-                               "--eval_interval=3", "--eval_prompts=4", "--max_new_tokens=8"]),
-             ("label.py", [f"--policy={base}/sft", f"--out_dir={base}/labels", "--n_prompts=40", "--k_policy=2",
-                           "--k_demo=3", "--max_new_tokens=8"])]
+    steps = [("train_pretrain.py", [f"--out_dir={base}/pretrain", *TINY_PRETRAIN, "--block_size=96",
+                                    "--max_steps=10", "--eval_interval=5"]),
+             ("train_sft.py", [f"--init={base}/pretrain", f"--out_dir={base}/sft", "--max_steps=6",
+                               "--batch_size=8", "--eval_interval=3", "--eval_prompts=4",
+                               "--max_new_tokens=8"]),
+             ("label.py", [f"--policy={base}/sft", f"--out_dir={base}/labels", "--n_prompts=40",
+                           "--k_policy=2", "--k_demo=3", "--max_new_tokens=8"])]
     for name, args in steps:
         r = script(name, *args)
         assert r.returncode == 0, r.stderr[-2000:]
-    r = script("train_rm.py", f"--sft={base}/sft", f"--labels={base}/labels", f"--out_dir={base}/rm", "--batch_size=4")
+    r = script("train_rm.py", f"--sft={base}/sft", f"--labels={base}/labels", f"--out_dir={base}/rm",
+               "--batch_size=4")
     assert r.returncode == 0, r.stderr[-2000:]
     return base
 
@@ -106,7 +110,8 @@ def resumed_equals_uninterrupted(tmp_path, name, args, min_step, key="step", ser
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     r = script(name, f"--out_dir={full}", *args)
     assert r.returncode == 0, r.stderr[-2000:]
-    kill_when([sys.executable, name, f"--out_dir={cut}", *args], os.path.join(cut, "last.pt"), min_step, key=key)
+    kill_when([sys.executable, name, f"--out_dir={cut}", *args],
+              os.path.join(cut, "last.pt"), min_step, key=key)
     r = script(name, f"--out_dir={cut}", *args, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     for k in series:
@@ -115,8 +120,8 @@ def resumed_equals_uninterrupted(tmp_path, name, args, min_step, key="step", ser
 
 def test_sft_resumes_exactly_after_sigkill(tmp_path, tiny_stages):
     resumed_equals_uninterrupted(tmp_path, "train_sft.py", [
-        f"--init={tiny_stages}/pretrain", "--max_steps=16", "--batch_size=8", "--eval_interval=4", "--eval_prompts=2",
-        "--max_new_tokens=4", "--log_interval=1"], 8)
+        f"--init={tiny_stages}/pretrain", "--max_steps=16", "--batch_size=8", "--eval_interval=4",
+        "--eval_prompts=2", "--max_new_tokens=4", "--log_interval=1"], 8)
 
 
 def test_reward_model_resumes_exactly_after_sigkill(tmp_path, tiny_stages):
@@ -138,10 +143,11 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, "train_pretrain.py", f"--out_dir={out}", *TINY_PRETRAIN,
                              "--max_steps=100000", "--eval_interval=100000"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a shell's background job inherits SIGINT ignored, and Python then keeps it ignored
+                            # a shell's background job inherits SIGINT ignored; Python then keeps it ignored
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
-    while not os.path.exists(os.path.join(out, "metrics.jsonl")) or os.path.getsize(os.path.join(out, "metrics.jsonl")) == 0:
+    while (not os.path.exists(os.path.join(out, "metrics.jsonl"))
+           or os.path.getsize(os.path.join(out, "metrics.jsonl")) == 0):
         assert time.time() - t0 < 120 and proc.poll() is None
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
@@ -173,7 +179,8 @@ def folders(tmp_path_factory):
     save_model(base / "lm", gpt, tok, "lm")
     save_model(base / "rm", RewardModel.from_gpt(gpt), tok, "reward")
     save_model(base / "other_tok", gpt, tok, "lm")
-    Tokenizer.train("completely different text for another vocabulary " * 40, 290).save(str(base / "other_tok" / "tokenizer.json"))
+    Tokenizer.train("completely different text for another vocabulary " * 40, 290).save(
+        str(base / "other_tok" / "tokenizer.json"))
     (base / "evil").mkdir()
     for folder in ("lm", "rm", "other_tok", "evil"):
         (base / folder / "summary.json").write_text("{}")
@@ -204,12 +211,14 @@ def folders(tmp_path_factory):
     (base / "empty_dir").mkdir()
     (base / "hf_novocab").mkdir()
     (base / "hf_novocab" / "config.json").write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 16}))
-    four = [{"prompt": f"Add {i} and {i}.", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(4)]
+    four = [{"prompt": f"Add {i} and {i}.", "chosen": str(2 * i), "rejected": str(2 * i + 1)}
+            for i in range(4)]
     (base / "four.jsonl").write_text("".join(json.dumps(p) + "\n" for p in four * 3))
     return base
 
 
-# (script, arguments, what the one-line error must mention); {d} is the fixture folder, {o} a fresh output folder
+# (script, arguments, what the one-line error must mention);
+# {d} is the fixture folder, {o} a fresh output folder
 BAD_INPUT = [
     ("train_pretrain.py", ["--lr=-1"], "--lr must be > 0"),
     ("train_pretrain.py", ["--batch_size=0"], "--batch_size must be > 0"),
@@ -222,7 +231,8 @@ BAD_INPUT = [
     ("train_pretrain.py", ["--data={d}/empty.txt"], "empty.txt"),
     ("train_pretrain.py", ["--data={d}/empty_dir"], "empty_dir"),
     ("train_pretrain.py", ["--resume"], "last.pt"),
-    ("train_sft.py", ["--init={d}/lm", "--out_dir={d}/lm"], "lm holds a run already: --resume to continue it"),
+    ("train_sft.py", ["--init={d}/lm", "--out_dir={d}/lm"],
+     "lm holds a run already: --resume to continue it"),
     ("train_rm.py", ["--sft={d}/lm", "--out_dir={d}/rm"], "rm holds a run already: --resume to continue it"),
     ("train_ppo.py", ["--sft={d}/lm", "--rm={d}/rm", "--out_dir={d}/lm"], "lm holds a run already"),
     ("train_dpo.py", ["--sft={d}/lm", "--out_dir={d}/lm"], "lm holds a run already"),
@@ -239,12 +249,14 @@ BAD_INPUT = [
     ("train_sft.py", ["--init={d}/lm", "--data={d}/empty.jsonl"], "empty.jsonl"),
     ("train_sft.py", ["--init={d}/lm", "--data={d}/blank.json"], "blank.json"),
     ("train_sft.py", ["--init={d}/lm", "--data={d}/latin1.jsonl"], "latin1.jsonl"),
-    ("train_sft.py", ["--init={d}/hf_novocab", "--tokenizer=gpt2"], "config.json: field 'vocab_size' missing"),
-    ("train_dpo.py", ["--sft={d}/lm", "--data={d}/four.jsonl"], "four.jsonl: 4 rankings are too few to hold out "
-                                                               "every 7-th (got 4 to train on, 0 held out): give "
-                                                               "--val_data=file, or a larger --val_fraction"),
-    ("chat.py", ["--prompt=hi"], "out/ppo: no such checkpoint folder: run python pipeline.py first (or pipeline.py "
-                                 "--preset=small, then --model=out/small/ppo), or pass --model=folder"),
+    ("train_sft.py", ["--init={d}/hf_novocab", "--tokenizer=gpt2"],
+     "config.json: field 'vocab_size' missing"),
+    ("train_dpo.py", ["--sft={d}/lm", "--data={d}/four.jsonl"],
+     "four.jsonl: 4 rankings are too few to hold out every 7-th (got 4 to train on, 0 held out): give "
+     "--val_data=file, or a larger --val_fraction"),
+    ("chat.py", ["--prompt=hi"],
+     "out/ppo: no such checkpoint folder: run python pipeline.py first (or pipeline.py --preset=small, then "
+     "--model=out/small/ppo), or pass --model=folder"),
     ("train_sft.py", ["--init={d}/lm", "--lr=0"], "--lr"),
     ("train_sft.py", ["--init={d}/lm", "--ptx_coef=-1"], "--ptx_coef"),
     ("train_sft.py", ["--init={d}/lm", "--ptx_data={d}/nothing.txt"], "nothing.txt"),
@@ -268,7 +280,8 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("name,args,needle", BAD_INPUT, ids=[f"{s}:{' '.join(a)[:40]}" for s, a, _ in BAD_INPUT])
+@pytest.mark.parametrize("name,args,needle", BAD_INPUT,
+                         ids=[f"{s}:{' '.join(a)[:40]}" for s, a, _ in BAD_INPUT])
 def test_bad_input_is_one_clear_line(name, args, needle, folders, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written by mistake would land here
     out = tmp_path / "out"

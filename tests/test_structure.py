@@ -11,7 +11,7 @@ SCRIPTS = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.
 
 
 def imported_modules(path):
-    """Every module an `import x` or `from x import y` names, at any depth of the file (inside functions too)."""
+    """Every module an `import x` or `from x import y` names, at any depth of the file (in functions too)."""
     tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
     names = set()
     for node in ast.walk(tree):
@@ -27,7 +27,8 @@ def test_the_scripts_are_found():
 
 
 def test_no_script_imports_another_script():
-    offences = {s: sorted(imported_modules(os.path.join(ROOT, f"{s}.py")) & (set(SCRIPTS) - {s})) for s in SCRIPTS}
+    offences = {s: sorted(imported_modules(os.path.join(ROOT, f"{s}.py")) & (set(SCRIPTS) - {s}))
+                for s in SCRIPTS}
     assert not {s: found for s, found in offences.items() if found}
 
 

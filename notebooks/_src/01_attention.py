@@ -1,9 +1,10 @@
 # %% [markdown]
 # # 01 · Attention and the GPT block
 #
-# Every stage of InstructGPT — pretraining (预训练), supervised fine-tuning (监督学习), the reward model
-# (奖励模型) and reinforcement learning (强化学习) — trains the same network: a GPT, a stack of Transformer
-# blocks. This notebook opens one block. We compute the self-attention formula (自注意力机制)
+# Every stage of InstructGPT — pretraining (预训练), supervised fine-tuning (监督学习), the reward
+# model (奖励模型) and reinforcement learning (强化学习) — trains the same network: a GPT, a stack
+# of Transformer blocks. This notebook opens one block. We compute the self-attention formula
+# (自注意力机制)
 #
 # $$\text{Attention}(Q, K, V) = \text{softmax}\left(\frac{QK^T}{\sqrt{d_k}}\right)V$$
 #
@@ -11,7 +12,8 @@
 # numbers (both its written-out path and the fused `flash=True` kernel), look at the causal mask, follow the
 # tensor shapes through one `Block`, and count where the parameters of the default model live.
 #
-# Nothing here is copied from `minigpt/`: the notebook imports the real modules and checks itself against them.
+# Nothing here is copied from `minigpt/`: the notebook imports the real modules and checks itself against
+# them.
 
 # %%
 import sys, os
@@ -32,13 +34,13 @@ from minigpt.model import GPTConfig, GPT, Block, CausalSelfAttention
 # ## 1. The formula by hand: T = 5 tokens, d = 4
 #
 # Take 5 token vectors of width 4. One attention head turns each vector into three: a **query** ("what am I
-# looking for?"), a **key** ("what do I contain?") and a **value** ("what do I pass on if chosen"). In minigpt a
-# single linear layer `c_attn` makes all three at once; we borrow its weights so that the hand computation and
-# the module use the same $W_Q, W_K, W_V$.
+# looking for?"), a **key** ("what do I contain?") and a **value** ("what do I pass on if chosen"). In minigpt
+# a single linear layer `c_attn` makes all three at once; we borrow its weights so that the hand computation
+# and the module use the same $W_Q, W_K, W_V$.
 #
-# Why divide by $\sqrt{d_k}$? A dot product of two random $d_k$-dimensional vectors has variance $\approx d_k$;
-# without the scale, wide heads would produce huge scores, the softmax would become nearly one-hot, and its
-# gradients would vanish.
+# Why divide by $\sqrt{d_k}$? A dot product of two random $d_k$-dimensional vectors has variance
+# $\approx d_k$; without the scale, wide heads would produce huge scores, the softmax would become nearly
+# one-hot, and its gradients would vanish.
 
 # %%
 T, d = 5, 4
@@ -110,10 +112,10 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # ## 3. Shapes through one Block
 #
-# A GPT block is *pre-LayerNorm*: `x = x + attn(ln_1(x))`, then `x = x + mlp(ln_2(x))`. The residual stream `x`
-# keeps its shape (B, T, C) all the way through; each sub-layer reads a normalised copy and *adds* its result
-# back. Multi-head attention splits C into `n_head` heads of width `C / n_head`, runs the formula above in
-# each head in parallel, and concatenates the results.
+# A GPT block is *pre-LayerNorm*: `x = x + attn(ln_1(x))`, then `x = x + mlp(ln_2(x))`. The residual stream
+# `x` keeps its shape (B, T, C) all the way through; each sub-layer reads a normalised copy and *adds* its
+# result back. Multi-head attention splits C into `n_head` heads of width `C / n_head`, runs the formula above
+# in each head in parallel, and concatenates the results.
 #
 # We use the default model width (C = 128, 4 heads) and walk through the block step by step, printing every
 # shape, then check that our steps reproduce `Block.forward` exactly.
@@ -151,9 +153,9 @@ with torch.no_grad():
 # %% [markdown]
 # ## 4. Where the parameters live
 #
-# `GPT(GPTConfig()).num_params()` counts every weight once. The token embedding `wte` (vocab × C) doubles as the
-# output layer `lm_head` (*weight tying*), so it is counted once. Each block holds
-# attention ($C \cdot 3C + 3C$ for q/k/v, $C^2 + C$ for the output projection), the MLP ($C \cdot 4C + 4C$ and
+# `GPT(GPTConfig()).num_params()` counts every weight once. The token embedding `wte` (vocab × C) doubles as
+# the output layer `lm_head` (*weight tying*), so it is counted once. Each block holds attention
+# ($C \cdot 3C + 3C$ for q/k/v, $C^2 + C$ for the output projection), the MLP ($C \cdot 4C + 4C$ and
 # $4C \cdot C + C$) and two LayerNorms ($2C$ each) — about $12C^2$ per block.
 
 # %%
@@ -200,7 +202,8 @@ names, counts = list(groups), [groups[k] for k in groups]
 axes[0].barh(names, counts, color=["#4c72b0", "#8172b2", "#dd8452", "#55a868", "#c44e52"])
 for i, n in enumerate(counts):
     axes[0].text(n, i, f" {n / 1e3:.0f}k", va="center", fontsize=8)
-axes[0].set_xlabel("parameters"); axes[0].set_title(f"default GPT: {model.num_params() / 1e6:.2f}M parameters")
+axes[0].set_xlabel("parameters")
+axes[0].set_title(f"default GPT: {model.num_params() / 1e6:.2f}M parameters")
 axes[0].invert_yaxis(); axes[0].set_xlim(0, max(counts) * 1.2)
 
 per_layer = [(sum(p.numel() for p in blk.attn.parameters()), sum(p.numel() for p in blk.mlp.parameters()))

@@ -1,12 +1,12 @@
 # %% [markdown]
 # # 02 · The tokenizer and pretraining (预训练)
 #
-# Before any instruction following, a GPT must learn the language and the facts of its world by predicting
-# the next token of plain text: pretraining, the "large-scale unsupervised learning" (无监督学习) step that the
-# seed article puts first in the recipe. That needs two things:
+# Before any instruction following, a GPT must learn the language and the facts of its world by predicting the
+# next token of plain text: pretraining, the "large-scale unsupervised learning" (无监督学习) step that
+# the seed article puts first in the recipe. That needs two things:
 #
-# 1. a **tokenizer** that turns text into integer ids — minigpt trains a byte-level BPE (byte pair encoding) in
-#    Python (`minigpt.tokenizer.train_bpe`) and serves it with tiktoken;
+# 1. a **tokenizer** that turns text into integer ids — minigpt trains a byte-level BPE (byte pair encoding)
+#    in Python (`minigpt.tokenizer.train_bpe`) and serves it with tiktoken;
 # 2. a **training loop** that minimises the next-token cross-entropy — here the real `train_pretrain.py`,
 #    run as a subprocess with tiny flags, exactly as you would run it from a terminal.
 #
@@ -72,9 +72,9 @@ for i, line in enumerate(merges_readable(ranks, n=10), 1):
 # %% [markdown]
 # The first merges glue a space to the letter after it (`' ' + 't'`) and frequent letter pairs, because those
 # occur in almost every word. A `�` is a byte that is only part of a UTF-8 character: two of the first ten
-# merges assemble the Chinese full stop `。` from its three bytes — byte-level BPE learns characters the same
-# way it learns words. Watch one sentence get shorter as merges accumulate. A tokenizer that
-# keeps only the first *k* merges is simply the rank table cut at 256 + k.
+# merges assemble the Chinese full stop `。` from its three bytes — byte-level BPE learns characters the
+# same way it learns words. Watch one sentence get shorter as merges accumulate. A tokenizer that keeps only
+# the first *k* merges is simply the rank table cut at 256 + k.
 
 # %%
 def pieces(tok, ids):
@@ -127,8 +127,9 @@ cmd = [sys.executable, "train_pretrain.py", f"--data={corpus_file}", f"--out_dir
        "--eval_interval=25", "--eval_batches=2", "--log_interval=10", "--device=cpu", "--seed=1337"]
 print("$", " ".join(cmd[1:]))
 t0 = time.time()
-# Models this small train faster on one CPU thread: with two, the threads spend longer synchronising than computing.
-result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+# Models this small train faster on one CPU thread: two threads spend longer synchronising than computing.
+result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, OMP_NUM_THREADS="1"))
 print(result.stdout[-1500:], result.stderr[-1500:])
 assert result.returncode == 0, "pretraining failed"
 print(f"({time.time() - t0:.0f} s)")
@@ -150,9 +151,9 @@ for text in ["翻译成法语：你好", "What is 3 + 5?"]:
 print("\nspecial tokens: eos_id =", tok.eos_id, " pad_id =", tok.pad_id, " vocab_size =", tok.vocab_size)
 
 # %% [markdown]
-# The digits `3` and `5` are separate tokens, as promised. Chinese characters take 3 bytes each in UTF-8; those
-# frequent in the corpus (它们在语料里常见) got merged into whole-character tokens, rarer ones remain as byte
-# pieces shown as `<hex>` — still encodable, just longer.
+# The digits `3` and `5` are separate tokens, as promised. Chinese characters take 3 bytes each in UTF-8;
+# those frequent in the corpus (它们在语料里常见) got merged into whole-character tokens, rarer ones
+# remain as byte pieces shown as `<hex>` — still encodable, just longer.
 #
 # ## 5. What did pretraining buy? Samples before and after
 #
@@ -160,8 +161,9 @@ print("\nspecial tokens: eos_id =", tok.eos_id, " pad_id =", tok.pad_id, " vocab
 # model with the same shape produces byte noise. After only 150 tiny steps the pretrained one is far from
 # fluent, and few if any of its facts are right, but it has picked up pieces of the corpus: frequent words and
 # phrases, both kinds of full stop (`.` and `。`), numbers and little sums. The full-size run
-# (`python train_pretrain.py`: 4 layers of width 128, more steps) gets much further. Note also what pretraining alone never teaches: to *answer* an instruction rather than
-# continue text. That is the job of supervised fine-tuning (监督学习, notebook 03).
+# (`python train_pretrain.py`: 4 layers of width 128, more steps) gets much further. Note also what
+# pretraining alone never teaches: to *answer* an instruction rather than continue text. That is the job of
+# supervised fine-tuning (监督学习, notebook 03).
 
 # %%
 untrained = GPT(model.config).eval()
@@ -178,10 +180,10 @@ for name, m in [("before (random init)", untrained), ("after pretraining", model
 # %% [markdown]
 # ## 6. The loss curve
 #
-# The loss is the mean cross-entropy $-\frac{1}{N}\sum_t \log p(x_{t+1} \mid x_{\le t})$ in nats. A uniform guess
-# over 512 tokens costs $\ln 512 \approx 6.24$; the model starts there and falls quickly as it learns spellings,
-# then frequent words, then facts. Validation text is held out from training, so a gap between the two curves
-# would mean memorisation.
+# The loss is the mean cross-entropy $-\frac{1}{N}\sum_t \log p(x_{t+1} \mid x_{\le t})$ in nats. A uniform
+# guess over 512 tokens costs $\ln 512 \approx 6.24$; the model starts there and falls quickly as it learns
+# spellings, then frequent words, then facts. Validation text is held out from training, so a gap between the
+# two curves would mean memorisation.
 
 # %%
 rows = read_metrics(os.path.join(pretrain_dir, "metrics.jsonl"))
@@ -194,7 +196,8 @@ axes[0].set_xlabel("BPE merges"); axes[0].set_ylabel("characters per token")
 axes[0].set_title("BPE compresses the text")
 axes[1].plot(*zip(*train_pts), label="train")
 axes[1].plot(*zip(*val_pts), marker="o", label="validation")
-axes[1].axhline(torch.log(torch.tensor(float(tok.vocab_size))).item(), ls="--", c="gray", label="uniform guess")
+axes[1].axhline(torch.log(torch.tensor(float(tok.vocab_size))).item(), ls="--", c="gray",
+                label="uniform guess")
 axes[1].set_xlabel("step"); axes[1].set_ylabel("cross-entropy (nats)")
 axes[1].set_title("pretraining loss"); axes[1].legend()
 plt.tight_layout(); plt.show()

@@ -34,7 +34,7 @@ REPO = os.path.abspath("..")
 work = tempfile.mkdtemp(prefix="minigpt_nb03_")   # every output of this notebook goes here
 world = World(seed=0)
 
-# Models this small train faster on one CPU thread: with two, the threads spend longer synchronising than computing.
+# Models this small train faster on one CPU thread: two threads spend longer synchronising than computing.
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 def run(script, *flags):
@@ -50,8 +50,9 @@ def run(script, *flags):
 # %% [markdown]
 # ## 0. A tiny pretrained model to start from
 #
-# SFT starts from a pretrained model and reuses its tokenizer. We make one the way notebook 02 did: the world's
-# corpus, a 512-token BPE, a 2-layer GPT of width 48, 150 steps (block size 96, so prompt + answer fit).
+# SFT starts from a pretrained model and reuses its tokenizer. We make one the way notebook 02 did: the
+# world's corpus, a 512-token BPE, a 2-layer GPT of width 48, 150 steps (block size 96, so prompt + answer
+# fit).
 
 # %%
 corpus_file = os.path.join(work, "corpus.txt")
@@ -59,9 +60,9 @@ with open(corpus_file, "w", encoding="utf-8") as f:
     f.write(world.corpus(n_chars=400_000))
 pretrain_dir, sft_dir = os.path.join(work, "pretrain"), os.path.join(work, "sft")
 run("train_pretrain.py", f"--data={corpus_file}", f"--out_dir={pretrain_dir}", "--vocab_size=512",
-    "--tokenizer_chars=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=96", "--batch_size=16",
-    "--max_steps=150", "--lr=5e-3", "--warmup_steps=10", "--eval_interval=50", "--eval_batches=2",
-    "--log_interval=50", "--device=cpu")
+    "--tokenizer_chars=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=96",
+    "--batch_size=16", "--max_steps=150", "--lr=5e-3", "--warmup_steps=10", "--eval_interval=50",
+    "--eval_batches=2", "--log_interval=50", "--device=cpu")
 pretrained, tok, _ = load_model(pretrain_dir, kind="lm")
 pretrained.eval();
 
@@ -75,9 +76,9 @@ pretrained.eval();
 print(repr(PROMPT_TEMPLATE))
 
 # %% [markdown]
-# Take the seed article's own example, "翻译成法语：你好" ("translate into French: hello"). The world knows it and
-# its answer. `encode_prompt_response` returns the token ids of prompt + response + end-of-text and a mask that is
-# 0 on the prompt and 1 on the response and the end-of-text token.
+# Take the seed article's own example, "翻译成法语：你好" ("translate into French: hello"). The world
+# knows it and its answer. `encode_prompt_response` returns the token ids of prompt + response + end-of-text
+# and a mask that is 0 on the prompt and 1 on the response and the end-of-text token.
 
 # %%
 task = world.task("翻译成法语：你好")
@@ -121,13 +122,13 @@ print("scored targets:", [piece(i) for i in y[0][m[0].bool()].tolist()])
 #
 # $$L = -\sum_{i=1}^{N} y_i \log \hat{y}_i$$
 #
-# where $y$ is the one-hot vector of the true next token and $\hat y$ the model's predicted distribution over the
-# vocabulary. With a one-hot $y$ the sum has a single non-zero term, $-\log \hat y_{\text{target}}$. minigpt's
-# `sft_loss` computes exactly that at each position and averages it over the scored positions:
+# where $y$ is the one-hot vector of the true next token and $\hat y$ the model's predicted distribution over
+# the vocabulary. With a one-hot $y$ the sum has a single non-zero term, $-\log \hat y_{\text{target}}$.
+# minigpt's `sft_loss` computes exactly that at each position and averages it over the scored positions:
 #
 # ```python
-# ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")   # -log ŷ_target per position
-# return (ce * mask).sum() / mask.sum()                                              # mean over response tokens
+# ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")  # -log ŷ_target per token
+# return (ce * mask).sum() / mask.sum()                                            # mean over response tokens
 # ```
 #
 # Below, the formula is written out with a one-hot matrix and compared to the library function.
@@ -144,8 +145,8 @@ print(f"formula: {by_formula.item():.6f}   minigpt.losses.sft_loss: {by_minigpt.
 assert torch.allclose(by_formula, by_minigpt, atol=1e-5)
 
 # %% [markdown]
-# (Computing `log(softmax(...))` in two steps can underflow for very unlikely tokens; `F.cross_entropy` uses the
-# stable `logsumexp` form. The value is the same.)
+# (Computing `log(softmax(...))` in two steps can underflow for very unlikely tokens; `F.cross_entropy` uses
+# the stable `logsumexp` form. The value is the same.)
 #
 # ## 3. What the seed article's snippet gets wrong
 #
@@ -156,9 +157,9 @@ assert torch.allclose(by_formula, by_minigpt, atol=1e-5)
 # return {"input_ids": inputs["input_ids"], "labels": outputs["input_ids"]}
 # ```
 #
-# For a causal language model, `labels[t]` is the target at the *same position* as `input_ids[t]`: the two must
-# have the same length and be the same sequence (shifted by one inside the loss). Here they are two different
-# texts of different lengths:
+# For a causal language model, `labels[t]` is the target at the *same position* as `input_ids[t]`: the two
+# must have the same length and be the same sequence (shifted by one inside the loss). Here they are two
+# different texts of different lengths:
 
 # %%
 instr_ids, out_ids = tok.encode(task.instruction), tok.encode(task.answer)
@@ -183,12 +184,12 @@ except (ValueError, RuntimeError) as e:
 # ## 4. A short SFT run
 #
 # `train_sft.py` samples one demonstration per task of the world's `sft_train` instructions; 30% of the
-# simulated demonstrators make a mistake (a chatty preamble, a wrong language, ...), as real labellers sometimes
-# do. Every `eval_interval` steps it measures the validation loss and asks the **gold judge** (`world.gold_score`,
-# standing in for human opinion, 0 to 1) to score answers to held-out instructions. 150 steps at batch 16
-# are about one epoch. Each step also adds the plain next-token loss on a few windows of the pretraining text
-# (`--ptx_coef=1`, the default): in a full-size run without it, the pretraining loss climbed from 1.3
-# to 7.7 nats, and the reward model, which starts from the SFT model, needs what pretraining taught.
+# simulated demonstrators make a mistake (a chatty preamble, a wrong language, ...), as real labellers
+# sometimes do. Every `eval_interval` steps it measures the validation loss and asks the **gold judge**
+# (`world.gold_score`, standing in for human opinion, 0 to 1) to score answers to held-out instructions. 150
+# steps at batch 16 are about one epoch. Each step also adds the plain next-token loss on a few windows of the
+# pretraining text (`--ptx_coef=1`, the default): in a full-size run without it, the pretraining loss climbed
+# from 1.3 to 7.7 nats, and the reward model, which starts from the SFT model, needs what pretraining taught.
 
 # %%
 run("train_sft.py", f"--init={pretrain_dir}", f"--out_dir={sft_dir}", "--max_steps=150", "--batch_size=16",
@@ -219,23 +220,25 @@ for k, t in enumerate(tests[:10]):
 print()
 for name, r in results.items():
     n = len(r["scores"])
-    print(f"{name:<11} mean gold {sum(r['scores']) / n:.3f} | ends with end-of-text {sum(r['eos']) / n:.0%} | "
+    print(f"{name:<11} mean gold {sum(r['scores']) / n:.3f} | "
+          f"ends with end-of-text {sum(r['eos']) / n:.0%} | "
           f"mean length {sum(len(s) for s in r['texts']) / n:.1f} characters")
 
 # %% [markdown]
-# What to expect at this size: a 0.09M-parameter model after 150 pretraining and 150 SFT steps learns the
-# **form** of an answer long before its **content**. The pretrained model rambles until it runs out of tokens;
-# after SFT almost every answer is short and ends with end-of-text, the way demonstrations do. Look at *which*
-# short answers: mostly an answer of the right *kind* (an expression for a code question, a number for a sum, a
-# French-looking word for a translation), often the same one for many questions — the typical answer of each kind
-# of task, which is what a model that has learnt the format but not yet the facts should say. The gold score is
-# only a little above zero, because getting the French word or the sum *right* needs far more capacity and
-# training than a notebook minute — the full `python pipeline.py` run (about 15 minutes) is where those scores
-# move. InstructGPT also observed that the validation loss is a poor guide to quality: they kept training SFT
-# after the loss bottomed out because human preference (here: gold) kept rising.
+# What to expect at this size: a 0.09M-parameter model after 150 pretraining and 150 SFT steps learns
+# the **form** of an answer long before its **content**. The pretrained model rambles until it runs out of
+# tokens; after SFT almost every answer is short and ends with end-of-text, the way demonstrations do. Look
+# at *which* short answers: mostly an answer of the right *kind* (an expression for a code question, a number
+# for a sum, a French-looking word for a translation), often the same one for many questions — the typical
+# answer of each kind of task, which is what a model that has learnt the format but not yet the facts should
+# say. The gold score is only a little above zero, because getting the French word or the sum *right* needs
+# far more capacity and training than a notebook minute — the full `python pipeline.py` run (about 15
+# minutes) is where those scores move. InstructGPT also observed that the validation loss is a poor guide to
+# quality: they kept training SFT after the loss bottomed out because human preference (here: gold) kept
+# rising.
 #
-# The picture: the loss on response tokens (train and held-out), the gold score logged during training, and the
-# before/after comparison on the test instructions.
+# The picture: the loss on response tokens (train and held-out), the gold score logged during training, and
+# the before/after comparison on the test instructions.
 
 # %%
 rows = read_metrics(os.path.join(sft_dir, "metrics.jsonl"))

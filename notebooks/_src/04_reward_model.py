@@ -1,14 +1,15 @@
 # %% [markdown]
 # # 04 · The reward model (奖励模型)
 #
-# Demonstrations are expensive to write; *comparing* answers is cheap. InstructGPT's second step shows a labeller
-# K responses to one prompt and asks for a ranking, best first (数据标注, data labelling). A reward model (RM) —
-# the SFT network with its vocabulary output replaced by a single number — is then trained so that the
-# better-ranked response of every pair gets the higher reward. PPO (notebook 05) will maximise that reward.
+# Demonstrations are expensive to write; *comparing* answers is cheap. InstructGPT's second step shows a
+# labeller K responses to one prompt and asks for a ranking, best first (数据标注, data labelling). A
+# reward model (RM) — the SFT network with its vocabulary output replaced by a single number — is then
+# trained so that the better-ranked response of every pair gets the higher reward. PPO (notebook 05) will
+# maximise that reward.
 #
-# This notebook: K responses to one prompt, ranked by a simulated labeller; the C(K,2) pairs; the pairwise loss by
-# hand and by `minigpt.losses.rm_ranking_loss`; a short run of `label.py` + `train_rm.py`; and how the trained
-# reward compares with the gold score on held-out responses.
+# This notebook: K responses to one prompt, ranked by a simulated labeller; the C(K,2) pairs; the pairwise
+# loss by hand and by `minigpt.losses.rm_ranking_loss`; a short run of `label.py` + `train_rm.py`; and how the
+# trained reward compares with the gold score on held-out responses.
 
 # %%
 import sys, os
@@ -37,7 +38,7 @@ REPO = os.path.abspath("..")
 work = tempfile.mkdtemp(prefix="minigpt_nb04_")   # every output of this notebook goes here
 world = World(seed=0)
 
-# Models this small train faster on one CPU thread: with two, the threads spend longer synchronising than computing.
+# Models this small train faster on one CPU thread: two threads spend longer synchronising than computing.
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 def run(script, *flags):
@@ -53,12 +54,12 @@ def run(script, *flags):
 # %% [markdown]
 # ## 1. K responses to one prompt
 #
-# The world's simulated demonstrators answer a task correctly 40% of the time; the other 60% of their answers carry
-# one named kind of mistake. Most are habits of style: a chatty preamble, a rambling tail, repeating the question,
-# a broken format, the wrong language. Fewer are a wrong answer, or a refusal (declining a request the desk can
-# serve). Take one prompt and one response of every kind that applies. The gold judge (`world.gold_score`, 0 to
-# 1) says how good each one really is — the labellers' opinion, which the reward model must learn from rankings
-# alone.
+# The world's simulated demonstrators answer a task correctly 40% of the time; the other 60% of their answers
+# carry one named kind of mistake. Most are habits of style: a chatty preamble, a rambling tail, repeating the
+# question, a broken format, the wrong language. Fewer are a wrong answer, or a refusal (declining a request
+# the desk can serve). Take one prompt and one response of every kind that applies. The gold judge
+# (`world.gold_score`, 0 to 1) says how good each one really is — the labellers' opinion, which the reward
+# model must learn from rankings alone.
 
 # %%
 task = world.task("What is 3 + 5?")
@@ -77,8 +78,8 @@ for i, (r, kind) in enumerate(zip(responses, kinds)):
 #
 # Human labellers disagree with each other on about a quarter of pairs (InstructGPT: 73–77% agreement). The
 # simulated labeller copies that: it sorts by gold score plus random (Gumbel) noise, so that for two responses
-# $P(i \text{ above } j) = \sigma\big((g_i - g_j)/T\big)$ with $T = 0.27$. Close calls are sometimes flipped; clear
-# ones almost never.
+# $P(i \text{ above } j) = \sigma\big((g_i - g_j)/T\big)$ with $T = 0.27$. Close calls are sometimes flipped;
+# clear ones almost never.
 
 # %%
 labeler = SimulatedLabeler(seed=3)
@@ -90,10 +91,10 @@ for place, r in enumerate(ranked, 1):
 # %% [markdown]
 # ## 3. One ranking = C(K,2) comparisons
 #
-# A ranking of K responses implies an order for every pair: $\binom{K}{2}$ comparisons from one labelling effort.
-# InstructGPT's insight was to keep all pairs of a prompt together as **one** batch element: the K responses go
-# through the reward model once, instead of once per pair, and the pairs of one prompt (which are strongly
-# correlated) cannot over-fit the model when shuffled into different batches.
+# A ranking of K responses implies an order for every pair: $\binom{K}{2}$ comparisons from one labelling
+# effort. InstructGPT's insight was to keep all pairs of a prompt together as **one** batch element: the K
+# responses go through the reward model once, instead of once per pair, and the pairs of one prompt (which are
+# strongly correlated) cannot over-fit the model when shuffled into different batches.
 
 # %%
 pairs = list(itertools.combinations(range(len(ranked)), 2))   # (w, l): w ranked above l
@@ -107,14 +108,15 @@ for w, l in pairs:
 # Now the real scripts, tiny. The first two stages are as in notebook 03 (with a longer SFT and no evaluation
 # during it). Then:
 #
-# * `label.py` takes 400 of the world's `rm` prompts; for each, 2 responses sampled from the SFT model and 4 from
-#   the demonstrators (different mistakes), ranked by the simulated labeller; 15% of prompts are held out
-#   (`--k_decorated`, policy samples wrapped in a preamble or a rambling tail, is switched off to keep it small);
+# * `label.py` takes 400 of the world's `rm` prompts; for each, 2 responses sampled from the SFT model and 4
+#   from the demonstrators (different mistakes), ranked by the simulated labeller; 15% of prompts are held out
+#   (`--k_decorated`, policy samples wrapped in a preamble or a rambling tail, is switched off to keep it
+#   small);
 # * `train_rm.py` starts the reward model from the SFT weights (the head at zero, so every reward starts at 0)
 #   and trains it on the rankings. Here for one epoch at a high learning rate, to save time; the default run
-#   trains 6 epochs, the trunk at a gentle lr 1e-4 and the head, which starts at 0 and has everything to learn, at
-#   1e-2 (`train_rm.py --epochs --lr --head_lr`): fine-tuned hard, a reward model forgets what the SFT model it
-#   starts from knows, and PPO on it gains less (measured in the README).
+#   trains 6 epochs, the trunk at a gentle lr 1e-4 and the head, which starts at 0 and has everything to
+#   learn, at 1e-2 (`train_rm.py --epochs --lr --head_lr`): fine-tuned hard, a reward model forgets what the
+#   SFT model it starts from knows, and PPO on it gains less (measured in the README).
 
 # %%
 corpus_file = os.path.join(work, "corpus.txt")
@@ -122,9 +124,9 @@ with open(corpus_file, "w", encoding="utf-8") as f:
     f.write(world.corpus(n_chars=400_000))
 d = {name: os.path.join(work, name) for name in ("pretrain", "sft", "labels", "rm")}
 run("train_pretrain.py", f"--data={corpus_file}", f"--out_dir={d['pretrain']}", "--vocab_size=512",
-    "--tokenizer_chars=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=96", "--batch_size=16",
-    "--max_steps=150", "--lr=5e-3", "--warmup_steps=10", "--eval_interval=150", "--eval_batches=2",
-    "--log_interval=60", "--device=cpu")
+    "--tokenizer_chars=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=96",
+    "--batch_size=16", "--max_steps=150", "--lr=5e-3", "--warmup_steps=10", "--eval_interval=150",
+    "--eval_batches=2", "--log_interval=60", "--device=cpu")
 run("train_sft.py", f"--init={d['pretrain']}", f"--out_dir={d['sft']}", "--max_steps=200", "--batch_size=16",
     "--lr=3e-3", "--warmup_steps=10", "--dropout=0.0", "--eval_interval=200", "--eval_prompts=8",
     "--max_new_tokens=16", "--log_interval=60", "--eval_greedy=false", "--device=cpu")
@@ -135,8 +137,8 @@ run("train_rm.py", f"--sft={d['sft']}", f"--labels={d['labels']}", f"--out_dir={
     "--log_interval=10", "--device=cpu")
 
 # %% [markdown]
-# One line of the labels file, as `label.py` wrote it (responses best → worst, with the gold scores the labeller
-# never showed anyone):
+# One line of the labels file, as `label.py` wrote it (responses best → worst, with the gold scores the
+# labeller never showed anyone):
 
 # %%
 with open(os.path.join(d["labels"], "train.jsonl"), encoding="utf-8") as f:
@@ -148,22 +150,25 @@ for text, gold, mistake, source in zip(rec["responses"], rec["gold"], rec["mista
 # %% [markdown]
 # ## 5. The ranking loss, by hand and by minigpt
 #
-# The reward model reads prompt ⊕ response ⊕ end-of-text (the same template as SFT) and outputs the value of its
-# scalar head at the last real token: $r_\theta(x, y)$. The InstructGPT loss for one prompt is
+# The reward model reads prompt ⊕ response ⊕ end-of-text (the same template as SFT) and outputs the value
+# of its scalar head at the last real token: $r_\theta(x, y)$. The InstructGPT loss for one prompt is
 #
-# $$\text{loss}(\theta) = -\frac{1}{\binom{K}{2}} \sum_{(y_w, y_l)} \log \sigma\big(r_\theta(x, y_w) - r_\theta(x, y_l)\big)$$
+# $$\text{loss}(\theta) = -\frac{1}{\binom{K}{2}} \sum_{(y_w, y_l)}
+# \log \sigma\big(r_\theta(x, y_w) - r_\theta(x, y_l)\big)$$
 #
-# — a logistic regression on reward *differences*: only the order matters, so adding a constant to every reward
-# changes nothing (which is why `train_rm.py` is free to shift the bias so that demonstrations average 0, and to
-# scale the head so that their rewards spread with standard deviation 1: PPO's β then means the same for every run).
-# Score our ranked K responses with the trained reward model and compute the loss both ways:
+# — a logistic regression on reward *differences*: only the order matters, so adding a constant to every
+# reward changes nothing (which is why `train_rm.py` is free to shift the bias so that demonstrations average
+# 0, and to scale the head so that their rewards spread with standard deviation 1: PPO's β then means the
+# same for every run). Score our ranked K responses with the trained reward model and compute the loss both
+# ways:
 
 # %%
 rm, tok, _ = load_model(d["rm"], kind="reward")
 rm.eval()
 
 def rewards_for(model, instruction, texts):
-    seqs = [encode_prompt_response(tok, render_prompt(instruction), t, model.config.block_size)[0] for t in texts]
+    seqs = [encode_prompt_response(tok, render_prompt(instruction), t, model.config.block_size)[0]
+            for t in texts]
     idx, mask = left_pad(seqs, tok.pad_id)                 # (K, T); score() reads the last real token
     with torch.no_grad():
         return model.score(idx, mask)                      # (K,)
@@ -186,23 +191,25 @@ assert abs(by_hand - by_minigpt) < 1e-5
 sft, _, _ = load_model(d["sft"], kind="lm")
 fresh = RewardModel.from_gpt(sft).eval()
 r0 = rewards_for(fresh, task.instruction, ranked)
-print("fresh rewards:", r0.tolist(), "  loss:", round(rm_ranking_loss(r0).item(), 6), "  ln 2 =", round(math.log(2), 6))
+print("fresh rewards:", r0.tolist(), "  loss:", round(rm_ranking_loss(r0).item(), 6),
+      "  ln 2 =", round(math.log(2), 6))
 
 # %% [markdown]
 # ## 6. Does the reward agree with the gold judge?
 #
-# The real test is on held-out prompts the reward model never trained on. For every held-out response we compute
-# the reward and compare it with the gold score. `train_rm.py` printed the pair accuracy (how often the reward
-# orders a held-out pair like the labeller did) next to two reference numbers: how often the labels themselves
-# agree with gold (the **ceiling** — a reward model learns from noisy labels), and 0.5 (a coin). Spearman is
-# printed twice: across all responses, and within each prompt (averaged). Comparisons only ever set two answers to
-# the SAME prompt side by side, so they cannot teach one prompt's rewards against another's; the within-prompt
-# number is what they can teach, and the labels' own within-prompt Spearman is its yardstick.
+# The real test is on held-out prompts the reward model never trained on. For every held-out response we
+# compute the reward and compare it with the gold score. `train_rm.py` printed the pair accuracy (how often
+# the reward orders a held-out pair like the labeller did) next to two reference numbers: how often the labels
+# themselves agree with gold (the **ceiling** — a reward model learns from noisy labels), and 0.5 (a coin).
+# Spearman is printed twice: across all responses, and within each prompt (averaged). Comparisons only ever
+# set two answers to the SAME prompt side by side, so they cannot teach one prompt's rewards against
+# another's; the within-prompt number is what they can teach, and the labels' own within-prompt Spearman is
+# its yardstick.
 #
-# Expect a modest result at this size: a 0.09M-parameter model trained for a few seconds on ~340 rankings learns
-# the easy signals first (a correct demonstration beats a garbled policy sample; the wrong language is bad) and
-# struggles with the subtle ones (a polite preamble around a right answer). The full run labels all of the
-# world's `rm` prompts and uses a 4-layer model.
+# Expect a modest result at this size: a 0.09M-parameter model trained for a few seconds on ~340 rankings
+# learns the easy signals first (a correct demonstration beats a garbled policy sample; the wrong language is
+# bad) and struggles with the subtle ones (a polite preamble around a right answer). The full run labels all
+# of the world's `rm` prompts and uses a 4-layer model.
 
 # %%
 summary = json.load(open(os.path.join(d["rm"], "summary.json")))
@@ -223,11 +230,11 @@ print(f"\n{len(rewards)} held-out responses; Spearman(reward, gold) = {spearman(
 # ceiling; right, reward against gold score for every held-out response, coloured by where it came from (a
 # demonstrator's named mistake, `none` for a correct demonstration, `policy` for an imperfect SFT sample).
 #
-# Things to look for on the right: are the garbled policy samples (gold near 0) at the bottom? Where do the bare
-# correct answers (`none`, gold 1) sit compared with the same answer wrapped in a preamble or a rambling tail?
-# Small reward models readily pick up cheap features such as length instead of correctness. Whatever this reward
-# model gets wrong, PPO will exploit in notebook 05 — which is why InstructGPT keeps the policy close to the SFT
-# model with a KL penalty.
+# Things to look for on the right: are the garbled policy samples (gold near 0) at the bottom? Where do the
+# bare correct answers (`none`, gold 1) sit compared with the same answer wrapped in a preamble or a rambling
+# tail? Small reward models readily pick up cheap features such as length instead of correctness. Whatever
+# this reward model gets wrong, PPO will exploit in notebook 05 — which is why InstructGPT keeps the policy
+# close to the SFT model with a KL penalty.
 
 # %%
 rows = read_metrics(os.path.join(d["rm"], "metrics.jsonl"))

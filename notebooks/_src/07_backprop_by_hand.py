@@ -1,10 +1,10 @@
 # %% [markdown]
 # # 07 · Backpropagation by hand (反向传播)
 #
-# Every training script in minigpt ends a step with `loss.backward()`, and autograd fills in the gradients. This
-# notebook does that work by hand, one piece at a time, in the spirit of Karpathy's "backprop ninja" exercise:
-# the SFT cross-entropy, LayerNorm, one causal attention head, the MLP with GPT-2's GELU, the reward model's
-# pairwise loss, and PPO's clipped surrogate.
+# Every training script in minigpt ends a step with `loss.backward()`, and autograd fills in the gradients.
+# This notebook does that work by hand, one piece at a time, in the spirit of Karpathy's "backprop ninja"
+# exercise: the SFT cross-entropy, LayerNorm, one causal attention head, the MLP with GPT-2's GELU, the reward
+# model's pairwise loss, and PPO's clipped surrogate.
 #
 # For each piece: the derivation in formulas, the few lines of `minigpt/backprop.py` that implement it, and a
 # check against autograd run through minigpt's **own** forward functions (`sft_loss`, the model's `LayerNorm`,
@@ -54,18 +54,19 @@ def check(name, hand, auto):
 #
 # `sft_loss` averages the next-token cross-entropy over the response tokens only ($m_t = 1$):
 #
-# $$L = \frac{1}{\sum_t m_t}\sum_t m_t\,\mathrm{CE}(z_t, y_t), \qquad \mathrm{CE}(z, y) = \log\sum_v e^{z_v} - z_y .$$
+# $$L = \frac{1}{\sum_t m_t}\sum_t m_t\,\mathrm{CE}(z_t, y_t),
+# \qquad \mathrm{CE}(z, y) = \log\sum_v e^{z_v} - z_y .$$
 #
-# The derivative of $\log\sum_v e^{z_v}$ with respect to $z_j$ is $e^{z_j}/\sum_v e^{z_v} = \mathrm{softmax}(z)_j$, and
-# that of $z_y$ is $1$ at $j = y$ and $0$ elsewhere. So
+# The derivative of $\log\sum_v e^{z_v}$ with respect to $z_j$ is
+# $e^{z_j}/\sum_v e^{z_v} = \mathrm{softmax}(z)_j$, and that of $z_y$ is $1$ at $j = y$ and $0$ elsewhere. So
 #
 # $$\bar z_t = \frac{m_t}{\sum_s m_s}\big(\mathrm{softmax}(z_t) - \mathrm{onehot}(y_t)\big).$$
 #
 # The gradient pushes the target's logit up and every logit down in proportion to its probability; each row
 # sums to zero, and prompt and padding positions ($m_t = 0$) get exactly nothing.
 #
-# One detail: `sft_loss` computes the cross-entropy in float32 (`logits.float()`) even for float64 logits, so here
-# the agreement is float32 rounding, about $10^{-8}$, rather than $10^{-15}$: still far inside $10^{-6}$.
+# One detail: `sft_loss` computes the cross-entropy in float32 (`logits.float()`) even for float64 logits, so
+# here the agreement is float32 rounding, about $10^{-8}$, rather than $10^{-15}$: still far inside $10^{-6}$.
 
 # %%
 show(sft_loss_grad)
@@ -84,18 +85,20 @@ print("gradient at masked positions is exactly 0:", bool((dlogits[mask == 0] == 
 # %% [markdown]
 # ## 2. LayerNorm
 #
-# Each of the model's LayerNorms (`nn.LayerNorm(C, bias=True)`, $\epsilon = 10^{-5}$) normalises one vector of width
-# $C$ and rescales it:
+# Each of the model's LayerNorms (`nn.LayerNorm(C, bias=True)`, $\epsilon = 10^{-5}$) normalises one vector of
+# width $C$ and rescales it:
 #
-# $$\mu = \tfrac1C\sum_i x_i,\quad \sigma^2 = \tfrac1C\sum_i (x_i-\mu)^2,\quad s = \sqrt{\sigma^2+\epsilon},\quad
-# \hat x = \frac{x-\mu}{s},\quad y = w \odot \hat x + b .$$
+# $$\mu = \tfrac1C\sum_i x_i,\quad \sigma^2 = \tfrac1C\sum_i (x_i-\mu)^2,\quad
+# s = \sqrt{\sigma^2+\epsilon},\quad \hat x = \frac{x-\mu}{s},\quad y = w \odot \hat x + b .$$
 #
-# The parameters are easy: $\bar b = \sum_{\text{rows}} \bar y$ and $\bar w = \sum_{\text{rows}} \bar y \odot \hat x$.
-# For $x$, let $g = \bar y \odot w$ (the gradient reaching $\hat x$). Every $x_i$ moves $\hat x_j$ three ways:
-# directly, through $\mu$, and through $s$. Using $\partial\mu/\partial x_i = 1/C$ and
-# $\partial s/\partial x_i = \hat x_i / (C s)$, the three terms collect into
+# The parameters are easy: $\bar b = \sum_{\text{rows}} \bar y$ and
+# $\bar w = \sum_{\text{rows}} \bar y \odot \hat x$. For $x$, let $g = \bar y \odot w$ (the gradient reaching
+# $\hat x$). Every $x_i$ moves $\hat x_j$ three ways: directly, through $\mu$, and through $s$. Using
+# $\partial\mu/\partial x_i = 1/C$ and $\partial s/\partial x_i = \hat x_i / (C s)$, the three terms collect
+# into
 #
-# $$\bar x = \frac{1}{s}\Big(g - \operatorname{mean}(g) - \hat x \odot \operatorname{mean}(g \odot \hat x)\Big).$$
+# $$\bar x = \frac{1}{s}\Big(g - \operatorname{mean}(g) -
+# \hat x \odot \operatorname{mean}(g \odot \hat x)\Big).$$
 #
 # The two subtracted means remove the parts of $g$ that a normalisation cannot express: a shift of all
 # entries (the mean is taken out) and a stretch along $\hat x$ (the scale is taken out).
@@ -127,7 +130,8 @@ print("dx sums to 0 along C (a shift of x changes nothing):", dx.sum(-1).abs().m
 #
 # $$\bar v = P^\top\, \overline{\text{out}}, \qquad \bar P = \overline{\text{out}}\; v^\top .$$
 #
-# Through the softmax of each row $p = \mathrm{softmax}(s)$, whose Jacobian is $\partial p_i/\partial s_j = p_i(\delta_{ij} - p_j)$:
+# Through the softmax of each row $p = \mathrm{softmax}(s)$, whose Jacobian is
+# $\partial p_i/\partial s_j = p_i(\delta_{ij} - p_j)$:
 #
 # $$\bar S_{ts} = P_{ts}\Big(\bar P_{ts} - \sum_{s'} \bar P_{ts'} P_{ts'}\Big).$$
 #
@@ -156,8 +160,8 @@ dS = P * (dP - (dP * P).sum(-1, keepdim=True))
 print(dS.numpy().round(3))
 
 # %% [markdown]
-# Now inside the model's real module: `CausalSelfAttention` with 2 heads, in float64. The chain is
-# $x \to$ `c_attn` $\to (q, k, v)$ split into heads $\to$ attention $\to$ heads side by side $\to$ `c_proj`. By hand:
+# Now inside the model's real module: `CausalSelfAttention` with 2 heads, in float64. The chain is $x \to$
+# `c_attn` $\to (q, k, v)$ split into heads $\to$ attention $\to$ heads side by side $\to$ `c_proj`. By hand:
 # the gradient reaching the heads' outputs is $\bar y\,W_{\text{proj}}$, the heads go through
 # `attention_head_backward` (all at once: the function accepts leading batch and head dimensions), and
 # $\bar x = [\bar q, \bar k, \bar v]\,W_{\text{attn}}$. Both module paths are checked: the written-out formula
@@ -188,13 +192,15 @@ for flash in (False, True):
 #
 # $$h = x W_1^\top + b_1, \qquad a = \mathrm{gelu}(h), \qquad y = a W_2^\top + b_2 .$$
 #
-# A linear layer $y = a W^\top + b$ gives $\bar W = \bar y^\top a$, $\bar b = \sum_{\text{rows}}\bar y$, $\bar a = \bar y\, W$.
-# The GELU is elementwise, so $\bar h = \bar a \odot \mathrm{gelu}'(h)$. Which GELU matters: the model uses GPT-2's
-# **tanh approximation** (`nn.GELU(approximate="tanh")`), not the exact $h\,\Phi(h)$:
+# A linear layer $y = a W^\top + b$ gives $\bar W = \bar y^\top a$, $\bar b = \sum_{\text{rows}}\bar y$,
+# $\bar a = \bar y\, W$. The GELU is elementwise, so $\bar h = \bar a \odot \mathrm{gelu}'(h)$. Which GELU
+# matters: the model uses GPT-2's **tanh approximation** (`nn.GELU(approximate="tanh")`), not the exact
+# $h\,\Phi(h)$:
 #
 # $$\mathrm{gelu}(h) = \tfrac12 h\,(1 + \tanh u), \quad u = \sqrt{2/\pi}\,(h + 0.044715\,h^3),$$
 #
-# $$\mathrm{gelu}'(h) = \tfrac12(1 + \tanh u) + \tfrac12 h\,(1 - \tanh^2 u)\,\sqrt{2/\pi}\,(1 + 3\cdot 0.044715\,h^2).$$
+# $$\mathrm{gelu}'(h) = \tfrac12(1 + \tanh u) +
+# \tfrac12 h\,(1 - \tanh^2 u)\,\sqrt{2/\pi}\,(1 + 3\cdot 0.044715\,h^2).$$
 
 # %%
 show(gelu_tanh_grad)
@@ -233,9 +239,9 @@ print(f"max |gelu'_tanh - gelu'_erf| on [-4, 4]: {(gelu_tanh_grad(h) - exact_gra
 #
 # $$\bar r_w = -\sigma(-\Delta), \qquad \bar r_l = +\sigma(-\Delta).$$
 #
-# The two rewards get equal and opposite pushes, and their size is the model's probability of having the pair
-# **wrong**: a pair already ranked right by a wide margin teaches almost nothing, a badly wrong one pushes with
-# nearly full strength 1.
+# The two rewards get equal and opposite pushes, and their size is the model's probability of having the
+# pair **wrong**: a pair already ranked right by a wide margin teaches almost nothing, a badly wrong one
+# pushes with nearly full strength 1.
 
 # %%
 show(rm_pair_loss_grad)
@@ -250,20 +256,21 @@ for margin in (-4.0, -1.0, 0.0, 1.0, 4.0):
 # %% [markdown]
 # ## 6. PPO's clipped surrogate
 #
-# `policy_loss` works on the log-probabilities $\ell_t$ of the sampled tokens. With $\rho_t = e^{\ell_t - \ell^{\text{old}}_t}$
-# and advantages $A_t$ fixed by the rollout,
+# `policy_loss` works on the log-probabilities $\ell_t$ of the sampled tokens. With
+# $\rho_t = e^{\ell_t - \ell^{\text{old}}_t}$ and advantages $A_t$ fixed by the rollout,
 #
-# $$L = \frac{1}{\sum_t m_t}\sum_t m_t \max\!\big(-A_t\,\rho_t,\; -A_t\,\mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\big).$$
+# $$L = \frac{1}{\sum_t m_t}\sum_t m_t
+# \max\!\big(-A_t\,\rho_t,\; -A_t\,\mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\big).$$
 #
-# Since $d\rho_t/d\ell_t = \rho_t$, where the unclipped term is the max, $\bar\ell_t = -A_t\,\rho_t\, m_t/\sum m$. Where the
-# clipped term is the max it is a constant in $\ell_t$, so $\bar\ell_t = 0$ **exactly**. That happens only on the side
-# the advantage makes binding:
+# Since $d\rho_t/d\ell_t = \rho_t$, where the unclipped term is the max,
+# $\bar\ell_t = -A_t\,\rho_t\, m_t/\sum m$. Where the clipped term is the max it is a constant in $\ell_t$, so
+# $\bar\ell_t = 0$ **exactly**. That happens only on the side the advantage makes binding:
 #
 # - $A_t > 0$ and $\rho_t > 1 + \epsilon$: the token has already been made more likely enough this round;
 # - $A_t < 0$ and $\rho_t < 1 - \epsilon$: it has already been made less likely enough.
 #
-# On the other side ($A_t > 0$, $\rho_t < 1-\epsilon$, say: the update went the wrong way) the clip does not bind and the
-# gradient is at full strength, pulling the ratio back.
+# On the other side ($A_t > 0$, $\rho_t < 1-\epsilon$, say: the update went the wrong way) the clip does not
+# bind and the gradient is at full strength, pulling the ratio back.
 
 # %%
 show(ppo_clip_grad)
@@ -281,15 +288,17 @@ check("ppo", dlogp, logprobs.grad)
 
 ratio = torch.exp(logprobs.detach() - old)
 binding = mask.bool() & (((adv > 0) & (ratio > 1 + eps)) | ((adv < 0) & (ratio < 1 - eps)))
-print(f"{int(binding.sum())} of {int(mask.sum())} real tokens clipped (policy_loss's clipfrac = {stats['clipfrac']:.3f})")
-print("gradient at clipped tokens:", dlogp[binding].tolist(), "(autograd:", logprobs.grad[binding].tolist(), ")")
+print(f"{int(binding.sum())} of {int(mask.sum())} real tokens clipped "
+      f"(policy_loss's clipfrac = {stats['clipfrac']:.3f})")
+print("gradient at clipped tokens:", dlogp[binding].tolist(),
+      "(autograd:", logprobs.grad[binding].tolist(), ")")
 print("all other real tokens nonzero:", bool((dlogp[mask.bool() & ~binding] != 0).all()))
 assert (dlogp[binding] == 0).all() and (logprobs.grad[binding] == 0).all()
 
 # %% [markdown]
-# The same for a single token as its ratio sweeps from 0.5 to 1.5, for $A = +1$ and $A = -1$: the per-token loss
-# (left) and its gradient with respect to $\ell$ (right), by hand (lines) and by autograd (dots). The shaded band is
-# $[1-\epsilon, 1+\epsilon]$. Outside it the gradient drops to exactly zero on one side only.
+# The same for a single token as its ratio sweeps from 0.5 to 1.5, for $A = +1$ and $A = -1$: the per-token
+# loss (left) and its gradient with respect to $\ell$ (right), by hand (lines) and by autograd (dots). The
+# shaded band is $[1-\epsilon, 1+\epsilon]$. Outside it the gradient drops to exactly zero on one side only.
 
 # %%
 rho = torch.linspace(0.5, 1.5, 201, dtype=F64)
@@ -306,7 +315,8 @@ for A, color in ((1.0, "tab:blue"), (-1.0, "tab:red")):
     axes[0].plot(rho, per_token, color=color, label=f"A = {A:+.0f}")
     axes[1].plot(rho, grad_hand, color=color, label=f"A = {A:+.0f}, by hand")
     axes[1].plot(rho[::10], grad_auto[::10], "o", color=color, ms=4, label=f"A = {A:+.0f}, autograd")
-for ax, title in zip(axes, ("per-token loss  max(−Aρ, −A·clip(ρ))", "d loss / d log π  (zero where the clip binds)")):
+for ax, title in zip(axes, ("per-token loss  max(−Aρ, −A·clip(ρ))",
+                            "d loss / d log π  (zero where the clip binds)")):
     ax.axvspan(1 - eps, 1 + eps, color="grey", alpha=0.15)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("ratio ρ = π / π_old"); ax.set_title(title); ax.legend(fontsize=8)
@@ -319,12 +329,15 @@ plt.tight_layout(); plt.show()
 # |---|---|
 # | SFT cross-entropy | $\bar z_t = (\mathrm{softmax}(z_t) - \mathrm{onehot}(y_t))\, m_t / \sum m$ |
 # | LayerNorm | $\bar x = (g - \mathrm{mean}(g) - \hat x\,\mathrm{mean}(g\hat x))/s$, $g = \bar y w$ |
-# | attention head | $\bar v = P^\top \overline{\text{out}}$, $\bar S = P\odot(\bar P - \mathrm{rowsum}(\bar P \odot P))$, $\bar q = \bar S k/\sqrt d$, $\bar k = \bar S^\top q/\sqrt d$ |
-# | MLP | linear layers: $\bar W = \bar y^\top a$, $\bar a = \bar y W$; GELU: $\bar h = \bar a \odot \mathrm{gelu}'(h)$ (tanh form) |
+# | attention head: $\text{out} = P v$ | $\bar v = P^\top \overline{\text{out}}$ |
+# | attention head: softmax | $\bar S = P\odot(\bar P - \mathrm{rowsum}(\bar P \odot P))$ |
+# | attention head: $S = q k^\top/\sqrt d$ | $\bar q = \bar S k/\sqrt d$, $\bar k = \bar S^\top q/\sqrt d$ |
+# | MLP: linear layers | $\bar W = \bar y^\top a$, $\bar a = \bar y W$ |
+# | MLP: GELU (tanh form) | $\bar h = \bar a \odot \mathrm{gelu}'(h)$ |
 # | RM pair loss | $\bar r_w = -\sigma(r_l - r_w) = -\bar r_l$ |
 # | PPO clip | $\bar\ell_t = -A_t\rho_t\, m_t/\sum m$, or exactly $0$ where the clip binds |
 #
-# All of them agree with autograd through minigpt's own forward code to float64 rounding. Putting them together in
-# the right order (the embedding, then blocks of LayerNorm, attention and MLP with their residual additions, then the
-# final LayerNorm and the tied `lm_head`) gives the whole backward pass of the GPT; the residual connections just
-# add the gradients of their two branches.
+# All of them agree with autograd through minigpt's own forward code to float64 rounding. Putting them
+# together in the right order (the embedding, then blocks of LayerNorm, attention and MLP with their residual
+# additions, then the final LayerNorm and the tied `lm_head`) gives the whole backward pass of the GPT; the
+# residual connections just add the gradients of their two branches.
