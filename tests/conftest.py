@@ -15,8 +15,8 @@ from minigpt.model import GPT, GPTConfig, RewardModel
 from minigpt.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Under pytest-xdist (README's `-n auto`) the workers share the cores: each worker, and every process it starts,
-# computes on one thread, so that two workers on two cores do not each wait for the other's threads.
+# Under pytest-xdist (README's `-n auto`) the workers share the cores: each worker, and every process it
+# starts, computes on one thread, so that two workers on two cores do not each wait for the other's threads.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)

@@ -4,8 +4,9 @@ import unicodedata
 import pytest
 
 from minigpt.cli import UserError
-from minigpt.data import (PROMPT_TEMPLATE, DataError, clean_demonstrations, clean_text, encode_prompt_response,
-                          lm_windows, load_comparisons, load_demonstrations, load_text, render_prompt, sft_batch)
+from minigpt.data import (DataError, PROMPT_TEMPLATE, clean_demonstrations, clean_text,
+                          encode_prompt_response, lm_windows, load_comparisons, load_demonstrations,
+                          load_text, render_prompt, sft_batch)
 from minigpt.rankings import clean_rankings, load_rankings
 
 SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"},

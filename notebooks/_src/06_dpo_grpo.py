@@ -378,7 +378,8 @@ print(f"GRPO: held-out gold {grpo_val[0]['val_gold']:.3f} (SFT) -> {grpo_val[-1]
 
 # %%
 from minigpt.checkpoint import load_model
-from minigpt.data import encode_rankings, load_rankings
+from minigpt.data import encode_rankings
+from minigpt.rankings import load_rankings
 from minigpt.sampling import right_pad
 from minigpt.scoring import sequence_logprobs
 
