@@ -139,7 +139,10 @@ def all_reduce_mean(x):
 
 
 def cleanup_distributed():
+    """The end of a run: every rank waits for the others, then leaves the process group. (Without the barrier,
+    a rank that tears its group down while rank 0 is still writing the summary can be aborted by gloo.)"""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -225,7 +228,8 @@ def exit_interrupted(save_last, master, out_dir, position):
     if master:
         save_last()
         print(f"\ninterrupted: saved {out_dir}/last.pt at {position}; rerun with --resume to continue")
-    cleanup_distributed()
+    if is_distributed():
+        dist.destroy_process_group()     # no barrier: a rank may have stopped mid-step
     sys.exit(130)
 
 
