@@ -3,6 +3,11 @@
     python chat.py --model=out/ppo                        # interactive; /quit or Ctrl-D to leave
     python chat.py --compare out/sft out/ppo              # every prompt answered by both, one after the other
     python chat.py --model=out/sft --prompt="计算2+2"      # answer once and exit (scriptable)
+
+Interactive mode keeps the conversation (each model its own answers): every question is asked with the turns
+before it (minigpt/data.py's chat template), the oldest dropped when they no longer fit the context. /reset
+starts over, /system TEXT sets a system message (/system alone clears it). The models were trained on single
+turns, so they follow the earlier turns only as far as that carries. --prompt is one single-turn question.
 """
 
 import os
@@ -13,7 +18,7 @@ import torch
 
 from minigpt.checkpoint import check_same_tokenizer, load_model
 from minigpt.cli import UserError, check, run
-from minigpt.respond import encode_prompts
+from minigpt.data import fit_conversation
 from minigpt.sampling import generate
 from minigpt.training import autocast, check_dtype, pick_device
 
@@ -31,8 +36,9 @@ class Config:
     max_new_tokens: int = field(default=48, metadata={"help": "longest answer in tokens"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 autocast where this device's bf16 "
-                                                         "matmul is clearly faster), float32 or bfloat16"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (bf16 autocast where this device's bf16 matmul is clearly faster), float32 or "
+                "bfloat16"})
 
     def validate(self):
         check_dtype(self.dtype)
@@ -42,14 +48,15 @@ class Config:
         check(self.max_new_tokens > 0, f"--max_new_tokens must be > 0, got {self.max_new_tokens}")
 
 
-def answer(model, tokenizer, instruction, cfg, generator, label=""):
-    """Sample one answer, printing each piece of text as soon as it decodes to whole characters."""
+def answer(model, tokenizer, conversation, cfg, generator, label=""):
+    """Sample one answer to a conversation [(role, text), ...] ending with the user's message, printing each
+    piece of text as soon as it decodes to whole characters -> (answer text, oldest turns dropped to fit)."""
     room = model.config.block_size - cfg.max_new_tokens
-    n_prompt = len(encode_prompts(tokenizer, [instruction], 10 ** 9, 1)[0])
-    if n_prompt > room:
-        raise UserError(f"prompt is {n_prompt} tokens; this model's context leaves room for {room} "
-                        f"with --max_new_tokens={cfg.max_new_tokens}")
-    prompt = encode_prompts(tokenizer, [instruction], model.config.block_size, cfg.max_new_tokens)
+    try:
+        prompt, dropped = fit_conversation(tokenizer, conversation, room)
+    except ValueError as e:
+        raise UserError(f"{e} (this model's context of {model.config.block_size} tokens less "
+                        f"--max_new_tokens={cfg.max_new_tokens})") from None
     sampled, shown = [], ""
     print(label, end="", flush=True)
 
@@ -64,12 +71,12 @@ def answer(model, tokenizer, instruction, cfg, generator, label=""):
         shown = text
 
     with autocast(str(next(model.parameters()).device), cfg.dtype):
-        generate(model, prompt, cfg.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        generate(model, [prompt], cfg.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                  temperature=cfg.temperature, top_k=cfg.top_k or None,
                  top_p=cfg.top_p if cfg.top_p < 1 else None, generator=generator, on_token=on_token)
     final = tokenizer.decode_streamed(sampled, final=True)
     print(final[len(shown):], flush=True)
-    return final
+    return final, dropped
 
 
 def main(cfg):
@@ -88,15 +95,24 @@ def main(cfg):
     generators = [torch.Generator(device=device).manual_seed(cfg.seed) for _ in models]
     width = max(len(f) for f in folders)
 
-    def reply(instruction):
-        for (folder, model, tokenizer), generator in zip(models, generators):
+    histories = [[] for _ in models]     # per model: [("user", q), ("assistant", its answer), ...]
+    system = []                            # [("system", text)] or []
+
+    def reply(question, keep=True):
+        for (folder, model, tokenizer), generator, history in zip(models, generators, histories):
             label = f"[{folder:>{width}}] " if len(models) > 1 else ""
-            answer(model, tokenizer, instruction, cfg, generator, label=label)
+            text, dropped = answer(model, tokenizer, system + history + [("user", question)], cfg, generator,
+                                   label)
+            if dropped:
+                print(f"({folder}: the {dropped} oldest turn(s) no longer fit the context: dropped)")
+            if keep:
+                history[:] = history[2 * dropped:] + [("user", question), ("assistant", text)]
 
     if cfg.prompt:
-        reply(cfg.prompt)
+        reply(cfg.prompt, keep=False)
         return
-    print(f"chatting with {', '.join(folders)} (temperature {cfg.temperature}); /quit or Ctrl-D to leave")
+    print(f"chatting with {', '.join(folders)} (temperature {cfg.temperature}); /reset starts over, "
+          "/system TEXT sets a system message, /quit or Ctrl-D leaves")
     while True:
         try:
             line = input("> ")
@@ -106,12 +122,19 @@ def main(cfg):
         line = line.strip()
         if line in ("/quit", "/exit"):
             break
-        if line:
+        if line == "/reset":
+            for history in histories:
+                history.clear()
+            print("(a new conversation)")
+        elif line == "/system" or line.startswith("/system "):
+            text = line[len("/system"):].strip()
+            system[:] = [("system", text)] if text else []
+            print(f"(system message: {text!r})" if text else "(no system message)")
+        elif line:
             try:
                 reply(line)
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
-
 
 if __name__ == "__main__":
     run(main, Config)

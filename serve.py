@@ -18,17 +18,25 @@ reward), GET /health ({"status": "ok", "generate_calls": N, "decode_steps": N, "
 "models": [...]}), GET /v1/models, GET /v1/models/<name>, POST /v1/chat/completions. Anything else is a 404
 in OpenAI's error shape.
 
-What a request means to these single-turn models: the instruction is the content of the LAST "user" message;
-system/developer messages, earlier turns and assistant messages are ignored (the models were never trained
-on them). Supported fields: model, messages, max_tokens (or max_completion_tokens), temperature (0 = greedy),
-top_p, seed, n (<= --max_n), logprobs, top_logprobs (<= 20), stream, stream_options.include_usage. `stop`,
-`tools` and `functions` are refused rather than silently ignored; other unknown fields are ignored.
+What a request means: the whole conversation is the prompt. System (and "developer") messages go into one
+"### System:" block at the top, then every earlier user turn with the assistant's answer after it, then the
+last message, which must be a user message (minigpt/data.py: encode_conversation, the chat template); "tool"
+and "function" messages are refused. When the conversation does not fit the context (with max_tokens, or at
+least one answer token), its oldest turns are dropped, never the system message or the last user message,
+and the answer says how many ("dropped_turns" below). The models were trained on single turns, so they
+understand follow-ups only as far as that carries (issue #31's later part trains on conversations); the
+reward model is told the whole conversation.
+
+Supported fields: model, messages, max_tokens (or max_completion_tokens), temperature (0 = greedy), top_p,
+seed, n (<= --max_n), logprobs, top_logprobs (<= 20), stream, stream_options.include_usage. `stop`, `tools`
+and `functions` are refused rather than silently ignored; other unknown fields are ignored.
 Logprobs are the model's own log-probabilities (temperature 1, no top_p), as OpenAI reports them, read from
 the logits each token was sampled from; the end-of-text token is not listed and not counted in
 usage.completion_tokens (usage.prompt_tokens counts the rendered prompt once, whatever n is).
 
 Our own field, not OpenAI's: each choice carries "minigpt": {"reward": r} with the reward model's score of
-the answer when --rm is loaded (also on the last streamed chunk of each choice).
+the answer when --rm is loaded, and "dropped_turns": N when the N oldest turns were dropped to fit the
+context (also on the last streamed chunk of each choice; the server's log says so in one line too).
 
 The request's checks and the answer's JSON: minigpt/chat_api.py. Batching (minigpt/serving.py): one worker
 thread per model answers its queued requests in batches,
@@ -196,6 +204,9 @@ def make_handler(served, cfg):
                 s, req, stream, include_usage = parse_request(request, served, cfg)
             except ApiError as e:
                 return self.fail(e)
+            if req.dropped_turns:
+                print(f"{s.name}: dropped the {req.dropped_turns} oldest turn(s) of a conversation to fit "
+                      f"the context of {s.block_size} tokens", file=sys.stderr, flush=True)
             s.queue.put(req)
             rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
             if not stream:

@@ -6,10 +6,11 @@ it; minigpt/serving.py answers the Requests in batches."""
 import json
 import math
 
-from minigpt.data import render_prompt
+from minigpt.data import fit_conversation
 from minigpt.serving import ApiError, Request
 
 MAX_TOP_LOGPROBS = 20
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}  # ours
 
 
 def reject_constant(name):
@@ -61,16 +62,18 @@ def parse_request(body, served, cfg):
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
-    instruction = None
+    conversation = []                # [(role, text), ...]: minigpt.data's chat template renders it
     for k, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ApiError(400, f"messages[{k}] must be an object with a 'role' and a 'content'",
                            f"messages[{k}]")
-        if m["role"] == "user":
-            instruction = _text(m.get("content"), k)
-    if instruction is None:
-        raise ApiError(400, "'messages' has no user message: the last user message is the instruction",
-                       "messages")
+        if m["role"] not in ROLES:
+            raise ApiError(400, f"messages[{k}].role must be system, developer, user or assistant, got "
+                                f"{json.dumps(m['role'])[:40]}", f"messages[{k}].role")
+        conversation.append((ROLES[m["role"]], _text(m.get("content"), k)))
+    if conversation[-1][0] != "user":
+        raise ApiError(400, "the last message must be the user message to answer, got "
+                            f"{json.dumps(messages[-1]['role'])}", "messages")
     for key in ("stop", "tools", "functions"):
         if body.get(key):
             raise ApiError(400, f"'{key}' is not supported by this server", key)
@@ -96,26 +99,27 @@ def parse_request(body, served, cfg):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
         raise ApiError(400, "'seed' must be a non-negative integer", "seed")
 
-    prompt = s.tokenizer.encode(render_prompt(instruction))
-    if len(prompt) >= s.block_size:
-        raise ApiError(400, f"the prompt is {len(prompt)} tokens; model {name!r} has a context of "
-                            f"{s.block_size} tokens, which must hold the prompt and at least one answer "
-                            "token", "messages", "context_length_exceeded")
+    # The prompt: the whole conversation, its oldest turns dropped until it leaves room for the answer.
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     given = body.get(key)
-    if given is None:
+    max_tokens = None if given is None else _int(body, key, None, 1, 10 ** 12, "at least 1")
+    try:
+        prompt, dropped = fit_conversation(s.tokenizer, conversation, s.block_size - 1)
+    except ValueError as e:
+        raise ApiError(400, f"{e}: model {name!r} has a context of {s.block_size} tokens, which must hold "
+                            "the prompt and at least one answer token", "messages", "context_length_exceeded")
+    if max_tokens is None:
         max_tokens = min(cfg.default_max_tokens, s.block_size - len(prompt))
     else:
-        max_tokens = _int(body, key, None, 1, 10 ** 12, "at least 1")
-        if len(prompt) + max_tokens > s.block_size:
-            raise ApiError(400, f"the prompt is {len(prompt)} tokens and {key} is {max_tokens}; together "
-                                f"they exceed model {name!r}'s context of {s.block_size} tokens (at most "
-                                f"{s.block_size - len(prompt)} for this prompt)", key,
-                           "context_length_exceeded")
+        try:
+            prompt, dropped = fit_conversation(s.tokenizer, conversation, s.block_size - max_tokens)
+        except ValueError as e:
+            raise ApiError(400, f"{e}, and {key} is {max_tokens}: together they exceed model {name!r}'s "
+                                f"context of {s.block_size} tokens", key, "context_length_exceeded")
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    req = Request(prompt=prompt, instruction=instruction, n=n, max_tokens=max_tokens, temperature=temperature,
-                  top_p=top_p, seed=seed, logprobs=logprobs, top_logprobs=top)
+    req = Request(prompt=prompt, conversation=conversation, dropped_turns=dropped, n=n, max_tokens=max_tokens,
+                  temperature=temperature, top_p=top_p, seed=seed, logprobs=logprobs, top_logprobs=top)
     return s, req, stream, include_usage
 
 
@@ -125,11 +129,18 @@ def completion(s, req, rid, created):
         choice = {"index": i, "message": {"role": "assistant", "content": c["text"]},
                   "logprobs": {"content": c["logprobs"]} if req.logprobs else None,
                   "finish_reason": c["finish_reason"]}
-        if "reward" in c:
-            choice["minigpt"] = {"reward": c["reward"]}
+        if ours(req, c):
+            choice["minigpt"] = ours(req, c)
         choices.append(choice)
     return {"id": rid, "object": "chat.completion", "created": created, "model": s.name,
             "system_fingerprint": None, "choices": choices, "usage": usage(req)}
+
+
+def ours(req, c):
+    """Our own field of a choice, not OpenAI's: the reward model's score, and how many of the oldest turns
+    were dropped to fit the context (only when some were)."""
+    return {**({"reward": c["reward"]} if "reward" in c else {}),
+            **({"dropped_turns": req.dropped_turns} if req.dropped_turns else {})}
 
 
 def usage(req):
@@ -169,7 +180,7 @@ def chunks(s, req, rid, created, include_usage):
             c = req.choices[i]
             if len(c["text"]) > len(shown[i]):
                 yield chunk(i, {"content": c["text"][len(shown[i]):]})
-            extra = {"minigpt": {"reward": c["reward"]}} if "reward" in c else {}
+            extra = {"minigpt": ours(req, c)} if ours(req, c) else {}
             yield chunk(i, {}, finish_reason=c["finish_reason"], **extra)
     if include_usage:
         yield {**base, "choices": [], "usage": usage(req)}

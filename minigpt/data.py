@@ -1,5 +1,5 @@
-"""Data: file formats, cleaning, the prompt template, and SFT rendering with its loss mask (the rankings'
-cleaning and held-out split: minigpt/rankings.py).
+"""Data: file formats, cleaning, the prompt template (and the chat template of conversations built on it), and
+SFT rendering with its loss mask (the rankings' cleaning and held-out split: minigpt/rankings.py).
 
 Every stage sees an instruction through the SAME template (PROMPT_TEMPLATE), so SFT, labelling, the reward
 model, PPO and evaluation all condition on identical prompt text.
@@ -43,6 +43,70 @@ def render_prompt(instruction, input=""):
     return PROMPT_TEMPLATE.format(instruction=instruction)
 
 
+# A conversation is a list of (role, text), role system, user or assistant, rendered one piece after another:
+#     "### System:\n{system}\n\n"                                  (only when there is a system message)
+#     PROMPT_TEMPLATE.format(instruction=user text)                 then the assistant's answer + [eos],
+#     PROMPT_TEMPLATE.format(instruction=next user text)            then its answer + [eos], ...
+# A single turn is exactly SFT's prompt + response + [eos], so a model trained on single turns stops at each
+# end-of-text just the same. Consecutive messages of one role are joined by "\n"; every system message goes
+# into the one block at the top. Each piece is encoded on its own (each ends in a newline or eos, so no BPE
+# merge could cross), and end-of-text is a token id: special-token strings in the text stay ordinary text.
+SYSTEM_TEMPLATE = "### System:\n{system}\n\n"
+
+
+def _conversation_pieces(tokenizer, messages):
+    """-> (system ids, [(ids, mask) per run of one role]): mask 1 on an assistant's tokens and its eos."""
+    runs = []                                                   # [[role, [text, ...]], ...]
+    for role, text in messages:
+        if role not in ("user", "assistant"):
+            if role != "system":
+                raise ValueError(f"unknown role {role!r}: system, user or assistant")
+            continue
+        if runs and runs[-1][0] == role:
+            runs[-1][1].append(text)
+        else:
+            runs.append([role, [text]])
+    system = "\n".join(text for role, text in messages if role == "system")
+    system_ids = tokenizer.encode(SYSTEM_TEMPLATE.format(system=system)) if system else []
+    pieces = []
+    for role, texts in runs:
+        if role == "user":
+            ids = tokenizer.encode(PROMPT_TEMPLATE.format(instruction="\n".join(texts)))
+            pieces.append((ids, [0] * len(ids)))
+        else:
+            ids = tokenizer.encode("\n".join(texts)) + [tokenizer.eos_id]
+            pieces.append((ids, [1] * len(ids)))
+    return system_ids, pieces
+
+
+def encode_conversation(tokenizer, messages):
+    """[(role, text), ...] -> (ids, mask), mask 1 on every assistant turn's tokens and its eos (what SFT on
+    every assistant turn trains), 0 elsewhere. Ending with a user message it is a prompt: its ids end with
+    "### Response:\n" and its mask is all 0. No truncation (fit_conversation makes a prompt fit)."""
+    system_ids, pieces = _conversation_pieces(tokenizer, messages)
+    ids, mask = list(system_ids), [0] * len(system_ids)
+    for piece_ids, piece_mask in pieces:
+        ids += piece_ids
+        mask += piece_mask
+    return ids, mask
+
+
+def fit_conversation(tokenizer, messages, room):
+    """A conversation ending with a user message -> (prompt ids of at most `room` tokens, turns dropped).
+
+    The OLDEST turns (a user message and the answer after it) are dropped until the rest fits; the system
+    message and the last user message never are. When those two alone do not fit: ValueError."""
+    system_ids, pieces = _conversation_pieces(tokenizer, messages)
+    # a turn starts at each user run (and at the start, should the history open with an assistant)
+    starts = [k for k, (_, mask) in enumerate(pieces) if k == 0 or not mask[0]] or [0]
+    for dropped, start in enumerate(starts):
+        ids = system_ids + [t for piece_ids, _ in pieces[start:] for t in piece_ids]
+        if len(ids) <= room:
+            return ids, dropped
+    earlier = " even with every earlier turn dropped" if len(starts) > 1 else ""
+    raise ValueError(f"the prompt is {len(ids)} tokens{earlier}; {max(room, 0)} fit")
+
+
 # ids = enc(prompt) + enc(response) + [eos];  loss_mask = [0]*len(enc(prompt)) + [1]*(len(enc(response)) + 1)
 def encode_prompt_response(tokenizer, prompt_text, response_text, block_size):
     """-> (ids, loss_mask), both truncated to block_size. The loss is taken on the response and its eos only.
@@ -65,8 +129,16 @@ def encode_for_reward(tokenizer, instruction, response_text, block_size):
     all encode the text afresh here, never score the ids a policy happened to sample. The two differ on ~5% of
     samples (" jeudi" sampled as one token or as two; invalid UTF-8 decoded to "\ufffd"), and a reward model
     asked about ids it never saw in training gave them +0.35 more on average: a hole PPO could learn to use.
-    Too long: the prompt's start is cut, never the end-of-text the reward is read at."""
-    ids, mask = encode_prompt_response(tokenizer, render_prompt(instruction), response_text, sys.maxsize)
+    Too long: the prompt's start is cut, never the end-of-text the reward is read at.
+    `instruction` may also be a conversation [(role, text), ...] ending with the user message the response
+    answers: the reward model is then told the whole conversation (encode_conversation; the mask is 1 on the
+    last answer only)."""
+    if isinstance(instruction, str):
+        ids, mask = encode_prompt_response(tokenizer, render_prompt(instruction), response_text, sys.maxsize)
+    else:
+        ids, mask = encode_conversation(tokenizer, list(instruction) + [("assistant", response_text)])
+        last = len(mask) - mask[::-1].index(0) if 0 in mask else 0    # where the last answer starts
+        mask = [0] * last + mask[last:]
     return ids[-block_size:], mask[-block_size:]
 
 

@@ -87,7 +87,9 @@ def rollout_kl(policy, reference, batch, temperature):
 
 def reward_inputs(tokenizer, instructions, texts, block_size):
     """What the reward model reads: each response's TEXT encoded afresh after its prompt, + end-of-text
-    (minigpt.data.encode_for_reward, as in train_rm.py), right-padded -> (idx (B, T), mask (B, T))."""
+    (minigpt.data.encode_for_reward, as in train_rm.py), right-padded -> (idx (B, T), mask (B, T)).
+    Each instruction is a string, or a conversation [(role, text), ...] ending with the user message the
+    response answers (serve.py)."""
     return right_pad([encode_for_reward(tokenizer, x, y, block_size)[0] for x, y in zip(instructions, texts)],
                      tokenizer.pad_id)
 

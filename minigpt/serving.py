@@ -43,8 +43,10 @@ class ApiError(Exception):
 @dataclass(eq=False)   # compared (and hashed) by identity: two requests are never "equal"
 class Request:
     """One validated chat completion request on its way through a model's worker."""
-    prompt: list                 # token ids of the rendered instruction
-    instruction: str             # what the reward model is told the answer is for
+    prompt: list                 # token ids of the rendered conversation (minigpt.data.fit_conversation)
+    conversation: list           # [(role, text), ...] ending with the user message: what the answer is
+                                 # for, as the reward model is told it (all of it, dropped turns too)
+    dropped_turns: int           # the oldest turns left out of the prompt to fit the context
     n: int
     max_tokens: int
     temperature: float
@@ -175,7 +177,7 @@ class Served:
             c = req.choices[i]
             c["text"] = self.tokenizer.decode(c["tokens"]).strip()
         if self.rm is not None:
-            scores = self.rewards([req.instruction for req, _ in ended],
+            scores = self.rewards([req.conversation for req, _ in ended],
                                   [req.choices[i]["text"] for req, i in ended])
             for (req, i), score in zip(ended, scores):
                 req.choices[i]["reward"] = score
@@ -203,5 +205,5 @@ class Served:
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(float(logprob), -9999.0),
                 "bytes": list(raw)}
 
-    def rewards(self, instructions, texts):
-        return [round(float(s), 6) for s in reward_scores(self.rm, self.tokenizer, instructions, texts)]
+    def rewards(self, conversations, texts):
+        return [round(float(s), 6) for s in reward_scores(self.rm, self.tokenizer, conversations, texts)]

@@ -42,7 +42,7 @@ def health(url):
         return json.loads(r.read())
 
 
-ASK = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Add 3 and 4."}]
+ASK = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 3 and 4."}]
 
 
 def test_models_list(client):
@@ -128,6 +128,8 @@ BAD = [
     ({"model": "ppo"}, "messages"),
     ({"model": "ppo", "messages": []}, "messages"),
     ({"model": "ppo", "messages": [{"role": "system", "content": "hi"}]}, "user message"),
+    ({"model": "ppo", "messages": ASK + [{"role": "assistant", "content": "7"}]}, "last message"),
+    ({"model": "ppo", "messages": [{"role": "tool", "content": "7"}] + ASK}, "messages[0].role"),
     ({"model": "gpt-4", "messages": ASK}, "sft, ppo"),
     ({"messages": ASK}, "model"),
     ({"model": "ppo", "messages": ASK, "max_tokens": 0}, "max_tokens"),
@@ -196,3 +198,77 @@ def test_streamed_choices_equal_the_plain_ones_for_the_same_seed(client):
         assert texts[i] == c.message.content and finish[i] == c.finish_reason
         assert lps[i] == [t.logprob for t in c.logprobs.content]
         assert rewards[i] == c.model_extra["minigpt"]["reward"]
+
+
+def test_a_conversation_with_the_openai_client(client):
+    """Three turns, each reply appended before the next question: the prompt is the whole conversation (its
+    exact length, as the chat template renders it), and the oldest turn is dropped once it no longer fits."""
+    from conftest import TEXT
+    from minigpt.data import fit_conversation
+    from minigpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(TEXT, 300)                           # the tiny models' tokenizer, again
+    messages = [{"role": "system", "content": "Be brief."}]
+    dropped = []
+    for question in ("Hi", "Add", "cat"):
+        messages.append({"role": "user", "content": question})
+        r = client.chat.completions.create(model="sft", messages=messages, max_tokens=3, temperature=0,
+                                           seed=1)
+        reply = r.choices[0].message.content
+        assert isinstance(reply, str)
+        ids, n = fit_conversation(tokenizer, [(m["role"], m["content"]) for m in messages], BLOCK - 3)
+        assert r.usage.prompt_tokens == len(ids)
+        assert r.choices[0].model_extra["minigpt"].get("dropped_turns", 0) == n
+        dropped.append(n)
+        messages.append({"role": "assistant", "content": reply})
+    assert dropped == [0, 0, 1]        # the second turn carries the first; the third has no room for it
+
+
+def test_dropped_turns_are_reported_streamed_too(client):
+    turn = [{"role": "user", "content": "Add 3 and 4."}, {"role": "assistant", "content": "the answer is 7."}]
+    messages = [{"role": "developer", "content": "Be brief."}] + turn * 3 + [turn[0]]
+    r = client.chat.completions.create(model="ppo", messages=messages, max_tokens=4, seed=2)
+    assert r.choices[0].model_extra["minigpt"]["dropped_turns"] == 3
+    assert isinstance(r.choices[0].model_extra["minigpt"]["reward"], float)
+    last = None
+    for chunk in client.chat.completions.create(model="ppo", messages=messages, max_tokens=4, seed=2,
+                                                stream=True):
+        last = chunk.choices[0] if chunk.choices and chunk.choices[0].finish_reason else last
+    assert last.model_extra["minigpt"]["dropped_turns"] == 3
+
+
+def test_the_last_message_and_the_roles_are_checked(server):
+    for messages, param in ((ASK + [{"role": "assistant", "content": "7"}], "messages"),
+                            (ASK[:1] + [{"role": "tool", "content": "7"}] + ASK[1:], "messages[1].role"),
+                            ([{"role": "function", "content": "7"}] + ASK, "messages[0].role")):
+        status, answer = post(server, {"model": "sft", "messages": messages})
+        assert status == 400 and answer["error"]["param"] == param, answer
+
+
+def test_parse_request_renders_the_whole_conversation():
+    from types import SimpleNamespace
+
+    from conftest import TEXT
+    from minigpt.chat_api import parse_request
+    from minigpt.data import fit_conversation, render_prompt
+    from minigpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(TEXT, 300)
+    served = {"m": SimpleNamespace(tokenizer=tokenizer, block_size=1000)}
+    cfg = SimpleNamespace(max_n=8, default_max_tokens=64)
+
+    def request(messages, **kw):
+        return parse_request({"model": "m", "messages": messages, **kw}, served, cfg)[1]
+
+    req = request([{"role": "user", "content": "Add 3 and 4."}])
+    assert req.prompt == tokenizer.encode(render_prompt("Add 3 and 4.")) and req.dropped_turns == 0
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]},
+                {"role": "system", "content": "No lists."}, {"role": "user", "content": "Add 3 and 4."}]
+    expected = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("system", "No lists."),
+                ("user", "Add 3 and 4.")]
+    req = request(messages)
+    assert req.conversation == expected and req.prompt == fit_conversation(tokenizer, expected, 999)[0]
+    short = fit_conversation(tokenizer, expected, len(req.prompt) - 1)
+    req = request(messages, max_tokens=1000 - len(short[0]))
+    assert (req.prompt, req.dropped_turns) == short and short[1] == 1

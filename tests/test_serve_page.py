@@ -122,6 +122,61 @@ def test_chat_page_in_a_real_browser(tiny_server, tmp_path):
         browser.quit()
 
 
+def send_in_page(browser, prompt, timeout=30):
+    """Type `prompt` into the open page, send it and wait until every column has finished."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    box = browser.find_element(By.ID, "prompt")
+    box.send_keys(prompt)
+    box.send_keys(Keys.ENTER)
+    columns = browser.find_elements(By.CSS_SELECTOR, ".column")
+    WebDriverWait(browser, timeout).until(
+        lambda b: all(c.get_attribute("data-state") in ("done", "error") for c in columns))
+    return columns
+
+
+def test_each_column_keeps_its_conversation(tiny_server):
+    """Two turns: each column shows both questions and both of its answers, and the second request carried
+    the first turn (the page sent 3 messages, and the server read a longer prompt than the same question
+    alone, or said it dropped the first turn to fit). "New conversation" starts every column over."""
+    binary, driver = find_browser()
+    if binary is None or driver is None:
+        pytest.skip("no chromium/chromedriver found (Debian: apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.common.by import By
+
+    def turns(column):
+        users = column.find_elements(By.CSS_SELECTOR, ".history .turn.user")
+        answers = column.find_elements(By.CSS_SELECTOR, ".history .turn.assistant, .answer")
+        return len(users), len(answers)
+
+    browser = open_browser()
+    try:
+        columns = ask_in_page(browser, tiny_server, "Hi", temperature=0)
+        first = [c.find_element(By.CSS_SELECTOR, ".answer").text for c in columns]
+        columns = send_in_page(browser, "Add")
+        second = {}
+        for c, answer in zip(columns, first):
+            assert c.get_attribute("data-state") == "done", c.text
+            assert turns(c) == (2, 2) and c.get_attribute("data-sent") == "3"
+            past = c.find_elements(By.CSS_SELECTOR, ".history .turn")
+            assert [t.text for t in past[:2]] == ["Hi", answer]        # each model's own first answer
+            second[c.get_attribute("data-model")] = (int(c.get_attribute("data-prompt-tokens")),
+                                                     c.find_element(By.CSS_SELECTOR, ".meta").text)
+        browser.find_element(By.ID, "new").click()
+        assert all(turns(c) == (0, 1) and not c.find_element(By.CSS_SELECTOR, ".answer").text
+                   for c in columns)
+        for c in send_in_page(browser, "Add"):
+            assert c.get_attribute("data-state") == "done", c.text
+            assert turns(c) == (1, 1) and c.get_attribute("data-sent") == "1"
+            tokens, meta = second[c.get_attribute("data-model")]
+            assert tokens > int(c.get_attribute("data-prompt-tokens")) or "dropped" in meta, meta
+    finally:
+        browser.quit()
+
+
 if __name__ == "__main__":   # python tests/test_serve_page.py URL OUT.png "PROMPT" [TEMPERATURE]
     url, out, prompt = sys.argv[1:4]
     browser = open_browser()
