@@ -141,9 +141,9 @@ def test_json_has_every_key(folders):
     best = res["models"]["best_of_2"]                                # estimated on its 6 samples per prompt
     assert (best["kl_bound"] == pytest.approx(math.log(2) - 0.5)
             and 0 <= best["kl_to_ref"] <= best["kl_bound"] + 1e-9)
-    # best-of-2 draws its own samples: were they drawn from the SFT row's random stream, about half of its
-    # first answers (where the first draw won) would be the very answer they are paired with; independent
-    # 8-token samples of an untrained model are never the same text
+    # best-of-2's answers are its own draws, never the SFT answer each is paired with (independent 8-token
+    # samples of an untrained model are never the same text). Its seed is its own too (evaluate.py), though
+    # here the batch layout alone would already make the draws differ.
     pairs = [(r["responses"]["sft"]["text"], r["responses"]["best_of_2"]["text"]) for r in res["samples"]]
     assert len(pairs) == 6 and not [a for a, b in pairs if a == b]
     assert len(res["win_rates"]) == len(res["tie_rates"]) == len(names) * (len(names) - 1)
