@@ -1,4 +1,5 @@
-"""Shared fixture: serve.py in a subprocess over tiny random stage folders (used by test_serve*.py)."""
+"""Shared fixtures: tiny random models for the RL tests, and serve.py in a subprocess over tiny random stage
+folders (test_serve*.py)."""
 
 import os
 import socket
@@ -6,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +25,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
         "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
 TINY_BLOCK = 96   # the tiny models' context
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random policy and reward model (block 64) with a tokenizer trained on TEXT: PPO's and GRPO's
+    tests roll out and score with them."""
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(TEXT, 300)
+    config = GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)
+    policy = GPT(config).eval()
+    reward_model = RewardModel(config).eval()
+    with torch.no_grad():                      # a head that is not exactly zero, so scores differ by position
+        reward_model.head.weight.normal_(0, 0.5)
+    return SimpleNamespace(tokenizer=tokenizer, config=config, policy=policy, reward_model=reward_model)
 
 
 def free_port():

@@ -5,36 +5,20 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import train_grpo
 from minigpt.checkpoint import load_checkpoint, save_model
-from minigpt.model import GPT, GPTConfig, RewardModel
+from minigpt.model import GPT
 from minigpt.ppo import group_advantages, k3_kl, masked_mean
 from minigpt.rollout import rollout, score
 from minigpt.scoring import response_logprobs
-from minigpt.tokenizer import Tokenizer
 from minigpt.training import autocast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
-        "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
 PROMPTS = ["Add 3 and 4.", "Reverse the word cat."]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    tokenizer = Tokenizer.train(TEXT, 300)
-    config = GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)
-    policy = GPT(config).eval()
-    reward_model = RewardModel(config).eval()
-    with torch.no_grad():                      # a head that is not exactly zero, so scores differ by position
-        reward_model.head.weight.normal_(0, 0.5)
-    return SimpleNamespace(tokenizer=tokenizer, config=config, policy=policy, reward_model=reward_model)
 
 
 def test_grpo_update_has_no_value_model_and_puts_the_k3_kl_in_the_loss(tiny):

@@ -15,30 +15,15 @@ import train_ppo
 from minigpt.checkpoint import load_checkpoint, save_model
 from minigpt.cli import run
 from minigpt.data import encode_for_reward, render_prompt
-from minigpt.model import GPT, GPTConfig, RewardModel
+from minigpt.model import GPT, RewardModel
 from minigpt.ppo import kl_penalty_rewards
 from minigpt.rollout import iteration_seeds, prompts_for_iteration, response_values, rollout, score
 from minigpt.scoring import response_logprobs
 from minigpt.training import autocast
-from minigpt.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT = ("Write a short answer. The cat sat on the mat. Add 3 and 4: the answer is 7. "
-        "List the colours: red, green, blue. Reverse the word cat: tac. ") * 20
 PROMPTS = ["Add 3 and 4.", "Reverse the word cat.", "List the colours of the flag of a country you like.",
            "Say hi.", "Write a short answer.", "Name a colour.", "What is 2 plus 2?", "Sort: b, a, c."]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    tokenizer = Tokenizer.train(TEXT, 300)
-    config = GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)
-    policy = GPT(config).eval()
-    reward_model = RewardModel(config).eval()
-    with torch.no_grad():                      # a head that is not exactly zero, so scores differ by position
-        reward_model.head.weight.normal_(0, 0.5)
-    return SimpleNamespace(tokenizer=tokenizer, config=config, policy=policy, reward_model=reward_model)
 
 
 def make_cfg(**overrides):
