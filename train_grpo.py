@@ -4,6 +4,7 @@ PPO (train_ppo.py) needs a value model V(s_t) to say how much better than expect
 samples G responses to each prompt instead and lets the group be the baseline:
 
     A_i = (R_i − mean(R_1..R_G)) / std(R_1..R_G)          the same advantage for every token of response i
+    (--baseline=rloo: A_i = R_i − mean of the other G−1 scores, RLOO's leave-one-out baseline, not scaled)
 
     L(θ) = −E_t[ min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t) ] + β · E_t[ k3_t ]
     ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
@@ -32,7 +33,8 @@ import torch
 from minigpt.checkpoint import (check_same_tokenizer, config_dict, load_model, load_resumed, model_state,
                                 rng_state, save_checkpoint, set_rng_state)
 from minigpt.cli import UserError, check, run
-from minigpt.ppo import entropy_from_logits, group_advantages, k3_kl, masked_mean, policy_loss
+from minigpt.ppo import (entropy_from_logits, group_advantages, k3_kl, masked_mean, policy_loss,
+                         rloo_advantages)
 from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
                              print_samples, prompts_for_iteration, rollout, score, split_prompts,
                              validate_and_select)
@@ -53,6 +55,9 @@ class Config:
     seed: int = field(default=1337, metadata={"help": "seed for sampling, prompt order and minibatches"})
     group_size: int = field(default=4, metadata={
         "help": "G: responses sampled per prompt, the group baseline"})
+    baseline: str = field(default="group", metadata={
+        "help": "group (GRPO: (R_i - the group's mean) / its std) or rloo (RLOO: R_i - the mean of the "
+                "other G-1, not scaled)"})
     # rollouts
     iterations: int = field(default=30, metadata={"help": "rollout + update rounds"})
     batch_size: int = field(default=16, metadata={"help": "prompts rolled out per iteration per process, "
@@ -114,6 +119,8 @@ class Config:
               f"--temperature must be > 0 (log-probs need a distribution), got {self.temperature}")
         check(self.lr > 0, "--lr must be > 0")
         check(self.kl_coef >= 0, "--kl_coef must be >= 0")
+        check(self.baseline in ("group", "rloo"), f"--baseline must be group or rloo, got {self.baseline!r}")
+        check(self.baseline == "group" or self.group_size >= 2, "--baseline=rloo needs --group_size >= 2")
         check(self.clip > 0, "--clip must be > 0")
         check(0 < self.adam_beta2 < 1, f"--adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         check(self.max_kl > 0 and self.kl_budget > 0, "--max_kl and --kl_budget must be > 0")
@@ -256,7 +263,8 @@ def main(cfg):
                 scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)     # (B,)
 
                 # 3. Advantages: each response's score against its group's, on every one of its tokens
-                advantages = group_advantages(scores, G)[:, None] * mask                          # (B, N)
+                advantage = group_advantages if cfg.baseline == "group" else rloo_advantages
+                advantages = advantage(scores, G)[:, None] * mask                                 # (B, N)
             batch.update(logprobs=logprobs, ref_logprobs=ref_logprobs, advantages=advantages)
 
             # 4. Update: the clipped surrogate + β·k3, several epochs of shuffled minibatches

@@ -92,6 +92,21 @@ def group_advantages(scores, group_size, eps=1e-4):
     return (centred / (groups.std(dim=1, keepdim=True) + eps)).view(-1)
 
 
+# A_i = R_i − (1/(G−1)) Σ_{j≠i} R_j  =  G/(G−1) · (R_i − mean(R_1..R_G))
+def rloo_advantages(scores, group_size):
+    """RLOO's advantage (Ahmadian et al. 2024, "Back to Basics"): each sample's score minus the mean score of
+    the OTHER samples of its prompt, a baseline that does not contain the sample itself (so the estimate of
+    the policy gradient stays unbiased), and no division by the group's std: the scores keep their scale.
+
+    scores (B,) with B = n_prompts * group_size, each prompt's samples contiguous -> (B,); needs G >= 2."""
+    if group_size < 2 or scores.numel() % group_size:
+        raise ValueError(f"rloo_advantages: {scores.numel()} scores in groups of {group_size} (need G >= 2 "
+                         "dividing them)")
+    groups = scores.float().view(-1, group_size)                            # (n_prompts, G)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)  # mean of the other G−1
+    return (groups - others).view(-1)
+
+
 # delta_t = r_t + gamma * V_{t+1} - V_t           (V past the last real token = 0)
 # A_t     = delta_t + gamma * lam * A_{t+1}       (A past the last real token = 0)
 # R_t     = A_t + V_t                             (the value function's target)

@@ -8,7 +8,7 @@ import torch
 
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
                          gae, group_advantages, k3_kl, kl_penalty_rewards, masked_mean, masked_var,
-                         masked_whiten, policy_loss, value_loss)
+                         masked_whiten, policy_loss, rloo_advantages, value_loss)
 
 
 def ragged_mask(lengths, N):
@@ -275,6 +275,22 @@ def test_k3_is_nonnegative_and_estimates_kl_policy_to_reference():
 
 
 # --- GRPO's group advantages ------------------------------------------------------------------
+
+def test_rloo_advantages_by_hand():
+    # group 1: scores 1, 2, 4, -1 (sum 6): the others' means are 5/3, 4/3, 2/3, 7/3
+    # group 2: scores 0.5, 0.5, 3, 3 (sum 7): 6.5/3 for each 0.5, 4/3 for each 3
+    scores = torch.tensor([1.0, 2.0, 4.0, -1.0, 0.5, 0.5, 3.0, 3.0])
+    expected = [1 - 5 / 3, 2 - 4 / 3, 4 - 2 / 3, -1 - 7 / 3,
+                0.5 - 6.5 / 3, 0.5 - 6.5 / 3, 3 - 4 / 3, 3 - 4 / 3]
+    np.testing.assert_allclose(rloo_advantages(scores, 4).numpy(), expected, rtol=1e-6)
+    # = G/(G−1) · (R_i − the group's mean): GRPO's centring, rescaled, never divided by the std
+    centred = scores.view(2, 4) - scores.view(2, 4).mean(1, keepdim=True)
+    np.testing.assert_allclose(rloo_advantages(scores, 4).numpy(), (4 / 3 * centred).view(-1).numpy(),
+                               rtol=1e-6)
+    assert rloo_advantages(torch.tensor([2.0, 2.0, 2.0]), 3).abs().max().item() == 0   # equal scores: 0
+    with pytest.raises(ValueError):
+        rloo_advantages(scores, 1)
+
 
 def test_group_advantages_against_numpy_per_group():
     scores = torch.tensor([1.0, 2.0, 4.0, -1.0, 0.5, 0.5, 3.0, 3.0, 0.0, 10.0, 7.0, 1.0])
