@@ -24,7 +24,8 @@ torch.manual_seed(0)
 %matplotlib inline
 
 from minigpt.world import World
-from minigpt.data import PROMPT_TEMPLATE, render_prompt, encode_prompt_response, sft_batch
+from minigpt.data import (PROMPT_TEMPLATE, encode_conversation, encode_prompt_response, render_prompt,
+                          sft_batch)
 from minigpt.losses import sft_loss
 from minigpt.checkpoint import load_model
 from minigpt.respond import respond
@@ -114,6 +115,25 @@ print("x (input) :", x[0].tolist())
 print("y (target):", y[0].tolist())
 print("mask      :", m[0].int().tolist())
 print("scored targets:", [piece(i) for i in y[0][m[0].bool()].tolist()])
+
+# %% [markdown]
+# ### A conversation through the same template
+#
+# ChatGPT is this plus dialogue. `encode_conversation` renders a whole conversation: an optional system block,
+# then each user turn through the same template, each assistant answer ended by end-of-text, one after
+# another. Its mask is 1 on **every** assistant turn (what SFT on conversations trains); a single turn gives
+# exactly the ids and mask above. (So far the world's demonstrations are single turns: `serve.py`, `chat.py`
+# and the page send whole conversations this way, and a model follows the earlier turns only as far as
+# single-turn training carries.)
+
+# %%
+conversation = [("system", "Answer in French."), ("user", "Translate: hello"), ("assistant", "Bonjour"),
+                ("user", "And thank you?"), ("assistant", "Merci")]
+ids2, mask2 = encode_conversation(tok, conversation)
+pieces = "".join(f"[{piece(i)}]" if m else piece(i) for i, m in zip(ids2, mask2))
+print(pieces.replace("\\n", "\n"))          # [..] = scored: both answers and their end-of-text
+# one turn is exactly SFT's prompt + response + end-of-text, mask and all
+assert encode_conversation(tok, [("user", task.instruction), ("assistant", response_text)]) == (ids, mask)
 
 # %% [markdown]
 # ## 2. The cross-entropy, formula next to code
