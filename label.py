@@ -303,24 +303,15 @@ class StoredOrder:
         return list(range(len(responses)))
 
 
-def distinct(texts):
-    """The first of each text (compared without surrounding whitespace), in order."""
+def distinct(items, text=lambda x: x):
+    """The first of each text (compared without surrounding whitespace), in order: a person is never shown,
+    nor can rank, two identical texts (short answers repeat; a policy sample and a demonstrator's answer can
+    coincide)."""
     seen, out = set(), []
-    for text in texts:
-        if text.strip() not in seen:
-            seen.add(text.strip())
-            out.append(text)
-    return out
-
-
-def dedupe(cands):
-    """A person cannot rank two identical texts: keep the first candidate of each (a policy sample and a
-    demonstrator's answer can coincide)."""
-    seen, out = set(), []
-    for c in cands:
-        if c["response"].strip() not in seen:
-            seen.add(c["response"].strip())
-            out.append(c)
+    for item in items:
+        if text(item).strip() not in seen:
+            seen.add(text(item).strip())
+            out.append(item)
     return out
 
 
@@ -396,7 +387,8 @@ def main(cfg):
             print(f"continuing: {len(done)} prompts already ranked in {cfg.out_dir}")
 
         def make_cands(i):  # sample one prompt at a time: the first prompt appears at once
-            return dedupe(next(candidates(world, model, tokenizer, [tasks[i]], cfg, generator, 1))[1])
+            return distinct(next(candidates(world, model, tokenizer, [tasks[i]], cfg, generator, 1))[1],
+                            text=lambda c: c["response"])
 
         labelled, skipped, quit_early = human_session(tasks, pending, make_cands, paths, cfg.seed)
         print(f"{labelled} prompts ranked this session, {skipped} skipped")
