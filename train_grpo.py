@@ -44,6 +44,10 @@ from minigpt.training import (autocast, average_gradients, check_dtype, cleanup_
 from minigpt.world import World
 
 
+# --baseline: what each response's score is measured against (minigpt/ppo.py)
+BASELINES = {"group": group_advantages, "rloo": rloo_advantages}
+
+
 @dataclass
 class Config:
     out_dir: str = field(default="out/grpo", metadata={"help": "stage folder to write"})
@@ -119,7 +123,7 @@ class Config:
               f"--temperature must be > 0 (log-probs need a distribution), got {self.temperature}")
         check(self.lr > 0, "--lr must be > 0")
         check(self.kl_coef >= 0, "--kl_coef must be >= 0")
-        check(self.baseline in ("group", "rloo"), f"--baseline must be group or rloo, got {self.baseline!r}")
+        check(self.baseline in BASELINES, f"--baseline must be group or rloo, got {self.baseline!r}")
         check(self.baseline == "group" or self.group_size >= 2, "--baseline=rloo needs --group_size >= 2")
         check(self.clip > 0, "--clip must be > 0")
         check(0 < self.adam_beta2 < 1, f"--adam_beta2 must be in (0, 1), got {self.adam_beta2}")
@@ -263,8 +267,7 @@ def main(cfg):
                 scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)     # (B,)
 
                 # 3. Advantages: each response's score against its group's, on every one of its tokens
-                advantage = group_advantages if cfg.baseline == "group" else rloo_advantages
-                advantages = advantage(scores, G)[:, None] * mask                                 # (B, N)
+                advantages = BASELINES[cfg.baseline](scores, G)[:, None] * mask                   # (B, N)
             batch.update(logprobs=logprobs, ref_logprobs=ref_logprobs, advantages=advantages)
 
             # 4. Update: the clipped surrogate + β·k3, several epochs of shuffled minibatches

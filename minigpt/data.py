@@ -22,7 +22,6 @@ JSON list vs JSON lines is decided by the first non-blank character ("[" = list)
 import json
 import os
 import re
-import sys
 import unicodedata
 
 from minigpt.cli import UserError
@@ -131,14 +130,11 @@ def encode_for_reward(tokenizer, instruction, response_text, block_size):
     asked about ids it never saw in training gave them +0.35 more on average: a hole PPO could learn to use.
     Too long: the prompt's start is cut, never the end-of-text the reward is read at.
     `instruction` may also be a conversation [(role, text), ...] ending with the user message the response
-    answers: the reward model is then told the whole conversation (encode_conversation; the mask is 1 on the
-    last answer only)."""
-    if isinstance(instruction, str):
-        ids, mask = encode_prompt_response(tokenizer, render_prompt(instruction), response_text, sys.maxsize)
-    else:
-        ids, mask = encode_conversation(tokenizer, list(instruction) + [("assistant", response_text)])
-        last = len(mask) - mask[::-1].index(0) if 0 in mask else 0    # where the last answer starts
-        mask = [0] * last + mask[last:]
+    answers: the reward model is then told the whole conversation (the mask is 1 on this answer only)."""
+    conversation = [("user", instruction)] if isinstance(instruction, str) else instruction
+    prompt_ids, _ = encode_conversation(tokenizer, conversation)   # one user message: render_prompt's ids
+    response_ids = tokenizer.encode(response_text) + [tokenizer.eos_id]
+    ids, mask = prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids)
     return ids[-block_size:], mask[-block_size:]
 
 
