@@ -175,7 +175,7 @@ def ppo_iteration(device):
     tasks = world.split("ppo")[: cfg.batch_size]
     generator = torch.Generator(device=device).manual_seed(0)
     t0 = time.perf_counter()
-    batch = rollout(policy, tokenizer, [t.instruction for t in tasks], cfg.max_new_tokens, cfg.temperature,
+    batch = rollout(policy, tokenizer, [t.prompt for t in tasks], cfg.max_new_tokens, cfg.temperature,
                     generator)
     sync(device)
     t1 = time.perf_counter()

@@ -1,5 +1,6 @@
 """Stage 6: evaluation. Compare models on held-out instructions with the gold judge: the world's `test` split,
-which nothing is ever chosen on, or its `dev` split, where defaults are chosen (--split=dev).
+which nothing is ever chosen on, or its `dev` split, where defaults are chosen (--split=dev); conversations
+have their own, dialogue_test and dialogue_dev (a follow-up after one earlier turn: minigpt/dialogues.py).
 
     python evaluate.py --models=pretrain:out/pretrain,sft:out/sft,ppo:out/ppo
     python evaluate.py --models=out/sft,out/ppo --ref=out/sft --rm=out/rm --best_of=4 --greedy
@@ -28,7 +29,8 @@ from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
 from minigpt.cli import UserError, check, named_folders, run
 from minigpt.evaluation import (best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95, mean_gain, win_fraction,
                                 win_rate)
-from minigpt.judge import MISTAKE_KINDS, mistakes
+from minigpt.dialogues import NEEDS_EARLIER
+from minigpt.judge import FACT_MISTAKES, MISTAKE_KINDS, mistakes
 from minigpt.respond import respond
 from minigpt.scoring import (NO_EOS_PENALTY, heldout_loss, join_responses, penalise_unfinished, reward_scores,
                              sampled_kl, sequence_logprobs)
@@ -36,6 +38,7 @@ from minigpt.training import autocast, check_dtype, pick_device, resolve_dtype
 from minigpt.world import World
 
 STAGES = ("pretrain", "sft", "ppo", "ppo_ptx")   # looked for under out/ when --models is empty
+SPLITS = ("test", "dev", "dialogue_test", "dialogue_dev")
 
 
 @dataclass
@@ -46,7 +49,10 @@ class Config:
     baseline: str = field(default="", metadata={"help": "the model gains and win rates are against "
                                                         "(default: the first)"})
     split: str = field(default="test", metadata={
-        "help": "test (only reported) or dev (where defaults are chosen)"})
+        "help": "test (only reported) or dev (where defaults are chosen); dialogue_test or dialogue_dev for "
+                "conversations"})
+    probe: bool = field(default=True, metadata={
+        "help": "also answer the probe split (facts only the pretraining text states)"})
     ref: str = field(default="", metadata={"help": "reference model folder for the KL column (e.g. out/sft)"})
     rm: str = field(default="", metadata={
         "help": "reward model folder for the RM-score column (e.g. out/rm)"})
@@ -77,7 +83,7 @@ class Config:
     def validate(self):
         check_dtype(self.dtype)
         check(self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}")
-        check(self.split in ("test", "dev"), f"--split must be test or dev, got {self.split!r}")
+        check(self.split in SPLITS, f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         for key in ("max_new_tokens", "val_tokens", "batch_size", "samples_per_prompt"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
         check(self.n_prompts >= 0 and self.show >= 0, "--n_prompts and --show must be >= 0")
@@ -119,7 +125,7 @@ def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=N
     Returns dict(texts, tokens (S*P, N), prompts, eos, rm (S*P,) or None, all_rm (S, n, P) or None)."""
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     P = len(tasks)
-    instructions = [t.instruction for t in tasks] * (samples * n)            # draw j of task p at j*P + p
+    instructions = [t.prompt for t in tasks] * (samples * n)            # draw j of task p at j*P + p
     out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature, generator=g,
                   batch_size=cfg.batch_size)
     scores = None
@@ -137,10 +143,10 @@ def answer(model, tokenizer, tasks, cfg, temperature, seed, samples=1, n=1, rm=N
 
 
 def per_kind(tasks, scores):
-    """Mean score per task kind."""
+    """Mean score per task kind (per family for conversations)."""
     by_kind = {}
     for t, s in zip(tasks, scores):
-        by_kind.setdefault(t.kind, []).append(s)
+        by_kind.setdefault(t.get("family") or t.kind, []).append(s)
     return {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
 
 
@@ -155,9 +161,12 @@ def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
     probe = ([world.gold_score(t, text) for t, text in zip(probe_tasks, probe_ans["texts"])] if probe_ans
              else [])
     counts = {kind: 0 for kind in MISTAKE_KINDS}
+    right = []      # the asked fact answered (whatever the style): no wrong answer, refusal, off-topic, ...
     for t, text in zip(tasks, ans["texts"]):
-        for kind in mistakes(t, text):
+        found = mistakes(t, text)
+        for kind in found:
             counts[kind] += 1
+        right.append(float(not set(found) & set(FACT_MISTAKES)))
     return {
         "gold_mean": sum(gold) / len(gold),
         "per_task": per_kind(tasks, gold),
@@ -171,7 +180,8 @@ def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
         "probe_per_task": per_kind(probe_tasks, probe) if probe else None,
         "n_responses": len(gold),
         "mistake_counts": counts,
-    }, gold, probe
+        "right_rate": sum(right) / len(right),
+    }, gold, probe, right
 
 
 def with_intervals(results, gold, probe_gold, baseline, samples, seed):
@@ -273,7 +283,7 @@ def main(cfg):
     world = World(cfg.world_seed)
     tasks = world.split(cfg.split)
     tasks = tasks[: cfg.n_prompts] if cfg.n_prompts else tasks
-    probe = world.split("probe")[: cfg.n_prompts or None]
+    probe = world.split("probe")[: cfg.n_prompts or None] if cfg.probe else []
     val_text = world.corpus_val()
 
     # ---- the systems: each model sampled (and greedy), plus best-of-N ----
@@ -319,9 +329,15 @@ def main(cfg):
                     draws = ans["all_rm"].permute(2, 0, 1).reshape(len(tasks), -1).tolist()   # (P, S*n)
                     kl = sum(best_of_n_kl(d, n) for d in draws) / len(draws)
                     kl_bound = best_of_n_kl_bound(n)
-            results[system], gold[system], probe_gold[system] = report(
+            results[system], gold[system], probe_gold[system], right = report(
                 world, tasks * S, ans, probe * S, probe_ans, tok.pad_id, val_losses[name], kl)
             results[system].update(samples_per_prompt=S, kl_bound=kl_bound)
+            # conversations: how often the follow-ups that need the earlier turn get the right fact
+            follow = [p for p, t in enumerate(tasks) if t.get("family") in NEEDS_EARLIER]
+            if follow:
+                grid = np.asarray(right, dtype=np.float64).reshape(S, -1)[:, follow]
+                results[system].update(follow_up_right=grid.mean(),
+                                       follow_up_right_ci95=bootstrap_ci95(lambda x: x.mean(), grid, seed=cfg.seed))
             answers[system] = ans["texts"]
             if S != cfg.samples_per_prompt:                                 # pair greedy with every sample
                 gold[system] = gold[system] * cfg.samples_per_prompt

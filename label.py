@@ -40,6 +40,7 @@ import torch
 
 from minigpt.checkpoint import config_dict, load_model, write_json
 from minigpt.cli import UserError, check, run
+from minigpt.data import prompt_to_json
 from minigpt.demonstrators import SURFACE_MISTAKES, applicable_mistakes, decorate
 from minigpt.judge import mistakes
 from minigpt.respond import respond
@@ -58,7 +59,7 @@ class Config:
     seed: int = field(default=1337, metadata={
         "help": "seed for sampling, demonstrators and the simulated labeller"})
     n_prompts: int = field(default=0, metadata={
-        "help": "RM prompts to label (0 = all of the world's rm split, 2464)"})
+        "help": "RM prompts to label (0 = all of the world's rm split, 2583)"})
     val_fraction: float = field(default=0.15, metadata={
         "help": "fraction of prompts held out as validation comparisons (spread evenly over the prompts)"})
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})
@@ -134,7 +135,7 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
             # twice as many, keep the first k_policy distinct ones (short answers repeat: on world 0's dev
             # split this gave 2.57 answers per ranking instead of 2.41, and 1,765 rankings instead of 1,588).
             draws = DRAWS_PER_SHOWN * cfg.k_policy
-            instructions = [t.instruction for t in part for _ in range(draws)]
+            instructions = [t.prompt for t in part for _ in range(draws)]
             with autocast(str(next(model.parameters()).device), cfg.dtype):
                 out = respond(model, tokenizer, instructions, cfg.max_new_tokens, temperature,
                               generator=generator, batch_size=cfg.batch_size)
@@ -176,7 +177,7 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
 def record(task, cands, order, labeler, seed):
     """The JSON line of one ranked prompt: responses best -> worst, each with its gold score and source."""
     ranked = [cands[i] for i in order]
-    return {"prompt": task.instruction, "responses": [c["response"] for c in ranked], "labeler": labeler,
+    return {"prompt": prompt_to_json(task.prompt), "responses": [c["response"] for c in ranked], "labeler": labeler,
             "seed": seed, "gold": [c["gold"] for c in ranked], "mistakes": [c["mistake"] for c in ranked],
             "sources": [c["source"] for c in ranked], "kind": task.kind}
 
@@ -381,8 +382,8 @@ def main(cfg):
             with open(paths[name], "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked[name])
     else:
-        done = {r["prompt"] for r in existing}
-        pending = [i for i, t in enumerate(tasks) if t.instruction not in done]
+        done = {json.dumps(r["prompt"]) for r in existing}
+        pending = [i for i, t in enumerate(tasks) if json.dumps(prompt_to_json(t.prompt)) not in done]
         if done:
             print(f"continuing: {len(done)} prompts already ranked in {cfg.out_dir}")
 

@@ -13,7 +13,7 @@
     python pipeline.py --eval_split=dev           # evaluate on the dev split, where defaults are chosen
 
     tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> Preferred-FT
-    -> GRPO -> evaluation -> report
+    -> GRPO -> evaluation (single turns, then conversations) -> report
         (DPO and GRPO, what came after InstructGPT, on the same comparisons and reward model; Preferred-FT,
         SFT on each ranking's best response: the baseline they must beat)
 
@@ -37,7 +37,8 @@ from minigpt.cli import UserError, check, run
 from minigpt.report import write_report
 from minigpt.training import check_dtype
 
-STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval"]
+STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval",
+          "eval_dialogue"]
 # the models trained from the comparisons, against SFT
 RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]
 
@@ -57,6 +58,7 @@ QUICK = {
     "preferred_ft": ["--max_steps=5", "--batch_size=8", "--eval_interval=5", "--eval_prompts=8"],
     "grpo": ["--iterations=2", "--batch_size=2", "--minibatch_size=4", "--val_prompts=8"],
     "eval": ["--n_prompts=16", "--samples_per_prompt=2", "--val_tokens=2048"],
+    "eval_dialogue": ["--n_prompts=16", "--samples_per_prompt=2", "--val_tokens=2048"],
 }
 SMALL = {
     "pretrain": ["--max_steps=1200", "--eval_interval=400", "--log_interval=50"],
@@ -69,6 +71,7 @@ SMALL = {
     "preferred_ft": ["--eval_prompts=32"],
     "grpo": ["--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
     "eval": ["--n_prompts=100", "--samples_per_prompt=2"],
+    "eval_dialogue": ["--n_prompts=100", "--samples_per_prompt=2"],
 }
 PRESETS = {"quick": QUICK, "small": SMALL}
 # "Step through it": each stage on the quick run's outputs with tiny settings, for a debugger. The first
@@ -138,7 +141,7 @@ def write_step_through_docs(here):
 
 
 # The file whose presence means a stage finished (every script writes it last).
-DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json"}
+DONE = {stage: "summary.json" for stage in STAGES} | {"eval": "eval.json", "eval_dialogue": "eval.json"}
 
 
 @dataclass
@@ -201,6 +204,10 @@ def stage_commands(cfg):
         "grpo": ["train_grpo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/grpo"],
         "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}",
                  f"--ref={o}/sft", f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
+        # the same models on conversations: a follow-up after one earlier turn (minigpt/dialogues.py)
+        "eval_dialogue": ["evaluate.py", f"--models={models}", "--baseline=sft",
+                          f"--split=dialogue_{cfg.eval_split}", "--probe=false", f"--ref={o}/sft",
+                          f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval_dialogue/eval.json"],
     }
     # The pipeline owns its stage folders: a stage runs only when it had not finished, so its training script
     # may overwrite what an interrupted attempt left there.

@@ -184,11 +184,11 @@ def sample_and_score(model, rm, tokenizer, world, tasks, cfg):
     once, so the same text always gets the very same RM score (ties are exact)."""
     P, m = len(tasks), cfg.samples
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
-    instructions = [t.instruction for t in tasks] * m                        # sample j of task p at j*P + p
+    instructions = [t.prompt for t in tasks] * m                        # sample j of task p at j*P + p
     out = respond(model, tokenizer, instructions, cfg.max_new_tokens, cfg.temperature, generator=g,
                   batch_size=cfg.batch_size)
     keys = sorted({(i % P, text) for i, text in enumerate(out.texts)})       # distinct (prompt, text)
-    raw = reward_scores(rm, tokenizer, [tasks[p].instruction for p, _ in keys], [t for _, t in keys],
+    raw = reward_scores(rm, tokenizer, [tasks[p].prompt for p, _ in keys], [t for _, t in keys],
                         cfg.batch_size)
     rm_of = {k: s for k, s in zip(keys, raw.tolist())}
     gold_of = {k: world.gold_score(tasks[k[0]], k[1]) for k in keys}

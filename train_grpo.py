@@ -248,7 +248,7 @@ def main(cfg):
             sampler = torch.Generator(device=device).manual_seed(sample_seed)
             batch_tasks = [train_tasks[i] for i in picked for _ in range(G)]  # a group's samples side by side
             with autocast(device, dtype):
-                batch = rollout(policy, tokenizer, [t.instruction for t in batch_tasks], cfg.max_new_tokens,
+                batch = rollout(policy, tokenizer, [t.prompt for t in batch_tasks], cfg.max_new_tokens,
                                 cfg.temperature, sampler)
             mask = batch["mask"]                                       # (B, N) 1 on response tokens incl. eos
             with torch.no_grad(), autocast(device, dtype):             # the frozen forwards, batched

@@ -10,6 +10,7 @@ sentences, so the model learns *what* is true here; SFT later teaches it *how to
 
 import math
 import os
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minigpt.checkpoint import (config_dict, load_model, load_resumed, load_tokenizer, model_state, rng_state,
                                 save_checkpoint, save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import lm_windows, load_text, render_prompt
+from minigpt.data import as_conversation, lm_windows, load_text, render_conversation
 from minigpt.losses import sft_loss
 from minigpt.model import GPT, GPTConfig
 from minigpt.sampling import generate
@@ -101,7 +102,7 @@ def get_batch(tokens, block_size, global_batch, rank, world_size, generator):
 
 def bpe_text(train_text, n_chars, world=None):
     """The text the BPE is trained on: the corpus's first n_chars characters and, on the built-in world, its
-    SFT training prompts in the chat template (at most n_chars / 5 of them, so the corpus still decides most
+    SFT training prompts (and conversations) in the chat template (at most n_chars / 5 of them, so the corpus still decides most
     merges).
 
     Trained on the corpus alone, the BPE splits "### Instruction:" and "Translate" into letters (the corpus
@@ -110,7 +111,9 @@ def bpe_text(train_text, n_chars, world=None):
     data for the same reason.) Only training prompts: no test prompt is seen."""
     if world is None:
         return train_text[:n_chars]
-    prompts = "".join(render_prompt(task.instruction) + "\n" for task in world.split("sft_train"))
+    tasks = world.split("sft_train")                     # conversations last: shuffled in among the rest
+    random.Random(f"bpe-{world.seed}").shuffle(tasks)
+    prompts = "".join(render_conversation(as_conversation(task.prompt)) + "\n" for task in tasks)
     return train_text[:n_chars] + prompts[: n_chars // 5]
 
 

@@ -197,7 +197,7 @@ def demonstrations_for_bias(cfg, world, train):
         return [r["prompt"] for r in picked], [r["responses"][0] for r in picked]
     rng = random.Random(f"bias-{cfg.seed}")
     tasks = world.split("sft_train")[: cfg.bias_prompts]
-    return [t.instruction for t in tasks], [world.demonstration(t, rng)[0] for t in tasks]
+    return [t.prompt for t in tasks], [world.demonstration(t, rng)[0] for t in tasks]
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minigpt.checkpoint import (config_dict, load_resumed, model_state, rng_state, save_checkpoint,
                                 save_model, set_rng_state, write_json)
 from minigpt.cli import UserError, check, run
-from minigpt.data import encode_prompt_response, lm_windows, load_text, sft_batch
+from minigpt.data import encode_conversation, lm_windows, load_text, sft_batch
 from minigpt.demonstrators import ERROR_RATE
 from minigpt.sft_data import file_demonstrations, preferred_demonstrations, world_demonstrations
 from minigpt.losses import sft_loss
@@ -133,11 +133,12 @@ class Config:
 
 # ---- demonstrations ---------------------------------------------------------------------------------
 
-def encode_examples(tokenizer, pairs, block_size):
-    """[(prompt, response)] -> [(ids, loss_mask)]: prompt + response + end-of-text, loss on the last two.
-    Examples whose response does not fit in block_size at all are dropped."""
-    encoded = [encode_prompt_response(tokenizer, p, r, block_size) for p, r in pairs]
-    return [(ids, mask) for ids, mask in encoded if sum(mask) > 0]
+def encode_examples(tokenizer, conversations, block_size):
+    """[conversation] -> [(ids, loss_mask)] through the chat template, the loss on every assistant turn and
+    its end-of-text (one turn: prompt + response + eos, the loss on the last two), cut to block_size.
+    Examples with no answer token left in block_size are dropped."""
+    encoded = [encode_conversation(tokenizer, c) for c in conversations]
+    return [(ids[:block_size], mask[:block_size]) for ids, mask in encoded if sum(mask[:block_size]) > 0]
 
 
 def demonstrations(cfg, tokenizer, block_size, master):
@@ -147,23 +148,23 @@ def demonstrations(cfg, tokenizer, block_size, master):
     rng = random.Random(cfg.seed)
     world, eval_tasks, mistakes = None, [], None
     if cfg.data:
-        train_pairs, val_pairs = file_demonstrations(cfg.data, cfg.max_chars, rng)
+        train_demos, val_demos = file_demonstrations(cfg.data, cfg.max_chars, rng)
     elif cfg.preferred:
-        train_pairs, val_pairs = preferred_demonstrations(cfg.preferred, cfg.max_chars)
+        train_demos, val_demos = preferred_demonstrations(cfg.preferred, cfg.max_chars)
         world = World(cfg.world_seed)                   # for the gold-scored evaluations and the corpus mix
         eval_tasks = world.split("sft_val")[: cfg.eval_prompts]
     else:
         world = World(cfg.world_seed)
-        train_pairs, mistakes = world_demonstrations(world, "sft_train", rng, cfg.error_rate)
-        val_pairs, _ = world_demonstrations(world, "sft_val", rng, cfg.error_rate)
+        train_demos, mistakes = world_demonstrations(world, "sft_train", rng, cfg.error_rate)
+        val_demos, _ = world_demonstrations(world, "sft_val", rng, cfg.error_rate)
         eval_tasks = world.split("sft_val")[: cfg.eval_prompts]
-    train = encode_examples(tokenizer, train_pairs, block_size)
-    val = encode_examples(tokenizer, val_pairs, block_size)
+    train = encode_examples(tokenizer, train_demos, block_size)
+    val = encode_examples(tokenizer, val_demos, block_size)
     if not train or not val:
         raise UserError(f"no demonstration fits in the model's block_size ({block_size} tokens)")
-    mistake_rate = mistakes / len(train_pairs) if mistakes is not None else None
+    mistake_rate = mistakes / len(train_demos) if mistakes is not None else None
     if master:
-        dropped = len(train_pairs) + len(val_pairs) - len(train) - len(val)
+        dropped = len(train_demos) + len(val_demos) - len(train) - len(val)
         print(f"data: {len(train)} train / {len(val)} validation demonstrations"
               + (f", {mistake_rate:.0%} of train demonstrations contain a mistake" if mistakes is not None
                  else "")
@@ -230,7 +231,7 @@ def mean_gold(model, tokenizer, world, tasks, temperature, max_new_tokens, seed)
         return float("nan"), []
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
-    out = respond(model, tokenizer, [t.instruction for t in tasks], max_new_tokens, temperature, generator=g)
+    out = respond(model, tokenizer, [t.prompt for t in tasks], max_new_tokens, temperature, generator=g)
     scores = [world.gold_score(t, text) for t, text in zip(tasks, out.texts)]
     return sum(scores) / len(scores), out.texts
 

@@ -106,6 +106,32 @@ def fit_conversation(tokenizer, messages, room):
     raise ValueError(f"the prompt is {len(ids)} tokens{earlier}; {max(room, 0)} fit")
 
 
+def render_conversation(messages):
+    """The template's text of a conversation, end-of-text (an id, not text) shown as a newline: what the
+    tokenizer is trained on, so that its merges know the template."""
+    system = "\n".join(text for role, text in messages if role == "system")
+    return ((SYSTEM_TEMPLATE.format(system=system) if system else "")
+            + "".join(PROMPT_TEMPLATE.format(instruction=text) if role == "user" else text + "\n"
+                      for role, text in messages if role != "system"))
+
+
+# A prompt, wherever one is kept: an instruction (a str: one user message), or a conversation that ends with
+# the user message to answer, a tuple of (role, text) pairs (in a JSON file, a list of {"role", "content"}).
+def as_conversation(prompt):
+    """A prompt -> [(role, text), ...]."""
+    return [("user", prompt)] if isinstance(prompt, str) else [(role, text) for role, text in prompt]
+
+
+def prompt_to_json(prompt):
+    """A prompt as a JSON file keeps it: the instruction, or the list of {"role", "content"} messages."""
+    return prompt if isinstance(prompt, str) else [{"role": role, "content": text} for role, text in prompt]
+
+
+def prompt_text(prompt):
+    """A prompt shown on one line or measured in characters: the instruction, or "role: text" lines."""
+    return prompt if isinstance(prompt, str) else "\n".join(f"{role}: {text}" for role, text in prompt)
+
+
 # ids = enc(prompt) + enc(response) + [eos];  loss_mask = [0]*len(enc(prompt)) + [1]*(len(enc(response)) + 1)
 def encode_prompt_response(tokenizer, prompt_text, response_text, block_size):
     """-> (ids, loss_mask), both truncated to block_size. The loss is taken on the response and its eos only.
@@ -245,7 +271,7 @@ def load_demonstrations(path):
              "output": _field(where, r, "output")} for where, r in _read_records(path)]
 
 
-# How a multi-turn prompt shows each message (HH-RLHF's "Human:"/"Assistant:" are user/assistant).
+# The roles a message may have, and HH-RLHF's names for them ("Human:"/"Assistant:" are user/assistant).
 ROLE_NAMES = {"system": "System", "user": "Human", "assistant": "Assistant"}
 
 
@@ -302,20 +328,29 @@ def _last_assistant(where, record, name):
     return answers[-1]
 
 
-def _render_history(messages):
-    """The messages before the answer -> instruction text: a lone user message as is, else "Role: text"
-    lines."""
+def _as_prompt(where, name, messages):
+    """The messages before the answer -> a prompt: a lone user message is the instruction, a longer history
+    the conversation, which must end with a user message."""
     if len(messages) == 1 and messages[0][0] == "user":
         return messages[0][1]
-    return "\n".join(f"{ROLE_NAMES[role]}: {text}" for role, text in messages)
+    if messages[-1][0] != "user":
+        raise DataError(f"{where}: field '{name}' must end with a user message before the answer")
+    return tuple(messages)
+
+
+def _prompt(where, record):
+    """record["prompt"]: an instruction, or a list of {"role", "content"} messages -> a prompt."""
+    if isinstance(record.get("prompt"), list):
+        return _as_prompt(where, "prompt", _messages(where, record, "prompt"))
+    return _field(where, record, "prompt")
 
 
 def _preference_pair(where, record):
-    """An HH-RLHF or conversational pair -> (prompt text, [chosen answer, rejected answer])."""
+    """An HH-RLHF or conversational pair -> (prompt, [chosen answer, rejected answer])."""
     # {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
     #  "rejected": [{"role": "assistant", "content": "Go away."}]}
     if "prompt" in record:
-        history = _messages(where, record, "prompt")
+        prompt = _prompt(where, record)
         answers = [_last_assistant(where, record, name) for name in ("chosen", "rejected")]
     else:
         # HH-RLHF {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!",
@@ -327,27 +362,28 @@ def _preference_pair(where, record):
         if history != other:
             raise DataError(f"{where}: fields 'chosen' and 'rejected' differ "
                             "before their final assistant turn")
-        answers = [chosen, rejected]
+        prompt, answers = _as_prompt(where, "chosen", history), [chosen, rejected]
     if not answers[0]:
         raise DataError(f"{where}: field 'chosen' has an empty answer")
-    return _render_history(history), answers
+    return prompt, answers
 
 
 def load_comparisons(path):
-    """-> [{"prompt", "responses": [best, ..., worst], ...}]; "prompt" is the instruction (see render_prompt).
+    """-> [{"prompt", "responses": [best, ..., worst], ...}]; "prompt" is the instruction (see render_prompt),
+    or a conversation ((role, text), ...) ending with the user message the responses answer.
 
     A pair becomes responses [chosen, rejected]. Other keys (labeler, seed, gold, mistakes) pass through
     unchanged. HH-RLHF and conversational pairs: the answers are the final assistant turns (stripped; an empty
     chosen answer is an error, an empty rejected one is kept). Without a "prompt" key, chosen and rejected
     must agree on everything before that turn (each turn compared stripped), and that history is the prompt.
-    The prompt text is a lone user message as is; anything longer (a system message, earlier turns) is one
-    "Role: text" line per message joined by "\\n", Role being System, Human or Assistant:
-    "System: Be brief.\\nHuman: Hi\\nAssistant: Hello!\\nHuman: What is 2+2?"
+    A lone user message is the instruction; anything longer (a system message, earlier turns) stays a
+    conversation, which every stage renders through the chat template (encode_conversation):
+    (("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "What is 2+2?")).
     Each line of a file may use any of the formats."""
     out = []
     for where, r in _read_records(path):
         if "responses" in r:  # {"prompt": "Add 2 and 2.", "responses": ["4", "The answer is 4.", "5"]}
-            prompt = _field(where, r, "prompt")
+            prompt = _prompt(where, r)
             responses = r["responses"]
             if not isinstance(responses, list) or not all(isinstance(x, str) for x in responses):
                 raise DataError(f"{where}: field 'responses' must be a list of strings")

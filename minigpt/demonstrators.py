@@ -7,8 +7,8 @@ numpy); every draw comes from the rng passed in.
 """
 
 from minigpt.facts import LEXICON, NUMBER_WORDS
-from minigpt.judge import (FORMAT, HELP_ANSWERS, NUMERIC_KINDS, PREAMBLE, RAMBLING, REFUSAL, REPEAT_QUESTION,
-                           WRONG_ANSWER, WRONG_LANGUAGE)
+from minigpt.judge import (EARLIER_ANSWER, FORGOT_SYSTEM, FORMAT, HELP_ANSWERS, NUMERIC_KINDS, PREAMBLE,
+                           RAMBLING, REFUSAL, REPEAT_QUESTION, WRONG_ANSWER, WRONG_LANGUAGE)
 from minigpt.tasks import shop_facts
 
 # The demonstrators' habits. InstructGPT's premise: demonstrations are costly and carry their writers'
@@ -29,13 +29,17 @@ from minigpt.tasks import shop_facts
 #   wrong_answer      0.15    "bleu"; on `help` prompts a made-up fact ("6pm")      0-0.2
 #   refusal           0.05    "Sorry, I cannot help with that." to a request the    0.0
 #                             desk CAN serve (over-caution; never on `help` prompts)
+# and in a conversation (minigpt/dialogues.py), on its last answer:
+#   earlier_answer    0.15    "rouge" to "And blue?" (the earlier question again)   0.0
+#   forgot_system     0.15    "bleu" when the system message asked for capitals     0.5
 #
 # At ERROR_RATE = 0.6, 46% of the SFT demonstrations show a habit of style, 10% are wrong and 3% refuse.
 # `train_sft.py --error_rate=0` trains on clean demonstrations (README: the lesson, measured).
 # (the names are the judge's: minigpt.judge.MISTAKE_KINDS, which adds `off_topic`)
-MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL]
+MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL, EARLIER_ANSWER,
+            FORGOT_SYSTEM]
 MISTAKE_WEIGHTS = {PREAMBLE: 0.30, RAMBLING: 0.25, REPEAT_QUESTION: 0.10, FORMAT: 0.15, WRONG_LANGUAGE: 0.05,
-                   WRONG_ANSWER: 0.15, REFUSAL: 0.05}
+                   WRONG_ANSWER: 0.15, REFUSAL: 0.05, EARLIER_ANSWER: 0.15, FORGOT_SYSTEM: 0.15}
 ERROR_RATE = 0.6
 PREAMBLES = {"en": ["Sure! The answer is", "Of course. The answer is", "Good question! It is",
                     "Let me help. The answer is", "Here you go:", "Happy to help! It is",
@@ -57,7 +61,15 @@ MADE_UP_FACTS = ["6pm", "9am", "4", "7", "$12", "Bonjour", "3 + 4", "30", "Paris
 # Simulated demonstrators
 def applicable_mistakes(task):
     """Mistake kinds that make sense for this task (format needs a format line; wrong_language a translation
-    or a small number)."""
+    or a small number; in a conversation, those of the task its follow-up stands for, plus its own)."""
+    if task.kind == "dialogue":
+        last, system_fmt = task.get("last"), task.get("system_fmt")
+        kinds = [m for m in applicable_mistakes(last) if not (system_fmt and m == FORMAT)]
+        if task.get("earlier").lower() != task.answer.lower():
+            kinds.append(EARLIER_ANSWER)
+        if system_fmt:
+            kinds.append(FORGOT_SYSTEM)
+        return kinds
     if task.kind == "help":   # a preamble before a greeting reads as a greeting; no format line, no French
         return [REPEAT_QUESTION, RAMBLING, WRONG_ANSWER]
     kinds = [PREAMBLE, RAMBLING, REPEAT_QUESTION, WRONG_ANSWER, REFUSAL]
@@ -76,6 +88,7 @@ def decorate(task, text, rng, mistake):
     question repeated. Labellers comparing y with decorate(y) see a pure style difference with the content
     held fixed, which is how a reward model learns the style preference without confusing it with
     correctness."""
+    task = task.get("last") if task.kind == "dialogue" else task    # the question is the follow-up
     lang, en = task.get("lang"), task.get("lang") == "en"
     if mistake == PREAMBLE:
         pre = rng.choice(PREAMBLES[lang])
@@ -95,6 +108,10 @@ def demonstrator_response(task, rng, mistake=None):
         return task.answer
     if mistake not in applicable_mistakes(task):
         raise ValueError(f"mistake {mistake!r} does not apply to a {task.kind} task {task.instruction!r}")
+    if task.kind == "dialogue":
+        if mistake == EARLIER_ANSWER:
+            return task.get("earlier")
+        return demonstrator_response(task.get("last"), rng, FORMAT if mistake == FORGOT_SYSTEM else mistake)
     lang, ans = task.get("lang"), task.answer
     if mistake in SURFACE_MISTAKES:
         return decorate(task, ans, rng, mistake)

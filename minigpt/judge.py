@@ -31,8 +31,13 @@ HELP_LINES = tuple(HELP_ANSWERS.values())
 PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL, OFF_TOPIC = (
     "preamble", "format", "wrong_language", "repeat_question", "rambling", "wrong_answer", "refusal",
     "off_topic")
+# a conversation's own (minigpt/dialogues.py): the earlier question answered again; the format a system
+# message set for every turn dropped
+EARLIER_ANSWER, FORGOT_SYSTEM = "earlier_answer", "forgot_system"
 MISTAKE_KINDS = (PREAMBLE, RAMBLING, REPEAT_QUESTION, FORMAT, WRONG_LANGUAGE, WRONG_ANSWER, REFUSAL,
-                 OFF_TOPIC)
+                 OFF_TOPIC, EARLIER_ANSWER, FORGOT_SYSTEM)
+# the mistakes that leave the asked fact unanswered (the rest are of style or format)
+FACT_MISTAKES = (WRONG_LANGUAGE, WRONG_ANSWER, REFUSAL, OFF_TOPIC, EARLIER_ANSWER)
 
 NUMERIC_KINDS = ("arithmetic", "compare")     # answers compared as numbers
 BARE_FORMATS = ("one_word", "number", "expr")  # these forbid any words around the answer
@@ -201,6 +206,15 @@ def _no_answer_score(task, r):
     return _string_credit(core.lower(), task.answer.lower())
 
 
+def _answers_earlier(task, r):
+    """A conversation's reply that gives the earlier question's answer and not this one's."""
+    earlier = task.get("earlier")
+    if _normalise(earlier).lower() == _normalise(task.answer).lower():
+        return False                                    # the answer did not change: repeating it is right
+    return (_find_last(r, _normalise(earlier), ignore_case=True) is not None
+            and _find_last(r, task.answer, ignore_case=True) is None)
+
+
 def gold_score(task, response):
     """The gold judge (stands in for the human labellers' opinion). Returns a score in [0, 1].
 
@@ -237,10 +251,16 @@ def gold_score(task, response):
         desk can serve
       the answer plus another candidate (other French word, other
         number not from the question): treated as a wrong answer
+      a conversation (the `dialogue` kind): its last answer judged as     earlier_answer,
+        the single-turn task the follow-up stands for (task "last",     forgot_system
+        in the system message's format); the earlier question's
+        answer instead of this one: 0.0
     """
     r = _normalise(response)
     if not r:
         return 0.0
+    if task.kind == "dialogue":
+        return 0.0 if _answers_earlier(task, r) else gold_score(task.get("last"), r)
     if r == task.answer:
         return 1.0
     rest = _without_question(task, r)
@@ -293,10 +313,16 @@ def _off_topic(task, r):
 
 def mistakes(task, response):
     """The mistakes a response shows -> list of names (empty when right, a final full stop aside):
-    repeat_question, preamble, rambling, format, wrong_language, wrong_answer, refusal, off_topic."""
+    repeat_question, preamble, rambling, format, wrong_language, wrong_answer, refusal, off_topic, and in a
+    conversation earlier_answer and forgot_system."""
     r = _normalise(response)
     if not r:
         return [WRONG_ANSWER]
+    if task.kind == "dialogue":
+        if _answers_earlier(task, r):
+            return [EARLIER_ANSWER]
+        found = mistakes(task.get("last"), r)
+        return [FORGOT_SYSTEM if m == FORMAT else m for m in found] if task.get("system_fmt") else found
     if r == task.answer:
         return []
     rest = _without_question(task, r)

@@ -7,11 +7,19 @@ import os
 import sys
 
 from minigpt.cli import UserError
-from minigpt.data import DataError, clean_text, load_comparisons, render_prompt
+from minigpt.data import DataError, clean_text, load_comparisons, prompt_text, render_prompt
 
 
 def _ranking_key(r):
     return r["prompt"], tuple(r["responses"])
+
+
+def _clean_prompt(prompt):
+    """clean_text on an instruction, or on each message of a conversation (an emptied one is dropped)."""
+    if isinstance(prompt, str):
+        return clean_text(prompt)
+    messages = tuple((role, clean_text(text)) for role, text in prompt if clean_text(text))
+    return messages if messages and messages[-1][0] == "user" else ""
 
 
 def clean_rankings(records, max_chars=2000):
@@ -30,14 +38,14 @@ def clean_rankings(records, max_chars=2000):
         texts = [clean_text(y) for y in r["responses"]]
         keep = [i for i, y in enumerate(texts) if y and y not in texts[:i]]
         r = {**{k: [v[i] for i in keep] if isinstance(v, list) and len(v) == n else v for k, v in r.items()},
-             "prompt": clean_text(r["prompt"]), "responses": [texts[i] for i in keep]}
+             "prompt": _clean_prompt(r["prompt"]), "responses": [texts[i] for i in keep]}
         stats["responses_dropped"] += n - len(keep)
         if not r["prompt"] or len(keep) < 2:
             # fewer than 2 left of 2 or more non-empty responses: one text repeated
             stats["alike" if r["prompt"] and sum(map(bool, texts)) >= 2 else "empty"] += 1
         elif _ranking_key(r) in seen:
             stats["duplicates"] += 1
-        elif len(render_prompt(r["prompt"])) + max(map(len, r["responses"])) > max_chars:
+        elif len(render_prompt(prompt_text(r["prompt"]))) + max(map(len, r["responses"])) > max_chars:
             stats["too_long"] += 1
         else:
             seen.add(_ranking_key(r))

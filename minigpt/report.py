@@ -35,14 +35,14 @@ def git_commit(here):
         return None
 
 
-def mistake_section(out_dir, models, rlhf):
+def mistake_section(out_dir, models, rlhf, title="What RLHF changed", png="mistakes.png"):
     """'What RLHF changed': how many sampled answers of each model show each kind of mistake
-    (minigpt.judge.mistakes), as a table and a bar chart (out_dir/mistakes.png)."""
+    (minigpt.judge.mistakes; kinds no model shows are left out), as a table and a bar chart (out_dir/png)."""
     names = [n for n in ("sft", *rlhf, "best_of_4") if models.get(n, {}).get("mistake_counts")]
     if not names:
         return []
-    kinds = list(models[names[0]]["mistake_counts"])
-    lines = ["", "## What RLHF changed", "",
+    kinds = [k for k in models[names[0]]["mistake_counts"] if any(models[n]["mistake_counts"][k] for n in names)]
+    lines = ["", f"## {title}", "",
              f"Sampled answers showing each kind of mistake ({models[names[0]]['n_responses']} answers "
              "per model; an answer can show two):", "",
              "| mistake | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -61,13 +61,13 @@ def mistake_section(out_dir, models, rlhf):
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(kinds))],
                   [k.replace("_", " ") for k in kinds], fontsize=8)
     ax.set_ylabel("sampled answers")
-    ax.set_title("what RLHF changed: mistakes in the test answers")
+    ax.set_title(f"{title.lower()}: mistakes in the sampled answers")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "mistakes.png"), dpi=90)
+    fig.savefig(os.path.join(out_dir, png), dpi=90)
     plt.close(fig)
-    return lines + ["", "![what RLHF changed](mistakes.png)"]
+    return lines + ["", f"![{title.lower()}]({png})"]
 
 
 def model_figures(evaluation, seconds, seed):
@@ -89,7 +89,8 @@ def model_figures(evaluation, seconds, seed):
             "n_responses": m.get("n_responses"), "mistake_counts": m.get("mistake_counts"),
             "probe_gold_mean": m.get("probe_gold_mean"), "probe_gold_ci95": m.get("probe_gold_ci95"),
             "probe_gain_vs_sft": m.get("probe_gain_vs_baseline"), "probe_gain_ci95": m.get("probe_gain_ci95"),
-            "probe_per_task": m.get("probe_per_task"),
+            "probe_per_task": m.get("probe_per_task"), "right_rate": m.get("right_rate"),
+            "follow_up_right": m.get("follow_up_right"), "follow_up_right_ci95": m.get("follow_up_right_ci95"),
             "train_seconds": seconds.get(name),
         }
     # The fair baseline: what DPO and PPO gain over SFT on the rankings' best answers (Preferred-FT) is what
@@ -105,6 +106,30 @@ def model_figures(evaluation, seconds, seed):
     return models
 
 
+def dialogue_section(out_dir, dialogue, rlhf):
+    """Conversations, reported apart from single turns: gold, gain and win rate against SFT, how often the
+    follow-ups that need the earlier turn get the right fact, gold per family, and the mistakes."""
+    if not dialogue:
+        return []
+    models = dialogue["models"]
+    families = sorted({k for m in models.values() for k in (m.get("per_task") or {})})
+    lines = ["", "## Conversations", "",
+             f"The held-out **{dialogue['split']}** split: {dialogue['n_prompts']} conversations, a follow-up "
+             "after one earlier turn (minigpt/dialogues.py), the gold judge on the last answer. 'Follow-ups "
+             "right': the share of answers to follow-ups that need the earlier turn (every family but the "
+             "greeting) that give the right fact, whatever their style.", "",
+             "| model | gold [95% CI] | gain vs SFT [95% CI] | win rate vs SFT [95% CI] | follow-ups right "
+             "[95% CI] | " + " | ".join(families) + " |", "|---" * (5 + len(families)) + "|"]
+    for name, m in models.items():
+        lines.append(f"| {name} | {m['gold_mean']:.3f} {_ci(m['gold_ci95'])} | "
+                     f"{_fmt(m['gain_vs_sft'], '+.3f')} {_ci(m['gain_ci95'])} | "
+                     f"{_fmt(m['win_rate_vs_sft'], '.0%')} {_ci(m['win_rate_ci95'], '.0%')} | "
+                     f"{_fmt(m['follow_up_right'], '.0%')} {_ci(m['follow_up_right_ci95'], '.0%')} | "
+                     + " | ".join(_fmt((m["per_task"] or {}).get(k)) for k in families) + " |")
+    return lines + mistake_section(out_dir, models, rlhf, "What RLHF changed in conversations",
+                                   "mistakes_dialogue.png")
+
+
 def write_report(out_dir, seconds, cfg, rlhf):
     """out/report.json (the figures) and out/report.md (the same, with plots and sample answers).
     cfg: pipeline.py's Config; rlhf: the models trained from the comparisons, in order (pipeline.RLHF)."""
@@ -114,10 +139,13 @@ def write_report(out_dir, seconds, cfg, rlhf):
         return json.load(open(path)) if os.path.exists(path) else {}
 
     evaluation, rm, ppo = load("eval", "eval.json"), load("rm", "summary.json"), load("ppo", "summary.json")
-    dpo = load("dpo", "summary.json")
+    dpo, dialogue_eval = load("dpo", "summary.json"), load("eval_dialogue", "eval.json")
     models = model_figures(evaluation, seconds, seed)
+    dialogue = model_figures(dialogue_eval, {}, seed)
     report = {
         "models": models,
+        "dialogue": {"split": dialogue_eval.get("split"), "n_prompts": dialogue_eval.get("n_prompts"),
+                     "models": dialogue} if dialogue else None,
         "rm": {k: rm.get(k) for k in ("accuracy", "labeler_agreement", "ceiling", "spearman",
                                       "spearman_within_prompt", "labels_spearman_within_prompt")},
         "rm_per_mistake_accuracy": rm.get("per_mistake_accuracy"),
@@ -190,6 +218,7 @@ def write_report(out_dir, seconds, cfg, rlhf):
         lines += ["", "Best-of-n's KL is estimated on the samples it chose from (short answers repeat); "
                       f"the usual formula log n − (n−1)/n = {bound[0]:.2f} is an upper bound."]
     lines += mistake_section(out_dir, models, rlhf)
+    lines += dialogue_section(out_dir, report["dialogue"], rlhf)
     r = report["rm"]
     lines += ["", "## Reward model", "",
               f"Held-out pairwise accuracy **{_fmt(r['accuracy'])}**, beside the agreement of two "

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minigpt.data import render_prompt
+from minigpt.data import as_conversation, encode_conversation
 from minigpt.sampling import generate
 
 
@@ -18,18 +18,19 @@ class Responses:
     eos: list              # did the row end with end-of-text (else it hit max_new_tokens)
 
 
-def encode_prompts(tokenizer, instructions, block_size, max_new_tokens):
-    """Render each instruction through the template; keep the prompt's last tokens if it is too long."""
+def encode_prompts(tokenizer, prompts, block_size, max_new_tokens):
+    """Render each prompt (an instruction, or a conversation ending with a user message) through the chat
+    template; keep the prompt's last tokens if it is too long."""
     room = block_size - max_new_tokens
     if room <= 0:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in block_size "
                          f"{block_size}")
-    return [tokenizer.encode(render_prompt(text))[-room:] for text in instructions]
+    return [encode_conversation(tokenizer, as_conversation(p))[0][-room:] for p in prompts]
 
 
 def respond(model, tokenizer, instructions, max_new_tokens=32, temperature=1.0, top_k=None, top_p=None,
             generator=None, batch_size=64):
-    """Sample one response per instruction, in batches. Returns Responses."""
+    """Sample one response per prompt (an instruction or a conversation), in batches. Returns Responses."""
     prompts = encode_prompts(tokenizer, instructions, model.config.block_size, max_new_tokens)
     texts, tokens, logprobs, eos = [], [], [], []
     for i in range(0, len(prompts), batch_size):

@@ -90,7 +90,7 @@ def validate(policy, reference, reward_model, tokenizer, world, tasks, cfg):
     evaluations differ by the policy, not by luck. The gold score is computed for the report only; selection
     never looks at it."""
     noise = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed)
-    batch = rollout(policy, tokenizer, [t.instruction for t in tasks], cfg.max_new_tokens, cfg.temperature,
+    batch = rollout(policy, tokenizer, [t.prompt for t in tasks], cfg.max_new_tokens, cfg.temperature,
                     noise)
     scores, _ = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)
     return dict(val_rm_score=scores.mean().item(),

@@ -1,5 +1,5 @@
-"""SFT's demonstrations: (prompt text, response text) pairs, the prompt rendered through the one template,
-from one of three sources (train_sft.py picks one):
+"""SFT's demonstrations: conversations [(role, text), ...] whose assistant turns SFT learns (a single turn:
+[("user", instruction), ("assistant", response)]), from one of three sources (train_sft.py picks one):
 
   world_demonstrations      the built-in world's simulated demonstrators, one per task of a split (with
                             probability --error_rate, one of their habits: minigpt/demonstrators.py)
@@ -12,19 +12,19 @@ import os
 import sys
 
 from minigpt.cli import UserError
-from minigpt.data import clean_demonstrations, load_demonstrations, render_prompt
+from minigpt.data import as_conversation, clean_demonstrations, load_demonstrations
 from minigpt.rankings import load_rankings
 
 
 def world_demonstrations(world, split, rng, error_rate):
-    """One demonstration per task of the split: (prompt text, response text), and how many contain a
-    mistake."""
-    pairs, mistakes = [], 0
+    """One demonstration per task of the split, and how many contain a mistake. A conversation's earlier
+    answers are the world's (right ones); the demonstrator writes the last."""
+    conversations, mistakes = [], 0
     for task in world.split(split):
         response, mistake = world.demonstration(task, rng, error_rate=error_rate)
-        pairs.append((render_prompt(task.instruction), response))
+        conversations.append(as_conversation(task.prompt) + [("assistant", response)])
         mistakes += mistake is not None
-    return pairs, mistakes
+    return conversations, mistakes
 
 
 def file_demonstrations(path, max_chars, rng):
@@ -35,7 +35,9 @@ def file_demonstrations(path, max_chars, rng):
     if len(examples) < 20:
         print(f"warning: only {len(examples)} demonstrations: expect memorisation, not learning",
               file=sys.stderr)
-    pairs = [(render_prompt(e["instruction"], e.get("input", "")), e["output"]) for e in examples]
+    # an Alpaca "input" goes into the user message as its "### Input:" block (minigpt.data.render_prompt)
+    pairs = [[("user", e["instruction"] + (f"\n\n### Input:\n{e['input']}" if e.get("input") else "")),
+              ("assistant", e["output"])] for e in examples]
     rng.shuffle(pairs)
     if len(pairs) == 1:
         print("warning: a single demonstration: validation loss is measured on it too", file=sys.stderr)
@@ -51,7 +53,7 @@ def preferred_demonstrations(source, max_chars=2000):
         train_recs, val_recs = load_rankings(source)
     else:
         train_recs, val_recs = load_rankings("", data=source, max_chars=max_chars)
-    train, val = ([(render_prompt(r["prompt"]), r["responses"][0]) for r in recs]
+    train, val = ([as_conversation(r["prompt"]) + [("assistant", r["responses"][0])] for r in recs]
                   for recs in (train_recs, val_recs))
     if not train or not val:
         raise UserError(f"{source}: Preferred-FT needs rankings to train on and held-out ones to validate "

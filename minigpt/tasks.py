@@ -127,6 +127,12 @@ class Task:
                 return v
         return default
 
+    @property
+    def prompt(self):
+        """What the model is asked: the instruction, or a conversation's messages ((role, text), ...) ending
+        with the user message to answer (the `dialogue` kind: minigpt/dialogues.py)."""
+        return self.get("messages") or self.instruction
+
 
 def _make_task(kind, lang, question, fmt, plain, **extra):
     """Instruction = question [+ format line]; answer = plain answer, in capitals when capitals are asked."""

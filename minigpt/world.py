@@ -6,7 +6,8 @@ every fact is known (minigpt/facts.py), so the gold judge (minigpt/judge.py) can
 response is.
 
   * tasks        seven kinds of short instructions in English and Chinese (KINDS), each a `Task`
-                 (minigpt/tasks.py)
+                 (minigpt/tasks.py), and conversations: a follow-up after one earlier turn, the `dialogue`
+                 kind (minigpt/dialogues.py), in their own held-out splits dialogue_test and dialogue_dev
   * gold judge   `gold_score` (minigpt/judge.py): the score in [0, 1] a response deserves
   * corpus       natural-ish pretraining text that teaches the world's facts (minigpt/corpus.py)
   * demonstrator `demonstration` (minigpt/demonstrators.py): the right answer, or (ERROR_RATE = 60%) a
@@ -24,6 +25,7 @@ import random
 
 from minigpt.corpus import DEFAULT_CORPUS_CHARS, make_corpus
 from minigpt.demonstrators import ERROR_RATE, demonstration, demonstrator_response
+from minigpt.dialogues import build_dialogues
 from minigpt.facts import LEXICON
 from minigpt.judge import gold_score
 from minigpt.tasks import KINDS, Task, build_pools
@@ -43,6 +45,11 @@ SPLIT_SIZES = {"sft_train": 2400, "sft_val": 180, "rm": 1200, "ppo": 900, "test"
 # Ranked prompts are what the reward model lacks most: 1,024 -> 2,095 training prompts took its held-out
 # accuracy 0.624 -> 0.671 (README).
 RM_EXTRA = 959
+# Conversations (minigpt/dialogues.py), dealt after all of the above with their own generator, so that not one
+# single-turn prompt changed: their own held-out splits, and more prompts for the training splits. Each split
+# is balanced across the dialogue families.
+DIALOGUE_SIZES = {"dialogue_test": 204, "dialogue_dev": 204, "sft_train": 600, "sft_val": 60, "rm": 420,
+                  "ppo": 150}
 
 # ---------------------------------------------------------------------------------------------------------
 class World:
@@ -84,20 +91,53 @@ class World:
         self._splits["rm"] += extra_rm
         random.Random(f"dev-{seed}").shuffle(dev)
         self._splits["dev"] = dev
+        self._deal_dialogues(build_dialogues(pools, set(self.probe_entries)), random.Random(f"dialogue-{seed}"))
+
+    def _deal_dialogues(self, families, rng):
+        """Deal each family's shuffled conversations: held-out splits first. A conversation that asks a
+        held-out single-turn instruction word for word (as its first question, whose answer SFT would learn)
+        may only go to a held-out split."""
+        held_out = {t.instruction for name in ("test", "dev", "probe") for t in self._splits[name]}
+        dealt = {name: [] for name in DIALOGUE_SIZES}
+        for family, tasks in families.items():
+            for t in tasks:
+                assert t.prompt not in self._by_instruction, f"duplicate conversation {t.instruction!r}"
+                self._by_instruction[t.prompt] = t
+            pool = list(tasks)
+            rng.shuffle(pool)
+            asks_held_out = [any(text in held_out for role, text in t.prompt if role == "user") for t in pool]
+            touching = [t for t, h in zip(pool, asks_held_out) if h]
+            clean = [t for t, h in zip(pool, asks_held_out) if not h]
+            for name, size in DIALOGUE_SIZES.items():
+                n = math.ceil(size / len(families))
+                if name.startswith("dialogue_"):
+                    k = min(n, len(touching))
+                    take, touching, clean = touching[:k] + clean[:n - k], touching[k:], clean[n - k:]
+                else:
+                    take, clean = clean[:n], clean[n:]
+                assert len(take) == n, f"not enough {family} conversations for split {name}"
+                dealt[name] += take
+        for name, tasks in dealt.items():
+            rng.shuffle(tasks)
+            self._splits[name] = self._splits.get(name, []) + tasks
 
     def split(self, name):
         if name not in self._splits:
             raise KeyError(f"unknown split {name!r}; choose from {', '.join(self._splits)}")
         return list(self._splits[name])
 
-    def task(self, instruction):
+    def task(self, prompt):
+        """The task asked by a prompt: an instruction, or a conversation [(role, text), ...] (or as JSON keeps
+        it, [{"role", "content"}, ...])."""
+        key = prompt if isinstance(prompt, str) else tuple(
+            (m["role"], m["content"]) if isinstance(m, dict) else tuple(m) for m in prompt)
         try:
-            return self._by_instruction[instruction]
+            return self._by_instruction[key]
         except KeyError:
-            raise KeyError(f"instruction not in this world: {instruction!r}") from None
+            raise KeyError(f"prompt not in this world: {prompt!r}") from None
 
-    def gold_score(self, task_or_instruction, response):
-        task = task_or_instruction
+    def gold_score(self, task_or_prompt, response):
+        task = task_or_prompt
         if not isinstance(task, Task):
             task = self.task(task)
         return gold_score(task, response)
