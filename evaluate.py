@@ -336,8 +336,8 @@ def main(cfg):
             follow = [p for p, t in enumerate(tasks) if t.get("family") in NEEDS_EARLIER]
             if follow:
                 grid = np.asarray(right, dtype=np.float64).reshape(S, -1)[:, follow]
-                results[system].update(follow_up_right=grid.mean(),
-                                       follow_up_right_ci95=bootstrap_ci95(lambda x: x.mean(), grid, seed=cfg.seed))
+                interval = bootstrap_ci95(lambda x: x.mean(), grid, seed=cfg.seed)
+                results[system].update(follow_up_right=grid.mean(), follow_up_right_ci95=interval)
             answers[system] = ans["texts"]
             if S != cfg.samples_per_prompt:                                 # pair greedy with every sample
                 gold[system] = gold[system] * cfg.samples_per_prompt

@@ -177,7 +177,8 @@ def candidates(world, model, tokenizer, tasks, cfg, generator, chunk):
 def record(task, cands, order, labeler, seed):
     """The JSON line of one ranked prompt: responses best -> worst, each with its gold score and source."""
     ranked = [cands[i] for i in order]
-    return {"prompt": prompt_to_json(task.prompt), "responses": [c["response"] for c in ranked], "labeler": labeler,
+    return {"prompt": prompt_to_json(task.prompt), "responses": [c["response"] for c in ranked],
+            "labeler": labeler,
             "seed": seed, "gold": [c["gold"] for c in ranked], "mistakes": [c["mistake"] for c in ranked],
             "sources": [c["source"] for c in ranked], "kind": task.kind}
 

@@ -102,8 +102,8 @@ def get_batch(tokens, block_size, global_batch, rank, world_size, generator):
 
 def bpe_text(train_text, n_chars, world=None):
     """The text the BPE is trained on: the corpus's first n_chars characters and, on the built-in world, its
-    SFT training prompts (and conversations) in the chat template (at most n_chars / 5 of them, so the corpus still decides most
-    merges).
+    SFT training prompts and conversations in the chat template (at most n_chars / 5 of them, so the corpus
+    still decides most merges).
 
     Trained on the corpus alone, the BPE splits "### Instruction:" and "Translate" into letters (the corpus
     never says them): a test prompt with its answer took 42 tokens; with the prompts it takes 22, so every

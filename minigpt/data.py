@@ -428,37 +428,6 @@ def clean_text(s):
     return s.strip()
 
 
-def clean_demonstrations(examples, max_chars=1000, source="demonstrations"):
-    """Normalise text, drop empty / duplicate / too-long examples -> (kept examples, stats dict).
-
-    empty: instruction or output is blank after cleaning; duplicate: same (instruction, input, output) as an
-    earlier example; too long: prompt + output longer than max_chars characters. Prints one summary line.
-    """
-    stats = {"read": len(examples), "empty": 0, "duplicates": 0, "too_long": 0, "kept": 0}
-    kept, seen = [], set()
-    for ex in examples:
-        ex = {"instruction": clean_text(ex["instruction"]), "input": clean_text(ex.get("input", "")),
-              "output": clean_text(ex["output"])}
-        key = (ex["instruction"], ex["input"], ex["output"])
-        if not ex["instruction"] or not ex["output"]:
-            stats["empty"] += 1
-        elif key in seen:
-            stats["duplicates"] += 1
-        elif len(render_prompt(ex["instruction"], ex["input"])) + len(ex["output"]) > max_chars:
-            stats["too_long"] += 1
-        else:
-            seen.add(key)
-            kept.append(ex)
-    stats["kept"] = len(kept)
-    print(f"cleaning: {stats['read']} read, {stats['empty']} empty, {stats['duplicates']} duplicates, "
-          f"{stats['too_long']} too long, {stats['kept']} kept")
-    if not kept:
-        raise DataError(f"{source}: no examples left after cleaning ({stats['read']} read, "
-                        f"{stats['empty']} empty, {stats['duplicates']} duplicates, "
-                        f"{stats['too_long']} too long; max_chars={max_chars})")
-    return kept, stats
-
-
 def epoch_batches(lengths, batch_size, seed, window=16):
     """One epoch's batches of indices, drawn from a permutation seeded by `seed` (so a resumed run sees the
     same batches). Items of similar length are batched together, within windows of `window` batches, so

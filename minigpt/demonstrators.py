@@ -36,8 +36,8 @@ from minigpt.tasks import shop_facts
 # At ERROR_RATE = 0.6, 46% of the SFT demonstrations show a habit of style, 10% are wrong and 3% refuse.
 # `train_sft.py --error_rate=0` trains on clean demonstrations (README: the lesson, measured).
 # (the names are the judge's: minigpt.judge.MISTAKE_KINDS, which adds `off_topic`)
-MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL, EARLIER_ANSWER,
-            FORGOT_SYSTEM]
+MISTAKES = [PREAMBLE, FORMAT, WRONG_LANGUAGE, REPEAT_QUESTION, RAMBLING, WRONG_ANSWER, REFUSAL,
+            EARLIER_ANSWER, FORGOT_SYSTEM]
 MISTAKE_WEIGHTS = {PREAMBLE: 0.30, RAMBLING: 0.25, REPEAT_QUESTION: 0.10, FORMAT: 0.15, WRONG_LANGUAGE: 0.05,
                    WRONG_ANSWER: 0.15, REFUSAL: 0.05, EARLIER_ANSWER: 0.15, FORGOT_SYSTEM: 0.15}
 ERROR_RATE = 0.6

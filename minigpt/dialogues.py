@@ -131,8 +131,8 @@ def _compare():
                 continue
             prev = max(a, b)
             for c in range(21):
-                # "What about c?" asks for the larger of c and the answer so far; c is chosen so that reading it
-                # as "a or c?" gives the same answer, so the question is never ambiguous
+                # "What about c?" asks for the larger of c and the answer so far; c is chosen so that
+                # reading it as "a or c?" gives the same answer, so the question is never ambiguous
                 if c in (a, b) or max(a, c) != max(prev, c) or (a + 2 * b + c) % 6:
                     continue
                 for t, (lang, tmpl) in enumerate(PHRASINGS["compare"]):
@@ -157,8 +157,8 @@ def _shop():
             q = tmpl.format(**fields)
             for n in (2, 3, 4):
                 for f, follow in enumerate(FOLLOW_UPS["count"][lang]):
-                    msgs = [("user", q), ("assistant", price),
-                            ("user", follow.format(n=n, n_en=NUMBER_WORDS["en"][n], n_zh=NUMBER_WORDS["zh"][n]))]
+                    words = {"n": n, "n_en": NUMBER_WORDS["en"][n], "n_zh": NUMBER_WORDS["zh"][n]}
+                    msgs = [("user", q), ("assistant", price), ("user", follow.format(**words))]
                     total = f"${int(price[1:]) * n}"
                     last = _last("shop", msgs, lang, "", total, fact=f"price:{p}")
                     count.append(_dialogue("shop_count", lang, msgs, last, price))

@@ -41,7 +41,8 @@ def mistake_section(out_dir, models, rlhf, title="What RLHF changed", png="mista
     names = [n for n in ("sft", *rlhf, "best_of_4") if models.get(n, {}).get("mistake_counts")]
     if not names:
         return []
-    kinds = [k for k in models[names[0]]["mistake_counts"] if any(models[n]["mistake_counts"][k] for n in names)]
+    counts = {n: models[n]["mistake_counts"] for n in names}
+    kinds = [k for k in counts[names[0]] if any(counts[n][k] for n in names)]
     lines = ["", f"## {title}", "",
              f"Sampled answers showing each kind of mistake ({models[names[0]]['n_responses']} answers "
              "per model; an answer can show two):", "",
@@ -90,7 +91,8 @@ def model_figures(evaluation, seconds, seed):
             "probe_gold_mean": m.get("probe_gold_mean"), "probe_gold_ci95": m.get("probe_gold_ci95"),
             "probe_gain_vs_sft": m.get("probe_gain_vs_baseline"), "probe_gain_ci95": m.get("probe_gain_ci95"),
             "probe_per_task": m.get("probe_per_task"), "right_rate": m.get("right_rate"),
-            "follow_up_right": m.get("follow_up_right"), "follow_up_right_ci95": m.get("follow_up_right_ci95"),
+            "follow_up_right": m.get("follow_up_right"),
+            "follow_up_right_ci95": m.get("follow_up_right_ci95"),
             "train_seconds": seconds.get(name),
         }
     # The fair baseline: what DPO and PPO gain over SFT on the rankings' best answers (Preferred-FT) is what
@@ -114,10 +116,10 @@ def dialogue_section(out_dir, dialogue, rlhf):
     models = dialogue["models"]
     families = sorted({k for m in models.values() for k in (m.get("per_task") or {})})
     lines = ["", "## Conversations", "",
-             f"The held-out **{dialogue['split']}** split: {dialogue['n_prompts']} conversations, a follow-up "
-             "after one earlier turn (minigpt/dialogues.py), the gold judge on the last answer. 'Follow-ups "
-             "right': the share of answers to follow-ups that need the earlier turn (every family but the "
-             "greeting) that give the right fact, whatever their style.", "",
+             f"The held-out **{dialogue['split']}** split: {dialogue['n_prompts']} conversations, a "
+             "follow-up after one earlier turn (minigpt/dialogues.py), the gold judge on the last answer. "
+             "'Follow-ups right': the share of answers to follow-ups that need the earlier turn (every "
+             "family but the greeting) that give the right fact, whatever their style.", "",
              "| model | gold [95% CI] | gain vs SFT [95% CI] | win rate vs SFT [95% CI] | follow-ups right "
              "[95% CI] | " + " | ".join(families) + " |", "|---" * (5 + len(families)) + "|"]
     for name, m in models.items():

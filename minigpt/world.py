@@ -91,7 +91,8 @@ class World:
         self._splits["rm"] += extra_rm
         random.Random(f"dev-{seed}").shuffle(dev)
         self._splits["dev"] = dev
-        self._deal_dialogues(build_dialogues(pools, set(self.probe_entries)), random.Random(f"dialogue-{seed}"))
+        dialogues = build_dialogues(pools, set(self.probe_entries))
+        self._deal_dialogues(dialogues, random.Random(f"dialogue-{seed}"))
 
     def _deal_dialogues(self, families, rng):
         """Deal each family's shuffled conversations: held-out splits first. A conversation that asks a

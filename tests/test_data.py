@@ -4,10 +4,11 @@ import unicodedata
 import pytest
 
 from minigpt.cli import UserError
-from minigpt.data import (DataError, PROMPT_TEMPLATE, clean_demonstrations, clean_text,
+from minigpt.data import (DataError, PROMPT_TEMPLATE, clean_text,
                           encode_prompt_response, lm_windows, load_comparisons, load_demonstrations,
                           load_text, render_prompt, sft_batch)
 from minigpt.rankings import clean_rankings, load_rankings
+from minigpt.sft_data import clean_demonstrations
 
 SEED = [{"instruction": "翻译成法语：你好", "output": "Bonjour"},
         {"instruction": "计算2+2", "output": "4"}]
@@ -107,7 +108,7 @@ def test_comparisons_hh_rlhf(tmp_path):
             {"prompt": "翻译成法语：你好", "chosen": "Bonjour", "rejected": "hello"}]
     loaded = load_comparisons(write(tmp_path / "hh.jsonl", "\n".join(json.dumps(r) for r in rows)))
     assert loaded[0] == {"prompt": "计算2+2", "responses": ["4", "5"], "source": "hh"}
-    assert loaded[1] == {"prompt": "Human: Hi\nAssistant: Hello!\nHuman: What is 2+2?",
+    assert loaded[1] == {"prompt": (("user", "Hi"), ("assistant", "Hello!"), ("user", "What is 2+2?")),
                          "responses": ["4", ""]}
     assert loaded[2] == {"prompt": "翻译成法语：你好", "responses": ["Bonjour", "hello"]}
 
@@ -124,9 +125,9 @@ def test_comparisons_conversational(tmp_path):
              "rejected": [msg("system", "Be brief."), msg("user", "计算2+2"), msg("assistant", "5")]}]
     loaded = load_comparisons(write(tmp_path / "conv.jsonl", "\n".join(json.dumps(r) for r in rows)))
     assert loaded[0] == {"prompt": "计算2+2", "responses": ["4", "5"], "score": 1}
-    assert loaded[1] == {"prompt": "System: Be brief.\nHuman: Hi\nAssistant: Hello!\nHuman: What is 2+2?",
-                         "responses": ["4", "5"]}
-    assert loaded[2] == {"prompt": "System: Be brief.\nHuman: 计算2+2", "responses": ["4", "5"]}
+    assert loaded[1] == {"prompt": (("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"),
+                                    ("user", "What is 2+2?")), "responses": ["4", "5"]}
+    assert loaded[2] == {"prompt": (("system", "Be brief."), ("user", "计算2+2")), "responses": ["4", "5"]}
 
 
 def test_load_text_file_and_folder(tmp_path):

@@ -12,7 +12,9 @@ from minigpt.demonstrators import MISTAKES, applicable_mistakes, demonstration, 
 from minigpt.facts import LEXICON
 from minigpt.judge import gold_score
 from minigpt.tasks import KINDS, Task
-from minigpt.world import RM_EXTRA, SPLIT_SIZES, SimulatedLabeler, World, gold_agreement, labeler_agreement
+from minigpt.dialogues import FAMILIES
+from minigpt.world import (DIALOGUE_SIZES, RM_EXTRA, SPLIT_SIZES, SimulatedLabeler, World, gold_agreement,
+                           labeler_agreement)
 
 
 @pytest.fixture(scope="module")
@@ -199,19 +201,20 @@ def test_score_accepts_instruction_text(world):
 # demonstrators
 EXPECTED = {None: (1.0, 1.0), "preamble": (0.5, 0.6), "rambling": (0.5, 0.5), "repeat_question": (0.4, 0.4),
             "format": (0.5, 0.5), "wrong_language": (0.2, 0.2), "wrong_answer": (0.0, 0.2),
-            "refusal": (0.0, 0.0)}
+            "refusal": (0.0, 0.0), "earlier_answer": (0.0, 0.0), "forgot_system": (0.5, 0.5)}
 
 
 def test_every_mistake_scores_as_documented(world):
     rng = random.Random(0)
     seen = set()
-    for task in world.split("rm")[:600] + world.split("probe"):
+    conversations = world.split("rm")[-200:]                                       # dealt last
+    for task in world.split("rm")[:600] + conversations + world.split("probe"):
         for mistake in [None] + applicable_mistakes(task):
             response = demonstrator_response(task, rng, mistake)
             lo, hi = EXPECTED[mistake]
             assert lo <= gold_score(task, response) <= hi, (task.instruction, mistake, response)
             seen.add((task.kind, mistake))
-    assert {k for k, _ in seen} == set(KINDS)
+    assert {k for k, _ in seen} == set(KINDS) | {"dialogue"}
     assert {m for _, m in seen} == set(MISTAKES) | {None}
     with pytest.raises(ValueError):
         demonstrator_response(world.task("How much is delivery?"), rng, "wrong_language")
@@ -231,10 +234,10 @@ def test_demonstrations_mistake_rate_and_mostly_visible(world):
 # ---------------------------------------------------------------------------------------------------------
 # splits and determinism
 def test_splits_sizes_disjoint_and_balanced(world):
-    splits = {name: world.split(name) for name in SPLIT_SIZES}
+    splits = {name: world.split(name) for name in [*SPLIT_SIZES, "dialogue_test", "dialogue_dev"]}
     for name, tasks in splits.items():
-        size = SPLIT_SIZES[name] + (RM_EXTRA if name == "rm" else 0)
-        assert abs(len(tasks) - size) <= len(KINDS), name
+        size = SPLIT_SIZES.get(name, 0) + (RM_EXTRA if name == "rm" else 0) + DIALOGUE_SIZES.get(name, 0)
+        assert abs(len(tasks) - size) <= len(KINDS) + len(FAMILIES), name
         assert len({t.instruction for t in tasks}) == len(tasks)
     names = list(splits)
     for i, a in enumerate(names):
@@ -242,21 +245,24 @@ def test_splits_sizes_disjoint_and_balanced(world):
             assert not {t.instruction for t in splits[a]} & {t.instruction for t in splits[b]}, (a, b)
     counts = {k: sum(t.kind == k for t in splits["test"]) for k in KINDS}
     assert min(counts.values()) == max(counts.values())
+    families = {f: sum(t.get("family") == f for t in splits["dialogue_test"]) for f in FAMILIES}
+    assert min(families.values()) == max(families.values()) == 34
 
 
 def test_dev_and_extra_rm_prompts_change_no_other_prompt(world, monkeypatch):
     """The rm split is its first deal (SPLIT_SIZES["rm"]) followed by RM_EXTRA more; those and the dev split
     are dealt last: without them every other split and the first deal are the same prompts in the same order.
-    Both parts are balanced."""
-    rm = world.split("rm")
+    Both parts are balanced. The conversations come after all of them."""
+    rm = [t for t in world.split("rm") if t.kind != "dialogue"]
     monkeypatch.setattr(W, "RM_EXTRA", 0)
     monkeypatch.setitem(W.SPLIT_SIZES, "dev", 0)
     without = World(0)
     assert without.split("dev") == [] and len(world.split("dev")) == 301
     for name in SPLIT_SIZES:
         if name != "dev":
-            expected = rm[:len(without.split("rm"))] if name == "rm" else world.split(name)
-            assert without.split(name) == expected, name
+            single = [t for t in without.split(name) if t.kind != "dialogue"]
+            expected = rm[:len(single)] if name == "rm" else world.split(name)[:len(single)]
+            assert single == expected, name
     first = len(KINDS) * -(-SPLIT_SIZES["rm"] // len(KINDS))    # ceil per kind, times the kinds
     assert len(rm) == first + RM_EXTRA
     for part in (rm[:first], rm[first:]):
@@ -292,6 +298,8 @@ def test_seed_examples_belong_to_the_world(world):
 
 def test_prompts_and_answers_are_short(world):
     for t in world.split("sft_train"):
+        if t.kind == "dialogue":                          # each message: tests/test_dialogues.py
+            continue
         assert len(t.instruction.split()) < 20 and len(t.instruction) < 80, t.instruction
         assert len(t.answer) <= (32 if t.kind == "help" else 16), t.answer   # help: one polite line
 
