@@ -6,8 +6,10 @@
 
 Interactive mode keeps the conversation (each model its own answers): every question is asked with the turns
 before it (minigpt/data.py's chat template), the oldest dropped when they no longer fit the context. /reset
-starts over, /system TEXT sets a system message (/system alone clears it). The models were trained on single
-turns, so they follow the earlier turns only as far as that carries. --prompt is one single-turn question.
+starts over, /system TEXT sets a system message (/system alone clears it). Every stage trained on the world's
+conversations too (minigpt/dialogues.py: a follow-up after one earlier turn, a system message that sets the
+format), so a follow-up such as "And two of them?" means something to them. --prompt is one single-turn
+question.
 """
 
 import os

@@ -207,7 +207,7 @@ def stage_commands(cfg):
         # the same models on conversations: a follow-up after one earlier turn (minigpt/dialogues.py)
         "eval_dialogue": ["evaluate.py", f"--models={models}", "--baseline=sft",
                           f"--split=dialogue_{cfg.eval_split}", "--probe=false", f"--ref={o}/sft",
-                          f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval_dialogue/eval.json"],
+                          f"--rm={o}/rm", "--best_of=4", "--show=12", f"--json={o}/eval_dialogue/eval.json"],
     }
     # The pipeline owns its stage folders: a stage runs only when it had not finished, so its training script
     # may overwrite what an interrupted attempt left there.

@@ -23,9 +23,9 @@ What a request means: the whole conversation is the prompt. System (and "develop
 last message, which must be a user message (minigpt/data.py: encode_conversation, the chat template); "tool"
 and "function" messages are refused. When the conversation does not fit the context (with max_tokens, or at
 least one answer token), its oldest turns are dropped, never the system message or the last user message,
-and the answer says how many ("dropped_turns" below). The models were trained on single turns, so they
-understand follow-ups only as far as that carries (issue #31's later part trains on conversations); the
-reward model is told the whole conversation.
+and the answer says how many ("dropped_turns" below). Every stage trained on the world's conversations
+too (a follow-up after one earlier turn; a system message that sets the format: minigpt/dialogues.py), and
+the reward model is told the whole conversation.
 
 Supported fields: model, messages, max_tokens (or max_completion_tokens), temperature (0 = greedy), top_p,
 seed, n (<= --max_n), logprobs, top_logprobs (<= 20), stream, stream_options.include_usage. `stop`, `tools`

@@ -22,7 +22,8 @@ from minigpt.world import World
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"gold_mean", "per_task", "exact_match", "eos_rate", "mean_len", "pretrain_val_loss",
-        "kl_to_ref", "rm_score", "probe_gold_mean", "probe_per_task", "n_responses", "mistake_counts"}
+        "kl_to_ref", "rm_score", "probe_gold_mean", "probe_per_task", "n_responses", "mistake_counts",
+        "right_rate"}
 KEYS_JSON = KEYS | {"samples_per_prompt", "kl_bound", "gold_ci95", "probe_gold_ci95"}
 AGAINST_BASELINE = {"gain_vs_baseline", "gain_ci95", "win_rate_vs_baseline", "win_rate_ci95",
                     "probe_gain_vs_baseline", "probe_gain_ci95"}
@@ -52,8 +53,9 @@ def test_report_on_hand_computed_answers():
     ans = {"texts": ["4", "Bonjour", "Sure! The answer is rouge. Bye!", "rouge"],
            "eos": [True, False, True, True], "rm": torch.tensor([1.0, 2.0, 3.0, 4.0]),
            "tokens": torch.tensor([[1, eos, pad], [1, 2, 3], [eos, pad, pad], [4, 5, eos]])}
-    r, gold, probe = evaluate.report(world, tasks, ans, [], None, pad, 3.5, 0.25)
+    r, gold, probe, right = evaluate.report(world, tasks, ans, [], None, pad, 3.5, 0.25)
     assert set(r) == KEYS and gold == [1.0, 0.0, 0.5, 1.0] and probe == []
+    assert right == [1.0, 0.0, 1.0, 1.0] and r["right_rate"] == 0.75     # "Bonjour" to 9 - 4: off topic
     assert r["gold_mean"] == 0.625
     assert r["per_task"] == {"arithmetic": 0.5, "translate_en": 0.75}
     assert r["exact_match"] == 0.5 and r["eos_rate"] == 0.75
@@ -61,7 +63,8 @@ def test_report_on_hand_computed_answers():
     assert r["rm_score"] == 2.5 and r["pretrain_val_loss"] == 3.5 and r["kl_to_ref"] == 0.25
     assert r["probe_gold_mean"] is None and r["probe_per_task"] is None and r["n_responses"] == 4
     assert r["mistake_counts"] == {"preamble": 1, "rambling": 1, "repeat_question": 0, "format": 0,
-                                   "wrong_language": 0, "wrong_answer": 0, "refusal": 0, "off_topic": 1}
+                                   "wrong_language": 0, "wrong_answer": 0, "refusal": 0, "off_topic": 1,
+                                   "earlier_answer": 0, "forgot_system": 0}
 
 
 def test_finite_makes_valid_json():

@@ -71,8 +71,10 @@ def test_loss_mask_is_response_and_eos_only():
     assert ids == p + r + [tok.eos_id]
     assert mask == [0] * len(p) + [1] * (len(r) + 1)
     # the script's encoding, then the shifted batch: targets under the mask are exactly "4" + end-of-text
-    (ids1, mask1), (ids2, mask2) = train_sft.encode_examples(
-        tok, [(prompt, response), (render_prompt("Say hello"), "hello there")], 64)
+    conversations = [[("user", "计算2+2"), ("assistant", response)],
+                     [("user", "Say hello"), ("assistant", "hello there")]]
+    (ids1, mask1), (ids2, mask2) = train_sft.encode_examples(tok, conversations, 64)
+    assert (ids1, mask1) == (ids, mask)                # a one-turn conversation is exactly prompt + response
     x, y, m = sft_batch([(ids1, mask1), (ids2, mask2)], tok.pad_id)
     assert x.shape == y.shape == m.shape == (2, max(len(ids1), len(ids2)) - 1)
     assert x[0, : len(ids1) - 1].tolist() == ids1[:-1] and y[0, : len(ids1) - 1].tolist() == ids1[1:]
@@ -81,7 +83,7 @@ def test_loss_mask_is_response_and_eos_only():
     assert y[1][m[1].bool()][-1] == tok.eos_id
     assert m[0, len(ids1) - 1:].sum() == 0  # padding is never scored
     # a response that does not fit at all is dropped, not trained on with an empty mask
-    assert train_sft.encode_examples(tok, [(prompt * 10, response)], 16) == []
+    assert train_sft.encode_examples(tok, [[("user", "计算2+2" * 10), ("assistant", response)]], 16) == []
 
 
 def test_next_batch_epochs_and_ranks():
@@ -255,8 +257,9 @@ def test_preferred_ft_learns_the_top_ranked_response_of_each_ranking(tmp_path):
                                                       for r in records))
     (labels / "summary.json").write_text("{}")
     train, val = preferred_demonstrations(str(labels))
-    assert train == [(render_prompt("计算2+2"), "4"), (render_prompt("Translate to French: red"), "rouge")]
-    assert val == [(render_prompt("What is 9 - 4?"), "5")]
+    assert train == [[("user", "计算2+2"), ("assistant", "4")],
+                     [("user", "Translate to French: red"), ("assistant", "rouge")]]
+    assert val == [[("user", "What is 9 - 4?"), ("assistant", "5")]]
     (labels / "val.jsonl").write_text("")
     with pytest.raises(UserError, match="val.jsonl: file is empty"):
         preferred_demonstrations(str(labels))

@@ -122,9 +122,9 @@ print("scored targets:", [piece(i) for i in y[0][m[0].bool()].tolist()])
 # ChatGPT is this plus dialogue. `encode_conversation` renders a whole conversation: an optional system block,
 # then each user turn through the same template, each assistant answer ended by end-of-text, one after
 # another. Its mask is 1 on **every** assistant turn (what SFT on conversations trains); a single turn gives
-# exactly the ids and mask above. (So far the world's demonstrations are single turns: `serve.py`, `chat.py`
-# and the page send whole conversations this way, and a model follows the earlier turns only as far as
-# single-turn training carries.)
+# exactly the ids and mask above. The world has conversations of its own (`minigpt/dialogues.py`: a follow-up
+# after one earlier turn, "How much is the umbrella?" / "$12" / "And two of them?"), and SFT learns both of
+# their answers; `serve.py`, `chat.py` and the page send whole conversations the same way.
 
 # %%
 conversation = [("system", "Answer in French."), ("user", "Translate: hello"), ("assistant", "Bonjour"),
