@@ -58,7 +58,9 @@ CORPUS_TEMPLATES = {  # topic -> sentence templates; fields are filled by _corpu
              "Delivery is free above {free}.", "Gift wrapping costs {wrap}.",
              "退货期限是{returns}天，运费是{delivery}。",
              "Q: When do you open on {day}? A: At {open}.", "问：{pzh}多少钱？答：{price}。",
-             "Q: How much is delivery? A: {delivery}.", "问：商店{dayzh}几点关门？答：{close}。"],
+             "Q: How much is delivery? A: {delivery}.", "问：商店{dayzh}几点关门？答：{close}。",
+             # what a follow-up such as "And two of them?" asks (minigpt/dialogues.py)
+             "{N_en} {ps} cost {pn}.", "{n_zh}个{pzh}一共{pn}。"],
     "sunday": ["The shop is closed on Sunday.", "商店星期日不开门。", "On Sunday we are closed."],
     "story": ["The {adj} {animal} is {colour}.", "My {person} likes {food}.",
               "On {day}, the {person} goes to the {place}.", "The {animal} sleeps under the {thing}.",
@@ -97,7 +99,10 @@ def _corpus_fields(topic, rng):
     if topic == "shop":
         day = _pick(rng, _DAYS)
         p, pzh, price = _pick(rng, PRODUCTS)
-        return {"day": day, "dayzh": DAYS_ZH[day], "open": OPENING_HOURS[day][0],
+        n = 2 + int(rng.random() * 3)
+        return {"n_zh": NUMBER_WORDS["zh"][n], "N_en": NUMBER_WORDS["en"][n].capitalize(), "ps": plural(p),
+                "pn": f"${int(price[1:]) * n}", "day": day, "dayzh": DAYS_ZH[day],
+                "open": OPENING_HOURS[day][0],
                 "close": OPENING_HOURS[day][1], "p": p, "A": a_or_an(p).capitalize(), "pzh": pzh,
                 "price": price, "returns": RETURN_DAYS, "delivery": DELIVERY_FEE, "free": FREE_DELIVERY_OVER,
                 "wrap": GIFT_WRAP}
@@ -122,6 +127,10 @@ def _corpus_sentence(topic, rng):
 
 def a_or_an(noun):
     return "an" if noun[0] in "aeiou" else "a"
+
+
+def plural(noun):
+    return noun[:-1] + "ves" if noun.endswith("f") else noun + "s"
 
 
 def make_corpus(rng, n_chars):
