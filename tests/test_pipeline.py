@@ -67,7 +67,7 @@ def test_rerun_skips_finished_stages(quick_run):
     out, _ = quick_run
     r = python("pipeline.py", "--quick", f"--out_dir={out}")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("stage complete, skipped") == 10
+    assert r.stdout.count("stage complete, skipped") == 11
 
 
 def test_chat_answers_once_and_interactively(quick_run):
@@ -108,8 +108,28 @@ def test_the_report_counts_mistakes_per_model(quick_run):
         m = report["models"][name]
         assert m["samples_per_prompt"] == 2 and m["n_responses"] == 32
         assert set(m["mistake_counts"]) == {"preamble", "rambling", "repeat_question", "format",
-                                            "wrong_language", "wrong_answer", "refusal", "off_topic"}
+                                            "wrong_language", "wrong_answer", "refusal", "off_topic",
+                                            "earlier_answer", "forgot_system"}
     assert (out / "mistakes.png").exists() and "## What RLHF changed" in (out / "report.md").read_text()
+
+
+def test_the_report_shows_conversations_apart(quick_run):
+    """The same models on the dialogue split: its own table (with the follow-ups' share answered right),
+    gains paired against SFT on the same conversations, and its own mistake counts."""
+    out, _ = quick_run
+    evaluation = json.loads((out / "eval_dialogue" / "eval.json").read_text())
+    assert evaluation["split"] == "dialogue_test" and evaluation["n_probe_prompts"] == 0
+    report = json.loads((out / "report.json").read_text())
+    dialogue = report["dialogue"]
+    assert dialogue["split"] == "dialogue_test" and set(dialogue["models"]) == set(MODELS)
+    for name, m in dialogue["models"].items():
+        assert m["n_responses"] == 32 and 0 <= m["follow_up_right"] <= 1
+        lo, hi = m["follow_up_right_ci95"]
+        assert lo <= m["follow_up_right"] <= hi
+        if name != "sft":
+            assert m["gain_vs_sft"] == pytest.approx(m["gold_mean"] - dialogue["models"]["sft"]["gold_mean"])
+    text = (out / "report.md").read_text()
+    assert "## Conversations" in text and "## What RLHF changed in conversations" in text
 
 
 def test_every_step_through_command_runs_on_the_quick_outputs(quick_run, tmp_path):

@@ -204,7 +204,9 @@ def test_pretraining_bpe_learns_the_chat_template_from_training_prompts_only():
     text = bpe_text(corpus, 100_000, world)
     assert text.startswith(corpus[:100_000]) and len(text) == 120_000            # capped at 100,000 / 5
     everything = bpe_text(corpus, 10_000_000, world)[len(corpus):]              # no cap: all the prompts
-    assert everything.count("### Instruction:\n") == len(world.split("sft_train"))
+    train = world.split("sft_train")                                             # a conversation asks twice
+    assert everything.count("### Instruction:\n") == sum(1 + (t.kind == "dialogue") for t in train)
+    assert everything.count("### System:\n") == sum(bool(t.get("system_fmt")) for t in train) > 0
     test = [render_prompt(t.instruction) for t in world.split("test")]
     assert not any(p in everything for p in test)
     plain, with_prompts = Tokenizer.train(corpus, 600), Tokenizer.train(bpe_text(corpus, 120_000, world), 600)

@@ -33,6 +33,8 @@ from minigpt.training import read_metrics
 # The rollout and the column bookkeeping (which logits predict which response token), as in train_ppo.py:
 from minigpt.rollout import rollout, response_values, score as final_score
 from minigpt.scoring import response_logprobs
+from minigpt.respond import respond
+from minigpt.judge import mistakes
 
 REPO = os.path.abspath("..")
 work = tempfile.mkdtemp(prefix="minigpt_nb05_")   # every output of this notebook goes here
@@ -302,10 +304,30 @@ axes[2].set_title("KL to the SFT model (nats per response)")
 for ax in axes:
     ax.set_xlabel("PPO iteration"); ax.legend(fontsize=8); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# ## 6. A follow-up, before and after PPO
+#
+# The world has conversations too (`minigpt/dialogues.py`): a follow-up that means nothing without the turn
+# before it. The prompt is the whole conversation through the chat template; SFT learnt both assistant turns
+# of its training conversations, the reward model scores the last answer given the history, and PPO's
+# rollouts include such prompts. Here the miniature's SFT model and its PPO policy answer three held-out
+# conversations (greedy), the gold judge scoring the last answer; the full run's answers follow the code.
+
+# %%
+policy_after, _, _ = load_model(d["ppo"], kind="lm")
+for task in world.split("dialogue_dev")[:3]:
+    print("\n".join(f"  {role:>9}: {text}" for role, text in task.prompt), f"  (gold: {task.answer!r})")
+    for name, model in (("SFT", reference), ("PPO", policy_after)):
+        text = respond(model, tok, [task.prompt], max_new_tokens=12, temperature=0.0).texts[0]
+        print(f"  {name:>9} -> {text!r}  gold {world.gold_score(task, text):.2f}  {mistakes(task, text)}")
 shutil.rmtree(work, ignore_errors=True)  # the temporary stage folders are no longer needed
 
 # %% [markdown]
-# ## 6. What RLHF changed, in the full run
+# FULL_RUN_FOLLOW_UPS
+
+# %% [markdown]
+# ## 7. What RLHF changed, in the full run
 #
 # ![what RLHF changed](../docs/mistakes.png)
 #
