@@ -59,7 +59,7 @@ class Config:
     seed: int = field(default=1337, metadata={
         "help": "seed for sampling, demonstrators and the simulated labeller"})
     n_prompts: int = field(default=0, metadata={
-        "help": "RM prompts to label (0 = all of the world's rm split, 2583)"})
+        "help": "RM prompts to label (0 = all of the world's rm split, 3165)"})
     val_fraction: float = field(default=0.15, metadata={
         "help": "fraction of prompts held out as validation comparisons (spread evenly over the prompts)"})
     k_policy: int = field(default=4, metadata={"help": "responses sampled from the policy per prompt"})

@@ -48,8 +48,8 @@ RM_EXTRA = 959
 # Conversations (minigpt/dialogues.py), dealt after all of the above with their own generator, so that not one
 # single-turn prompt changed: their own held-out splits, and more prompts for the training splits. Each split
 # is balanced across the dialogue families.
-DIALOGUE_SIZES = {"dialogue_test": 204, "dialogue_dev": 204, "sft_train": 1200, "sft_val": 60, "rm": 420,
-                  "ppo": 150}
+DIALOGUE_SIZES = {"dialogue_test": 204, "dialogue_dev": 204, "sft_train": 1200, "sft_val": 60, "rm": 1002,
+                  "ppo": 450}
 
 # ---------------------------------------------------------------------------------------------------------
 class World:
