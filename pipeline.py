@@ -11,6 +11,8 @@
     python pipeline.py --world_seed=1 --seed=1   # another world: its own splits and probe facts (report on
                                                  # these)
     python pipeline.py --eval_split=dev           # evaluate on the dev split, where defaults are chosen
+    python pipeline.py --frontier=out/w1,out/w2 --out_dir=out/frontier   # one frontier figure over the
+                                                 # runs of several worlds (each run draws its own)
 
     tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> Preferred-FT
     -> GRPO -> evaluation (single turns, then conversations) -> report
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 
 from minigpt.checkpoint import write_json, write_text
 from minigpt.cli import UserError, check, run
+from minigpt.frontier import table, write_frontier
 from minigpt.report import write_report
 from minigpt.training import check_dtype
 
@@ -164,6 +167,10 @@ class Config:
     dtype: str = field(default="auto", metadata={
         "help": "passed to every stage: auto (bf16 autocast where this device's bf16 matmul is clearly "
                 "faster), float32 or bfloat16"})
+    frontier: str = field(default="", metadata={
+        "help": "only draw one frontier figure (gold gain against √KL to SFT) over these finished runs on "
+                "fresh worlds, folders holding report.json, comma-separated: <out_dir>/frontier.png and "
+                "frontier.json"})
     step_through_docs: bool = field(default=False, metadata={
         "help": "only rewrite README's step-through commands and .vscode/launch.json from the scripts' "
                 "current lines"})
@@ -276,6 +283,11 @@ def main(cfg):
     here = os.path.dirname(os.path.abspath(__file__))
     if cfg.step_through_docs:
         return write_step_through_docs(here)
+    if cfg.frontier:
+        out_dir = cfg.out_dir or "out"
+        points = write_frontier(out_dir, [f for f in cfg.frontier.split(",") if f])
+        print("\n".join(table(points)) + f"\nwrote {out_dir}/frontier.png and {out_dir}/frontier.json")
+        return
     cfg.out_dir = cfg.out_dir or (f"out/{cfg.preset}" if cfg.preset else "out")
     os.makedirs(cfg.out_dir, exist_ok=True)
     check_kind_of_run(cfg)

@@ -13,6 +13,7 @@ import numpy as np
 
 from minigpt.checkpoint import write_json
 from minigpt.evaluation import bootstrap_ci95, mean_gain
+from minigpt.frontier import describe, frontier_points, plot_frontier
 
 RUN_KINDS = {"": "with the defaults", "quick": "--quick (a miniature: numbers mean nothing)",
              "small": "--preset=small (the default model with fewer steps and prompts: directions, "
@@ -69,6 +70,19 @@ def mistake_section(out_dir, models, rlhf, title="What RLHF changed", png="mista
     fig.savefig(os.path.join(out_dir, png), dpi=90)
     plt.close(fig)
     return lines + ["", f"![{title.lower()}]({png})"]
+
+
+def frontier_section(out_dir, report):
+    """The run's frontier (minigpt.frontier): out_dir/frontier.png and the lines that show it."""
+    points = frontier_points([report]) if "sft" in report["models"] else []
+    if len(points) < 2:
+        return []
+    plot_frontier(os.path.join(out_dir, "frontier.png"), points,
+                  f"Gold gained against distance from SFT: {describe([report])}")
+    return ["", "![gold gain against KL to SFT](frontier.png)", "",
+            "Each method's gold gain over SFT (its 95% interval) against √KL to SFT, the KL column above "
+            "(for best-of-n, estimated on its samples; dotted out to the analytic bound). Several worlds' "
+            "runs in one figure: `python pipeline.py --frontier=DIR,DIR --out_dir=DIR`."]
 
 
 def model_figures(evaluation, seconds, seed):
@@ -201,6 +215,7 @@ def write_report(out_dir, seconds, cfg, rlhf):
                       "method gains beyond it is what the rejected answers taught): "
                   + ", ".join(f"{n} {m['gain_vs_preferred_ft']:+.3f} {_ci(m['gain_vs_preferred_ft_ci95'])}"
                               for n, m in beyond) + "."]
+    lines += frontier_section(out_dir, report)
     probe_kinds = sorted({k for m in models.values() for k in (m.get("probe_per_task") or {})})
     if probe_kinds:
         lines += ["", "## Facts no later stage saw", "",

@@ -132,6 +132,24 @@ def test_the_report_shows_conversations_apart(quick_run):
     assert "## Conversations" in text and "## What RLHF changed in conversations" in text
 
 
+def test_the_report_draws_its_own_frontier(quick_run):
+    """frontier.png from the run's own report.json: one point per row but the pretrained model's, at √ of the
+    report's KL to SFT (0 where the sampled estimate fell below 0), linked from report.md."""
+    from minigpt.frontier import frontier_points
+
+    out, _ = quick_run
+    report = json.loads((out / "report.json").read_text())
+    points = frontier_points([report])
+    assert [p["name"] for p in points] == [n for n in MODELS if n != "pretrained"]
+    for p in points:
+        m = report["models"][p["name"]]
+        assert p["d"] == pytest.approx(math.sqrt(max(m["kl_to_sft"], 0.0)))
+        assert p["gain"] == (0.0 if p["name"] == "sft" else m["gain_vs_sft"])
+    assert points[-1]["kl_bound_d"] == pytest.approx(math.sqrt(math.log(4) - 3 / 4))    # best-of-4
+    assert (out / "frontier.png").stat().st_size > 10_000
+    assert "](frontier.png)" in (out / "report.md").read_text()
+
+
 def test_every_step_through_command_runs_on_the_quick_outputs(quick_run, tmp_path):
     """README's "Step through it": each stage's command (without the debugger) completes on the quick run's
     outputs, its first breakpoint is a line of that script, and under pdb the run stops there (one `n` later,
