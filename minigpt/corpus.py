@@ -60,7 +60,7 @@ CORPUS_TEMPLATES = {  # topic -> sentence templates; fields are filled by _corpu
              "Q: When do you open on {day}? A: At {open}.", "问：{pzh}多少钱？答：{price}。",
              "Q: How much is delivery? A: {delivery}.", "问：商店{dayzh}几点关门？答：{close}。",
              # what a follow-up such as "And two of them?" asks (minigpt/dialogues.py)
-             "{N_en} {ps} cost {pn}.", "{n_zh}个{pzh}一共{pn}。"],
+             "Two {ps} cost {p2}.", "两个{pzh}一共{p2}。"],
     "sunday": ["The shop is closed on Sunday.", "商店星期日不开门。", "On Sunday we are closed."],
     "story": ["The {adj} {animal} is {colour}.", "My {person} likes {food}.",
               "On {day}, the {person} goes to the {place}.", "The {animal} sleeps under the {thing}.",
@@ -99,9 +99,7 @@ def _corpus_fields(topic, rng):
     if topic == "shop":
         day = _pick(rng, _DAYS)
         p, pzh, price = _pick(rng, PRODUCTS)
-        n = 2 + int(rng.random() * 3)
-        return {"n_zh": NUMBER_WORDS["zh"][n], "N_en": NUMBER_WORDS["en"][n].capitalize(), "ps": plural(p),
-                "pn": f"${int(price[1:]) * n}", "day": day, "dayzh": DAYS_ZH[day],
+        return {"ps": plural(p), "p2": f"${int(price[1:]) * 2}", "day": day, "dayzh": DAYS_ZH[day],
                 "open": OPENING_HOURS[day][0],
                 "close": OPENING_HOURS[day][1], "p": p, "A": a_or_an(p).capitalize(), "pzh": pzh,
                 "price": price, "returns": RETURN_DAYS, "delivery": DELIVERY_FEE, "free": FREE_DELIVERY_OVER,

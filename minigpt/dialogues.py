@@ -9,6 +9,8 @@ question, the assistant's right answer, then the follow-up) and the gold answer 
   arithmetic  "What is 3 + 4?" / "7" / "Now add 3 to that."                             "10"
   compare     "Which is larger, 5 or 7?" / "7" / "What about 9?"                        "9"
   shop_count  "How much is the umbrella?" / "$12" / "And two of them?"                  "$24"
+              (always two: a price list states what two cost, minigpt/corpus.py; with two, three and four
+              the SFT model got 0.15 of world 0's dev split)
   shop_other  "When does the shop open on Monday?" / "9am" / "And on Saturday?"         "10am"
   greeting    "Hello!" / "Hello! How can I help?" / "What is 3 + 4?"                    "7"
 
@@ -26,7 +28,7 @@ minigpt/world.py deals them out. Plain Python only (no torch, no numpy).
 import random
 
 from minigpt.corpus import a_or_an
-from minigpt.facts import DAYS_ZH, LEXICON, NUMBER_WORDS, OPENING_HOURS, PRODUCTS
+from minigpt.facts import DAYS_ZH, LEXICON, OPENING_HOURS, PRODUCTS
 from minigpt.judge import HELP_ANSWERS
 from minigpt.tasks import GREETINGS, PHRASINGS, SHOP_GREETINGS, Task
 
@@ -43,7 +45,8 @@ FOLLOW_UPS = {  # family -> lang -> templates of the last user message
     "sub": {"en": ["Now subtract {c} from that.", "Take {c} away from that."],
             "zh": ["再减{c}呢？", "结果再减{c}等于几？"]},
     "compare": {"en": ["What about {c}?", "And {c}?"], "zh": ["那{c}呢？", "和{c}比呢？"]},
-    "count": {"en": ["And {n_en} of them?", "How much for {n}?"], "zh": ["{n_zh}个呢？", "买{n}个多少钱？"]},
+    "count": {"en": ["And two of them?", "How much for 2?", "What about two?", "And for two?"],
+              "zh": ["两个呢？", "买2个多少钱？", "两个多少钱？", "那两个呢？"]},
     "day": {"en": ["And on {day}?", "What about {day}?"], "zh": ["那{dayzh}呢？", "{dayzh}呢？"]},
     "product": {"en": ["And {an} {p}?", "What about the {p}?"], "zh": ["那{pzh}呢？", "{pzh}呢？"]},
 }
@@ -159,12 +162,11 @@ def _shop():
         fields = {"p": p, "an": a_or_an(p), "pzh": pzh}
         for t, (lang, tmpl) in enumerate(PHRASINGS["price"]):
             q = tmpl.format(**fields)
-            for n, greet in ((n, g) for n in (2, 3, 4) for g in SHOP_GREETINGS[lang]):
-                for f, follow in enumerate(FOLLOW_UPS["count"][lang]):
-                    words = {"n": n, "n_en": NUMBER_WORDS["en"][n], "n_zh": NUMBER_WORDS["zh"][n]}
+            for greet in SHOP_GREETINGS[lang]:
+                for follow in FOLLOW_UPS["count"][lang]:
                     first = greet + (q[0].lower() + q[1:] if greet.endswith(", ") else q)
-                    msgs = [("user", first), ("assistant", price), ("user", follow.format(**words))]
-                    total = f"${int(price[1:]) * n}"
+                    msgs = [("user", first), ("assistant", price), ("user", follow)]
+                    total = f"${int(price[1:]) * 2}"
                     last = _last("shop", msgs, lang, "", total, fact=f"price:{p}")
                     count.append(_dialogue("shop_count", lang, msgs, last, price))
             for j, (p2, pzh2, price2) in enumerate(PRODUCTS):
