@@ -1,5 +1,5 @@
-"""The checker behind --reward=verifier: it parses the world's phrasings in both languages, computes the answer
-from the prompt alone, and says nothing about prompts it cannot check."""
+"""The checker behind --reward=verifier: it parses the world's phrasings in both languages, computes the
+answer from the prompt alone, and says nothing about prompts it cannot check."""
 
 import pytest
 import torch
@@ -17,7 +17,8 @@ from minigpt.verifier import VERIFIER_WEIGHT, Check, parse, verifier_reward, ver
     ("7减5等于几？", Check("arithmetic", (7, 5), 2)),
     ("8+8等于多少？只给出数字。", Check("arithmetic", (8, 8), 16)),
     ("Write a Python expression that multiplies 3 by 4.", Check("code", (3, 4), 12)),
-    ("Write a Python expression that subtracts 4 from 9. Give the expression only.", Check("code", (9, 4), 5)),
+    ("Write a Python expression that subtracts 4 from 9. Give the expression only.",
+     Check("code", (9, 4), 5)),
     ("Give a Python expression for the product of 6 and 7.", Check("code", (6, 7), 42)),
     ("写一个Python表达式，计算5乘以6。", Check("code", (5, 6), 30)),
     ("用Python表达式表示9减去2。只写表达式。", Check("code", (9, 2), 7)),
