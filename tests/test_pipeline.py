@@ -110,6 +110,13 @@ def test_the_report_counts_mistakes_per_model(quick_run):
         assert set(m["mistake_counts"]) == {"preamble", "rambling", "repeat_question", "format",
                                             "wrong_language", "wrong_answer", "refusal", "off_topic"}
     assert (out / "mistakes.png").exists() and "## What RLHF changed" in (out / "report.md").read_text()
+    # wrong answers by task kind: the kinds add up to the model's wrong answers; the cut is against SFT
+    for name in MODELS:
+        m = report["models"][name]
+        by_kind = {k: v for k, v in m["wrong_by_kind"].items() if "+" not in k}
+        assert sum(by_kind.values()) == m["mistake_counts"]["wrong_answer"]
+        assert (m["wrong_cut_vs_sft"] is None) == (name == "sft")
+    assert "by task kind" in (out / "report.md").read_text()
 
 
 def test_every_step_through_command_runs_on_the_quick_outputs(quick_run, tmp_path):
