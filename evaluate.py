@@ -28,9 +28,9 @@ import torch
 from minigpt.checkpoint import check_same_tokenizer, load_model, write_json
 from minigpt.cli import UserError, check, named_folders, run
 from minigpt.evaluation import (best_of_n_kl, best_of_n_kl_bound, bootstrap_ci95, mean_gain, win_fraction,
-                                win_rate)
+                                win_rate, wrong_cut)
 from minigpt.dialogues import NEEDS_EARLIER
-from minigpt.judge import FACT_MISTAKES, MISTAKE_KINDS, mistakes
+from minigpt.judge import FACT_MISTAKES, MISTAKE_KINDS, WRONG_ANSWER, mistakes
 from minigpt.respond import respond
 from minigpt.scoring import (NO_EOS_PENALTY, heldout_loss, join_responses, penalise_unfinished, reward_scores,
                              sampled_kl, sequence_logprobs)
@@ -209,6 +209,29 @@ def with_intervals(results, gold, probe_gold, baseline, samples, seed):
 # ======== end of read this first ========
 
 
+# the kinds a checker can verify (minigpt/verifier.py), counted together too: what --reward=verifier targets
+CHECKED_KINDS = ("arithmetic", "code")
+
+
+def wrong_by_kind(results, wrong, kinds, baseline, samples, seed):
+    """Add to each system's results its wrong answers (judge.mistakes' wrong_answer) per task kind and for
+    CHECKED_KINDS together, and against the baseline how much it cuts them (minigpt.evaluation.wrong_cut)
+    with a 95% interval by bootstrap over prompts. wrong[system]: 0/1 per answer, sample-major like gold;
+    kinds: each answer's task kind."""
+    groups = {k: {k} for k in sorted(set(kinds))} | {"+".join(CHECKED_KINDS): set(CHECKED_KINDS)}
+    def grid(system, group):                                                    # -> (samples, P) of 0/1
+        flags = [w if k in group else 0 for w, k in zip(wrong[system], kinds)]
+        return np.asarray(flags, dtype=np.float64).reshape(samples, -1)
+
+    for system, r in results.items():
+        r["wrong_by_kind"] = {g: int(grid(system, ks).sum()) for g, ks in groups.items()}
+        if system != baseline:
+            r["wrong_cut_by_kind"] = {
+                g: [wrong_cut(grid(system, ks), grid(baseline, ks)),
+                    *bootstrap_ci95(wrong_cut, grid(system, ks), grid(baseline, ks), seed=seed)]
+                for g, ks in groups.items()}
+
+
 def finite(x):
     """NaN/inf -> None, so the JSON stays valid."""
     if isinstance(x, dict):
@@ -255,6 +278,13 @@ def print_table(results, wins, ties, baseline):
     print(f"\n{'gold by task':<{w}} " + " ".join(f"{k:>13}" for k in kinds))
     for n in names:
         print(f"{n:<{w}} " + " ".join(f"{fmt(results[n]['per_task'].get(k)):>13}" for k in kinds))
+    groups = list(results[names[0]].get("wrong_by_kind", {}))
+    print(f"\n{'wrong answers':<{w}} " + " ".join(f"{k:>22}" for k in groups))
+    for n in names:
+        cut = results[n].get("wrong_cut_by_kind", {})
+        print(f"{n:<{w}} " + " ".join(
+            f"{results[n]['wrong_by_kind'][k]:>5}" + (f" {fmt(cut[k][0], '+.2f')} {ci(cut[k][1:], '.2f')}"
+                                                      if k in cut else "").rjust(17) for k in groups))
 
 
 def main(cfg):
@@ -350,6 +380,10 @@ def main(cfg):
                       for p in range(P)] for s, g in gold.items()}
     prompt_wins, prompt_ties = pairwise(per_prompt)                 # prompt by prompt (mean of its answers)
     with_intervals(results, gold, probe_gold, baseline, cfg.samples_per_prompt, cfg.seed)
+    all_tasks = tasks * cfg.samples_per_prompt
+    wrong = {s: [int(WRONG_ANSWER in mistakes(t, x)) for t, x in zip(all_tasks, texts)]
+             for s, texts in answers.items()}
+    wrong_by_kind(results, wrong, [t.kind for t in all_tasks], baseline, cfg.samples_per_prompt, cfg.seed)
     print_table(results, wins, ties, baseline)
     samples = [{"instruction": t.instruction, "answer": t.answer, "kind": t.kind,
                 "responses": {s: {"text": answers[s][i], "gold": gold[s][i]} for s in results}}

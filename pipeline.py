@@ -13,9 +13,12 @@
     python pipeline.py --eval_split=dev           # evaluate on the dev split, where defaults are chosen
     python pipeline.py --frontier=out/w1,out/w2 --out_dir=out/frontier   # one frontier figure over the
                                                  # runs of several worlds (each run draws its own)
+    python pipeline.py --verifier --force=ppo_verifier   # add PPO with a reward that checks sums and code
+                                                         # (opt-in; on a finished run, reruns the evaluation)
 
     tokenizer + pretraining -> SFT -> comparisons -> reward model -> PPO -> PPO-ptx -> DPO -> Preferred-FT
-    -> GRPO -> evaluation (single turns, then conversations) -> report
+    -> GRPO -> (PPO with --reward=verifier, if --verifier) -> evaluation (single turns, then conversations)
+    -> report
         (DPO and GRPO, what came after InstructGPT, on the same comparisons and reward model; Preferred-FT,
         SFT on each ranking's best response: the baseline they must beat)
 
@@ -40,10 +43,18 @@ from minigpt.frontier import table, write_frontier
 from minigpt.report import write_report
 from minigpt.training import check_dtype
 
-STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "eval",
-          "eval_dialogue"]
+STAGES = ["pretrain", "sft", "labels", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "ppo_verifier",
+          "eval", "eval_dialogue"]
 # the models trained from the comparisons, against SFT
-RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]
+RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "ppo_verifier"]
+# Stages that run only when their switch is on: PPO with --reward=verifier (--verifier) costs about as much
+# as PPO (~95 s on 2 cores, plus ~15 s of evaluation), and the default run is near its 900 s budget already.
+OPT_IN = {"ppo_verifier": "verifier"}
+
+
+def chosen(stages, cfg):
+    """The stages (or RLHF models) this run has: the opt-in ones only when their switch is on."""
+    return [s for s in stages if s not in OPT_IN or getattr(cfg, OPT_IN[s])]
 
 # Flags that shrink each stage: --quick, a miniature (a tiny model, a few steps: numbers mean nothing, what
 # the tests run); --preset=small, the default model with fewer steps and prompts (every stage's direction,
@@ -57,6 +68,7 @@ QUICK = {
     "rm": ["--batch_size=4", "--bias_prompts=16"],
     "ppo": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
     "ppo_ptx": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
+    "ppo_verifier": ["--iterations=2", "--batch_size=8", "--minibatch_size=4", "--val_prompts=8"],
     "dpo": ["--batch_size=4", "--kl_prompts=8", "--eval_interval=5"],
     "preferred_ft": ["--max_steps=5", "--batch_size=8", "--eval_interval=5", "--eval_prompts=8"],
     "grpo": ["--iterations=2", "--batch_size=2", "--minibatch_size=4", "--val_prompts=8"],
@@ -70,6 +82,7 @@ SMALL = {
     "rm": ["--eval_prompts=32"],
     "ppo": ["--iterations=20", "--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
     "ppo_ptx": ["--iterations=20", "--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
+    "ppo_verifier": ["--iterations=20", "--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
     "dpo": ["--kl_prompts=32"],
     "preferred_ft": ["--eval_prompts=32"],
     "grpo": ["--val_prompts=32", "--val_samples=2", "--sample_interval=0"],
@@ -171,6 +184,9 @@ class Config:
         "help": "only draw one frontier figure (gold gain against √KL to SFT) over these finished runs on "
                 "fresh worlds, folders holding report.json, comma-separated: <out_dir>/frontier.png and "
                 "frontier.json"})
+    verifier: bool = field(default=False, metadata={
+        "help": "also train PPO with --reward=verifier (stage ppo_verifier: a checker's +-1 on sums, code "
+                "and comparisons added to the RM score; about as long as PPO)"})
     step_through_docs: bool = field(default=False, metadata={
         "help": "only rewrite README's step-through commands and .vscode/launch.json from the scripts' "
                 "current lines"})
@@ -192,7 +208,7 @@ def stage_commands(cfg):
     o = cfg.out_dir
     common = [f"--seed={cfg.seed}", f"--world_seed={cfg.world_seed}", f"--device={cfg.device}",
               f"--dtype={cfg.dtype}"]
-    models = f"pretrained:{o}/pretrain,sft:{o}/sft," + ",".join(f"{m}:{o}/{m}" for m in RLHF)
+    models = f"pretrained:{o}/pretrain,sft:{o}/sft," + ",".join(f"{m}:{o}/{m}" for m in chosen(RLHF, cfg))
     commands = {
         "pretrain": ["train_pretrain.py", f"--out_dir={o}/pretrain"],
         "sft": ["train_sft.py", f"--init={o}/pretrain", f"--out_dir={o}/sft"],
@@ -209,6 +225,9 @@ def stage_commands(cfg):
         # GRPO at its defaults: 16 prompts x 4 samples = PPO's 64 responses per iteration, lr 3e-5,
         # 30 iterations (why not PPO's lr: train_grpo.py's Config)
         "grpo": ["train_grpo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/grpo"],
+        # PPO with a reward that checks sums, code and comparisons (minigpt/verifier.py); opt-in (--verifier)
+        "ppo_verifier": ["train_ppo.py", f"--sft={o}/sft", f"--rm={o}/rm", f"--out_dir={o}/ppo_verifier",
+                         "--reward=verifier"],
         "eval": ["evaluate.py", f"--models={models}", "--baseline=sft", f"--split={cfg.eval_split}",
                  f"--ref={o}/sft", f"--rm={o}/rm", "--best_of=4", f"--json={o}/eval/eval.json"],
         # the same models on conversations: a follow-up after one earlier turn (minigpt/dialogues.py)
@@ -295,12 +314,13 @@ def main(cfg):
     seconds = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
     forced = STAGES[STAGES.index(cfg.force):] if cfg.force else []
     commands = stage_commands(cfg)
+    stages = chosen(STAGES, cfg)
     t_start = time.time()
-    stage = STAGES[0]
+    stage = stages[0]
     try:
-        for i, stage in enumerate(STAGES, 1):
+        for i, stage in enumerate(stages, 1):
             folder = os.path.join(cfg.out_dir, stage)
-            print(f"\n{'=' * 78}\n[{i}/{len(STAGES) + 1}] {stage}\n{'=' * 78}", flush=True)
+            print(f"\n{'=' * 78}\n[{i}/{len(stages) + 1}] {stage}\n{'=' * 78}", flush=True)
             done = os.path.join(folder, DONE[stage])
             if os.path.exists(done) and stage not in forced:
                 print(f"{done} exists: stage complete, skipped (--force={stage} reruns it)")
@@ -317,8 +337,8 @@ def main(cfg):
         print(f"\ninterrupted during stage {stage}; rerun the same command to continue: finished stages are "
               "skipped", file=sys.stderr)
         sys.exit(130)
-    print(f"\n{'=' * 78}\n[{len(STAGES) + 1}/{len(STAGES) + 1}] report\n{'=' * 78}")
-    write_report(cfg.out_dir, seconds, cfg, RLHF)
+    print(f"\n{'=' * 78}\n[{len(stages) + 1}/{len(stages) + 1}] report\n{'=' * 78}")
+    write_report(cfg.out_dir, seconds, cfg, chosen(RLHF, cfg))
     total = sum(seconds.values())
     print(f"\n{'stage':>12} {'seconds':>8} {'share':>6}")
     for stage, t in seconds.items():

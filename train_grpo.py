@@ -35,7 +35,7 @@ from minigpt.checkpoint import (check_same_tokenizer, config_dict, load_model, l
 from minigpt.cli import UserError, check, run
 from minigpt.ppo import (entropy_from_logits, group_advantages, k3_kl, masked_mean, policy_loss,
                          rloo_advantages)
-from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
+from minigpt.rollout import (REWARDS, finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
                              print_samples, prompts_for_iteration, rollout, score, split_prompts,
                              validate_and_select)
 from minigpt.scoring import NO_EOS_PENALTY, response_logprobs
@@ -70,6 +70,9 @@ class Config:
                                                               "end-of-text is penalised"})
     temperature: float = field(default=1.0, metadata={
         "help": "sampling temperature (the log-probs use the same one)"})
+    reward: str = field(default="model", metadata={
+        "help": "model (the reward model's score) or verifier (plus +-1 from a checker of sums, code "
+                "expressions and comparisons where it can parse the prompt: minigpt/verifier.py)"})
     no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
         "help": "score instead of the RM's for a response without end-of-text "
                 "(minigpt.scoring.NO_EOS_PENALTY)"})
@@ -112,6 +115,7 @@ class Config:
 
     def validate(self):
         check_dtype(self.dtype)
+        check(self.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         for key in ("iterations", "batch_size", "group_size", "max_new_tokens", "epochs", "minibatch_size",
                     "eval_interval", "log_interval", "val_prompts", "val_samples", "val_tokens"):
             check(getattr(self, key) > 0, f"--{key} must be > 0, got {getattr(self, key)}")
@@ -264,7 +268,8 @@ def main(cfg):
                         f"recomputed log-probs differ from sampled ones by {logprob_gap}"
 
                 # 2. Reward: the RM score of each whole response (no KL in it: the KL is in the loss)
-                scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)     # (B,)
+                scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty,
+                                          cfg.reward)                                     # (B,)
 
                 # 3. Advantages: each response's score against its group's, on every one of its tokens
                 advantages = BASELINES[cfg.baseline](scores, G)[:, None] * mask                   # (B, N)
@@ -298,7 +303,7 @@ def main(cfg):
 
     if master:
         finish_run(cfg, best, dict(
-            kl_coef=cfg.kl_coef, algo="grpo", group_size=G, iterations=iteration,
+            kl_coef=cfg.kl_coef, algo="grpo", reward=cfg.reward, group_size=G, iterations=iteration,
             episodes=iteration * global_batch * G, seconds=elapsed_before + time.time() - start_time,
             skipped_steps=guard.skipped, stopped=stopped, dtype=dtype))
     cleanup_distributed()

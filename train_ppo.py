@@ -43,7 +43,7 @@ from minigpt.data import lm_windows
 from minigpt.losses import sft_loss
 from minigpt.ppo import (AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance,
                          gae, kl_penalty_rewards, masked_whiten, policy_loss, value_loss)
-from minigpt.rollout import (finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
+from minigpt.rollout import (REWARDS, finish_run, iteration_seeds, iteration_stats, kl_explosion, minibatch,
                              print_samples, prompts_for_iteration, response_values, rollout, score,
                              split_prompts, validate_and_select)
 from minigpt.scoring import NO_EOS_PENALTY, response_logprobs
@@ -70,6 +70,9 @@ class Config:
                                                               "end-of-text is penalised"})
     temperature: float = field(default=1.0, metadata={
         "help": "sampling temperature (the log-probs use the same one)"})
+    reward: str = field(default="model", metadata={
+        "help": "model (the reward model's score) or verifier (plus +-1 from a checker of sums, code "
+                "expressions and comparisons where it can parse the prompt: minigpt/verifier.py)"})
     no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
         "help": "score instead of the RM's for a response without end-of-text "
                 "(minigpt.scoring.NO_EOS_PENALTY)"})
@@ -125,6 +128,7 @@ class Config:
 
     def validate(self):
         check_dtype(self.dtype)
+        check(self.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         for key in ("iterations", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size",
                     "eval_interval", "log_interval", "ptx_batch_size", "val_prompts", "val_samples",
                     "val_tokens"):
@@ -333,8 +337,10 @@ def main(cfg):
                     assert logprob_gap < (1e-4 if dtype == "float32" else 0.1), \
                         f"recomputed log-probs differ from sampled ones by {logprob_gap}"
 
-                # 2. Reward: RM score at the last real token, −β·(log π − log π_ref) on every response token
-                scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)     # (B,)
+                # 2. Reward: RM score (+ the checker's ±1, --reward=verifier) at the last real token,
+                #    −β·(log π − log π_ref) on every response token
+                scores, rm_scores = score(reward_model, tokenizer, batch, cfg.no_eos_penalty,
+                                          cfg.reward)                                     # (B,)
                 rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, kl_ctl.value)
 
                 # 3. Advantages: GAE (γ=1, λ=0.95) over response tokens, whitened over all ranks' batch
@@ -373,6 +379,7 @@ def main(cfg):
     if master:
         finish_run(cfg, best, dict(
             kl_coef=cfg.kl_coef, final_kl_coef=kl_ctl.value, ptx_coef=cfg.ptx_coef, algo="ppo",
+            reward=cfg.reward,
             iterations=iteration, episodes=iteration * global_batch,
             seconds=elapsed_before + time.time() - start_time, skipped_steps=guard.skipped, stopped=stopped,
             dtype=dtype))

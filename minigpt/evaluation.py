@@ -60,6 +60,14 @@ def win_fraction(a, b, tol=1e-9):
     return win_rate(np.ravel(a), np.ravel(b), tol)[0]
 
 
+# cut = 1 − (wrong answers of A) / (wrong answers of B), the same prompts and answer numbers
+def wrong_cut(a, b):
+    """How much A cuts B's wrong answers: a, b are 0/1 arrays (1 = a wrong answer), paired -> float in
+    (−inf, 1]; 0.5 = half as many; NaN when B has none."""
+    wrong_b = float(np.sum(b))
+    return 1.0 - float(np.sum(a)) / wrong_b if wrong_b > 0 else float("nan")
+
+
 # KL(best-of-n || π) ≤ log n − (n−1)/n,  equality when no two samples have the same score
 # (Gao et al. 2022)
 def best_of_n_kl_bound(n):

@@ -85,6 +85,22 @@ def frontier_section(out_dir, report):
             "runs in one figure: `python pipeline.py --frontier=DIR,DIR --out_dir=DIR`."]
 
 
+def wrong_section(models, names):
+    """Wrong answers by task kind, and how much each model cuts SFT's (1 − its count / SFT's, with a 95%
+    interval by bootstrap over prompts): where a checker exists (arithmetic, code, compare) and where not."""
+    if not all(models[n].get("wrong_by_kind") for n in names):
+        return []
+    groups = list(models[names[0]]["wrong_by_kind"])
+    def cell(n, g):
+        cut = (models[n].get("wrong_cut_vs_sft") or {}).get(g)
+        return str(models[n]["wrong_by_kind"][g]) + (f" ({_fmt(cut[0], '+.0%')} {_ci(cut[1:], '.0%')})"
+                                                     if cut and cut[0] is not None else "")
+    return ["", "Wrong answers (`wrong_answer`) by task kind; in brackets the share of SFT's wrong answers "
+                "cut [95% interval]:", "",
+            "| task kind | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"] + [
+            f"| {g} | " + " | ".join(cell(n, g) for n in names) + " |" for g in groups]
+
+
 def model_figures(evaluation, seconds, seed):
     """Each evaluated model's figures from eval.json, named as report.json names them, and its gain over
     Preferred-FT (the fair baseline) where both were evaluated."""
@@ -102,6 +118,7 @@ def model_figures(evaluation, seconds, seed):
             "eos_rate": m.get("eos_rate"), "mean_len": m.get("mean_len"), "rm_score": m.get("rm_score"),
             "kl_bound": m.get("kl_bound"), "samples_per_prompt": m.get("samples_per_prompt"),
             "n_responses": m.get("n_responses"), "mistake_counts": m.get("mistake_counts"),
+            "wrong_by_kind": m.get("wrong_by_kind"), "wrong_cut_vs_sft": m.get("wrong_cut_by_kind"),
             "probe_gold_mean": m.get("probe_gold_mean"), "probe_gold_ci95": m.get("probe_gold_ci95"),
             "probe_gain_vs_sft": m.get("probe_gain_vs_baseline"), "probe_gain_ci95": m.get("probe_gain_ci95"),
             "probe_per_task": m.get("probe_per_task"), "right_rate": m.get("right_rate"),
@@ -235,6 +252,7 @@ def write_report(out_dir, seconds, cfg, rlhf):
         lines += ["", "Best-of-n's KL is estimated on the samples it chose from (short answers repeat); "
                       f"the usual formula log n − (n−1)/n = {bound[0]:.2f} is an upper bound."]
     lines += mistake_section(out_dir, models, rlhf)
+    lines += wrong_section(models, [n for n in ("sft", *rlhf, "best_of_4") if n in models])
     lines += dialogue_section(out_dir, report["dialogue"], rlhf)
     r = report["rm"]
     lines += ["", "## Reward model", "",

@@ -22,6 +22,11 @@ from minigpt.respond import respond
 from minigpt.sampling import left_pad
 from minigpt.scoring import heldout_loss, penalise_unfinished, reward_scores, rollout_kl
 from minigpt.training import all_reduce_mean, autocast, plot_metrics, read_metrics
+from minigpt.verifier import parse, verifier_reward, verify
+
+# --reward: what the RL scripts maximise. model: the reward model's score; verifier: the same plus the
+# checker's term where it can check the prompt (its formula in minigpt/verifier.py)
+REWARDS = ("model", "verifier")
 
 
 @torch.no_grad()
@@ -74,26 +79,41 @@ def minibatch(batch, rows, keys):
 
 
 @torch.no_grad()
-def score(reward_model, tokenizer, batch, no_eos_penalty):
-    """r_θ(x, y) of each response's text (minigpt.scoring.reward_scores: the end-of-text after the text
-    encoded as in the reward model's training, detail 2), or no_eos_penalty where it never ended (detail 15).
-    -> (score (B,), raw RM score (B,))."""
+def score(reward_model, tokenizer, batch, no_eos_penalty, reward="model"):
+    """The reward of each response (--reward, REWARDS): r_θ(x, y) of its text (minigpt.scoring.reward_scores:
+    the end-of-text after the text encoded as in the reward model's training, detail 2), plus with "verifier"
+    the checker's ±1 where it can check the prompt (minigpt/verifier.py); no_eos_penalty where it never ended
+    (detail 15). -> (score (B,), raw RM score (B,))."""
     rm_scores = reward_scores(reward_model, tokenizer, batch["instructions"], batch["texts"])
     rm_scores = rm_scores.to(batch["response"].device)                        # (B,)
-    return penalise_unfinished(rm_scores, batch["eos"], no_eos_penalty), rm_scores
+    total = rm_scores
+    if reward == "verifier":
+        checked = [verifier_reward(x, y) for x, y in zip(batch["instructions"], batch["texts"])]
+        total = rm_scores + torch.tensor([c or 0.0 for c in checked], device=rm_scores.device)
+    return penalise_unfinished(total, batch["eos"], no_eos_penalty), rm_scores
+
+
+def verified_rate(instructions, texts):
+    """Share of the responses to checkable prompts that the checker finds right (None if no prompt is
+    checkable): what the verifier's term pushes up, logged under either --reward."""
+    checks = [(parse(x), y) for x, y in zip(instructions, texts)]
+    right = [verify(c, y) for c, y in checks if c is not None]
+    return sum(right) / len(right) if right else None
 
 
 @torch.no_grad()
 def validate(policy, reference, reward_model, tokenizer, world, tasks, cfg):
-    """What a practitioner can measure on held-out prompts: RM score and KL to the SFT model (PPO and GRPO
-    select their checkpoint on these). Sampled with the same noise every time (a fixed generator), so
-    evaluations differ by the policy, not by luck. The gold score is computed for the report only; selection
-    never looks at it."""
+    """What a practitioner can measure on held-out prompts: the reward (val_rm_score: the RM score, plus the
+    checker's term with --reward=verifier) and KL to the SFT model (PPO and GRPO select their checkpoint on
+    these); val_verified, the checker's share of right answers where it can check. Sampled with the same
+    noise every time (a fixed generator), so evaluations differ by the policy, not by luck. The gold score is
+    computed for the report only; selection never looks at it."""
     noise = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed)
     batch = rollout(policy, tokenizer, [t.prompt for t in tasks], cfg.max_new_tokens, cfg.temperature,
                     noise)
-    scores, _ = score(reward_model, tokenizer, batch, cfg.no_eos_penalty)
+    scores, _ = score(reward_model, tokenizer, batch, cfg.no_eos_penalty, cfg.reward)
     return dict(val_rm_score=scores.mean().item(),
+                val_verified=verified_rate(batch["instructions"], batch["texts"]),
                 val_kl=rollout_kl(policy, reference, batch, cfg.temperature),
                 val_gold=sum(world.gold_score(t, r) for t, r in zip(tasks, batch["texts"])) / len(tasks),
                 val_eos_rate=batch["eos"].float().mean().item(),
@@ -156,7 +176,9 @@ def validate_and_select(policy, reference, reward_model, tokenizer, world, val_t
         if master:
             save_model(cfg.out_dir, policy, tokenizer, "lm", cfg, iteration)
     if master:
-        print(f"iteration {iteration}: validation RM score {val['val_rm_score']:+.3f} | "
+        verified = "–" if val["val_verified"] is None else f"{val['val_verified']:.2f}"
+        what = "reward" if cfg.reward == "verifier" else "RM score"
+        print(f"iteration {iteration}: validation {what} {val['val_rm_score']:+.3f} | verified {verified} | "
               f"KL {val['val_kl']:.2f} nats | gold {val['val_gold']:.3f} | eos {val['val_eos_rate']:.2f} | "
               f"pretraining loss {val['pretrain_val_loss']:.3f}{' | selected' if chosen else ''}", flush=True)
 
@@ -216,6 +238,8 @@ def finish_run(cfg, best, fields):
     write_json(os.path.join(cfg.out_dir, "summary.json"), {
         "selected_iteration": best["iteration"], "val_rm_score": best["val_rm_score"],
         "val_kl": best.get("val_kl"), "val_gold": best.get("val_gold"),
-        "pretrain_val_loss": best.get("pretrain_val_loss"), **fields})
-    print(f"done: selected iteration {best['iteration']} (validation RM score {best['val_rm_score']:+.3f}, "
+        "pretrain_val_loss": best.get("pretrain_val_loss"), "val_verified": best.get("val_verified"),
+        **fields})
+    what = "reward" if cfg.reward == "verifier" else "RM score"
+    print(f"done: selected iteration {best['iteration']} (validation {what} {best['val_rm_score']:+.3f}, "
           f"KL {best.get('val_kl', 0):.2f} nats); weights in {cfg.out_dir}/model.pt")

@@ -24,9 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {"gold_mean", "per_task", "exact_match", "eos_rate", "mean_len", "pretrain_val_loss",
         "kl_to_ref", "rm_score", "probe_gold_mean", "probe_per_task", "n_responses", "mistake_counts",
         "right_rate"}
-KEYS_JSON = KEYS | {"samples_per_prompt", "kl_bound", "gold_ci95", "probe_gold_ci95"}
+KEYS_JSON = KEYS | {"samples_per_prompt", "kl_bound", "gold_ci95", "probe_gold_ci95", "wrong_by_kind"}
 AGAINST_BASELINE = {"gain_vs_baseline", "gain_ci95", "win_rate_vs_baseline", "win_rate_ci95",
-                    "probe_gain_vs_baseline", "probe_gain_ci95"}
+                    "probe_gain_vs_baseline", "probe_gain_ci95", "wrong_cut_by_kind"}
 
 
 # ---- the numbers, by hand --------------------------------------------------------------------------------
@@ -65,6 +65,21 @@ def test_report_on_hand_computed_answers():
     assert r["mistake_counts"] == {"preamble": 1, "rambling": 1, "repeat_question": 0, "format": 0,
                                    "wrong_language": 0, "wrong_answer": 0, "refusal": 0, "off_topic": 1,
                                    "earlier_answer": 0, "forgot_system": 0}
+
+
+def test_wrong_answers_by_kind_hand_computed():
+    # 2 samples x 3 prompts (arithmetic, code, shop), sample-major; 1 = a wrong answer
+    kinds = ["arithmetic", "code", "shop"] * 2
+    wrong = {"sft": [1, 1, 0, 1, 0, 1], "rl": [0, 1, 0, 0, 0, 1]}
+    results = {"sft": {}, "rl": {}}
+    evaluate.wrong_by_kind(results, wrong, kinds, "sft", samples=2, seed=0)
+    assert results["sft"]["wrong_by_kind"] == {"arithmetic": 2, "code": 1, "shop": 1, "arithmetic+code": 3}
+    assert results["rl"]["wrong_by_kind"] == {"arithmetic": 0, "code": 1, "shop": 1, "arithmetic+code": 1}
+    cut = results["rl"]["wrong_cut_by_kind"]
+    assert cut["arithmetic"][0] == 1.0 and cut["code"][0] == 0.0 and cut["shop"][0] == 0.0
+    assert cut["arithmetic+code"][0] == pytest.approx(1 - 1 / 3)
+    assert cut["arithmetic"][1:] == [1.0, 1.0]          # whichever prompts are drawn, none is left wrong
+    assert "wrong_cut_by_kind" not in results["sft"]
 
 
 def test_finite_makes_valid_json():

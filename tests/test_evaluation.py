@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from minigpt.evaluation import bootstrap_ci95, mean_gain, ranking_report, spearman, win_fraction, win_rate
+from minigpt.evaluation import (bootstrap_ci95, mean_gain, ranking_report, spearman, win_fraction, win_rate,
+                                wrong_cut)
 
 
 def test_win_rate_hand_computed():
@@ -15,6 +16,12 @@ def test_win_rate_hand_computed():
     rate, ties = win_rate(a, b)
     assert rate == pytest.approx(2 / 3) and ties == pytest.approx(2 / 5)
     assert win_rate(b, a)[0] == pytest.approx(1 / 3)
+
+
+def test_wrong_cut_hand_computed():
+    assert wrong_cut([1, 0, 0, 0], [1, 1, 1, 1]) == 0.75      # 1 wrong answer where there were 4
+    assert wrong_cut([1, 1, 0], [1, 0, 0]) == -1.0            # twice as many: a negative cut
+    assert math.isnan(wrong_cut([1, 0], [0, 0]))              # nothing to cut
 
 
 def test_win_rate_all_ties_and_mismatch():

@@ -111,6 +111,13 @@ def test_the_report_counts_mistakes_per_model(quick_run):
                                             "wrong_language", "wrong_answer", "refusal", "off_topic",
                                             "earlier_answer", "forgot_system"}
     assert (out / "mistakes.png").exists() and "## What RLHF changed" in (out / "report.md").read_text()
+    # wrong answers by task kind: the kinds add up to the model's wrong answers; the cut is against SFT
+    for name in MODELS:
+        m = report["models"][name]
+        by_kind = {k: v for k, v in m["wrong_by_kind"].items() if "+" not in k}
+        assert sum(by_kind.values()) == m["mistake_counts"]["wrong_answer"]
+        assert (m["wrong_cut_vs_sft"] is None) == (name == "sft")
+    assert "by task kind" in (out / "report.md").read_text()
 
 
 def test_the_report_shows_conversations_apart(quick_run):
@@ -206,9 +213,21 @@ def test_each_stage_command_carries_each_flag_once():
     # the pipeline owns its folders: every training stage may overwrite an unfinished attempt; label.py and
     # evaluate.py have no such flag
     assert [s for s, cmd in commands.items() if "--force" in cmd] == \
-        ["pretrain", "sft", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo"]
+        ["pretrain", "sft", "rm", "ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "ppo_verifier"]
     assert pipeline.merge_flags(["a.py", "--x=1", "--y=2"], ["--y=3", "--z=4", "--x=5"]) == \
         ["a.py", "--x=5", "--y=3", "--z=4"]
+
+
+def test_the_verifier_stage_runs_only_when_asked():
+    import pipeline
+
+    plain, asked = pipeline.Config(out_dir="o"), pipeline.Config(out_dir="o", verifier=True)
+    assert "ppo_verifier" not in pipeline.chosen(pipeline.STAGES, plain)
+    assert pipeline.chosen(pipeline.STAGES, asked)[-2:] == ["ppo_verifier", "eval"]
+    models = {cfg.verifier: next(a for a in pipeline.stage_commands(cfg)["eval"] if a.startswith("--models="))
+              for cfg in (plain, asked)}
+    assert "ppo_verifier:o/ppo_verifier" in models[True] and "ppo_verifier" not in models[False]
+    assert "--reward=verifier" in pipeline.stage_commands(asked)["ppo_verifier"]
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):

@@ -61,7 +61,7 @@ def test_end_to_end_tiny_run_has_no_value_model(tiny, tmp_path):
     args = [sys.executable, "train_grpo.py", f"--sft={sft}", f"--rm={rm}", f"--out_dir={out}",
             "--batch_size=2", "--group_size=4", "--minibatch_size=4", "--epochs=1", "--max_new_tokens=6",
             "--val_prompts=8", "--eval_interval=2", "--sample_interval=1", "--device=cpu", "--debug",
-            "--iterations=2"]
+            "--iterations=2", "--reward=verifier"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -70,9 +70,12 @@ def test_end_to_end_tiny_run_has_no_value_model(tiny, tmp_path):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algo"] == "grpo" and summary["episodes"] == 2 * 2 * 4       # 2 prompts x 4 samples, twice
+    assert summary["reward"] == "verifier" and "validation reward" in done.stdout
     assert "value" not in load_checkpoint(str(out / "last.pt"))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["first_minibatch_log_ratio"] == 0.0 and r["kl_loss"] >= 0 for r in rows if "rm_score" in r)
     # no value model, so no value statistics: neither logged nor printed (they would read "ev nan")
     assert not any("explained_variance" in r for r in rows) and "| ev " not in done.stdout
+    # the checker's share of right answers on the checkable validation prompts (none right, untrained)
+    assert [r["val_verified"] for r in rows if "val_kl" in r] == [0.0, 0.0]
     assert "nan" not in done.stdout
