@@ -5,6 +5,7 @@
                                                           # itself)
     python serve.py --rm=out/rm --port=8000               # reward model scoring every answer (default:
                                                           # <out_dir>/rm if there; --rm= for none)
+    python serve.py --label_file=out/human_labels.jsonl   # and the page's ranking tab: people rank answers
 
     curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "ppo", "messages": [{"role": "user", "content": "Add 3 and 4."}], "seed": 1}'
@@ -17,6 +18,13 @@ every stage answer the same prompt side by side, token by token, with each token
 reward), GET /health ({"status": "ok", "generate_calls": N, "decode_steps": N, "cancelled": N,
 "models": [...]}), GET /v1/models, GET /v1/models/<name>, POST /v1/chat/completions. Anything else is a 404
 in OpenAI's error shape.
+
+The ranking tab (http://127.0.0.1:8000/#rank, with --label_file): a person ranks one prompt's --rank_k answers
+from the served models, ties allowed, and each ranking is appended to --label_file in label.py's format, which
+train_rm.py and train_dpo.py read with --data (minigpt/human_labels.py). GET /rank/history (the file's count
+and last rankings), POST /rank/sample ({"prompt"} -> {"id", "prompt", "answers"}; an empty prompt draws one of
+the built-in world's labelling prompts), POST /rank/submit ({"id", "ranking": [[answer, ...], ...] best
+first, a group tied, "labeler"}), POST /rank/undo ({"labeler"}: the file's last ranking, if theirs).
 
 What a request means: the whole conversation is the prompt. System (and "developer") messages go into one
 "### System:" block at the top, then every earlier user turn with the assistant's answer after it, then the
@@ -55,8 +63,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from minigpt.checkpoint import check_same_tokenizer, load_model
 from minigpt.cli import UserError, check, named_folders, run
 from minigpt.chat_api import chunks, completion, parse_request, reject_constant
+from minigpt.human_labels import RankingTab, check_labeler
 from minigpt.serving import STATS, ApiError, Served
 from minigpt.training import check_dtype, pick_device, resolve_dtype
+from minigpt.world import World
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "minigpt", "serve_page.html")  # GET /
 MAX_BODY = 1 << 20          # bytes of request body we accept
@@ -77,6 +87,13 @@ class Config:
         "help": "how long a worker waits for more requests to batch"})
     max_n: int = field(default=8, metadata={"help": "most choices (n) per request"})
     default_max_tokens: int = field(default=64, metadata={"help": "max_tokens when a request gives none"})
+    label_file: str = field(default="", metadata={
+        "help": "the ranking tab's label file (JSON lines in label.py's format; '' = no ranking tab)"})
+    labeler: str = field(default="human", metadata={
+        "help": "the name a ranking is stored under when the page gives none"})
+    rank_k: int = field(default=4, metadata={"help": "answers shown per prompt in the ranking tab"})
+    world_seed: int = field(default=0, metadata={
+        "help": "seed of the built-in world whose labelling prompts the ranking tab offers"})
     device: str = field(default="cpu", metadata={"help": "auto, cpu, cuda or mps"})
     dtype: str = field(default="auto", metadata={
         "help": "auto (bf16 autocast where this device's bf16 matmul is clearly faster), float32 or "
@@ -90,6 +107,11 @@ class Config:
         check(self.max_n >= 1, f"--max_n must be >= 1, got {self.max_n}")
         check(self.default_max_tokens >= 1,
               f"--default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        check(self.rank_k >= 2, f"--rank_k must be >= 2 (answers to rank), got {self.rank_k}")
+        try:
+            check_labeler(self.labeler)
+        except ValueError as e:
+            raise UserError(f"--labeler: {e}") from None
 
 
 # ---- models -----------------------------------------------------------------------------------------------
@@ -142,7 +164,10 @@ def load_all(cfg):
 
 # ---- HTTP -------------------------------------------------------------------------------------------------
 
-def make_handler(served, cfg):
+RANK_OFF = "the ranking tab is off: start serve.py with --label_file=PATH"
+
+
+def make_handler(served, cfg, rank=None):
     with open(PAGE, "rb") as f:
         page = f.read()
 
@@ -176,6 +201,13 @@ def make_handler(served, cfg):
             if path == "/v1/models":
                 return self.send_json(200, {"object": "list",
                                             "data": [model_card(s) for s in served.values()]})
+            if path == "/rank/history":
+                if not rank:
+                    return self.fail(ApiError(404, RANK_OFF))
+                try:
+                    return self.send_json(200, rank.history())
+                except UserError as e:                     # the label file is not whole
+                    return self.fail(ApiError(409, str(e), code="label_file_not_whole"))
             if path.startswith("/v1/models/"):
                 name = path[len("/v1/models/"):]
                 if name in served:
@@ -189,19 +221,23 @@ def make_handler(served, cfg):
             body = self.read_body()
             if body is None:
                 return
-            if path != "/v1/chat/completions":
+            rank_action = {"/rank/sample": "sample", "/rank/submit": "submit", "/rank/undo": "undo"}.get(path)
+            if path != "/v1/chat/completions" and not rank_action:
                 return self.fail(ApiError(404, f"no such endpoint: POST {path}", code="not_found"))
             try:
-                try:
-                    text = body.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ApiError(400, "the body is not UTF-8 text "
-                                        f"(bad byte at position {e.start})") from None
-                try:
-                    request = json.loads(text, parse_constant=reject_constant)
-                except ValueError as e:
-                    raise ApiError(400, f"the body is not valid JSON: {e}") from None
+                request = parse_json(body)
+                if rank_action:
+                    if not rank:
+                        raise ApiError(404, RANK_OFF)
+                    if not isinstance(request, dict):
+                        raise ApiError(400, "the body must be a JSON object")
+                    return self.send_json(200, getattr(rank, rank_action)(request))
                 s, req, stream, include_usage = parse_request(request, served, cfg)
+            except UserError as e:                         # the label file is not whole: refused, one line
+                return self.fail(ApiError(409, str(e), code="label_file_not_whole"))
+            except OSError as e:                           # the label file cannot be written: unchanged
+                return self.fail(ApiError(500, f"{cfg.label_file}: cannot write: {e.strerror or e}",
+                                          type="server_error"))
             except ApiError as e:
                 return self.fail(e)
             if req.dropped_turns:
@@ -267,6 +303,17 @@ def make_handler(served, cfg):
     return Handler
 
 
+def parse_json(body):
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the body is not UTF-8 text (bad byte at position {e.start})") from None
+    try:
+        return json.loads(text, parse_constant=reject_constant)
+    except ValueError as e:
+        raise ApiError(400, f"the body is not valid JSON: {e}") from None
+
+
 def model_card(s):
     return {"id": s.name, "object": "model", "created": s.created, "owned_by": "minigpt"}
 
@@ -278,7 +325,8 @@ class Server(ThreadingHTTPServer):
 
 def make_server(cfg):
     served, rm_folder = load_all(cfg)
-    server = Server((cfg.host, cfg.port), make_handler(served, cfg))
+    rank = RankingTab(served, cfg, World(cfg.world_seed)) if cfg.label_file else None
+    server = Server((cfg.host, cfg.port), make_handler(served, cfg, rank))
     for s in served.values():
         s.thread.start()
     return server, served, rm_folder
@@ -296,6 +344,8 @@ def main(cfg):
     print(f"http://{host}:{port}/v1  (OpenAI-compatible; GET /health, /v1/models, POST /v1/chat/completions)",
           flush=True)
     print(f"http://{host}:{port}/  (the chat page: every model answers side by side)", flush=True)
+    if cfg.label_file:
+        print(f"http://{host}:{port}/#rank  (the ranking tab: rankings go to {cfg.label_file})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

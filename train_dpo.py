@@ -52,7 +52,8 @@ class Config:
     labels: str = field(default="out/labels", metadata={
         "help": "label.py's folder: train.jsonl and val.jsonl"})
     data: str = field(default="", metadata={
-        "help": "a preference file instead of --labels (any format train_rm.py reads)"})
+        "help": "a preference file instead of --labels (any format train_rm.py reads; several "
+                "comma-separated are read as one)"})
     val_data: str = field(default="", metadata={
         "help": "held-out comparisons for --data (empty = hold out --val_fraction)"})
     val_fraction: float = field(default=0.15, metadata={

@@ -12,6 +12,8 @@ standard deviation 1.
 
     python train_rm.py                         # out/labels (label.py) -> out/rm, about 2 minutes on 2 cores
     python train_rm.py --data=pairs.jsonl      # your comparisons: ranked lists or chosen/rejected pairs
+    python train_rm.py --data=out/labels/train.jsonl,out/human_labels.jsonl --val_data=out/labels/val.jsonl
+                                               # simulated labels mixed with serve.py's ranking tab's
     torchrun --standalone --nproc_per_node=2 train_rm.py
 """
 
@@ -51,7 +53,8 @@ class Config:
     labels: str = field(default="out/labels", metadata={
         "help": "label.py's folder: train.jsonl and val.jsonl"})
     data: str = field(default="", metadata={
-        "help": "a comparisons file instead of --labels (ranked lists or chosen/rejected pairs, JSONL)"})
+        "help": "a comparisons file instead of --labels (ranked lists or chosen/rejected pairs, JSONL); "
+                "several comma-separated are read as one, e.g. out/labels/train.jsonl,human.jsonl"})
     val_data: str = field(default="", metadata={
         "help": "held-out comparisons for --data (empty = hold out --val_fraction of --data)"})
     val_fraction: float = field(default=0.15, metadata={

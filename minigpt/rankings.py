@@ -61,7 +61,9 @@ def _cleaning_line(stats):
 
 
 def _cleaned(path, max_chars):
-    kept, stats = clean_rankings(load_comparisons(path), max_chars)
+    """The rankings of a comparisons file, or of several given comma-separated (e.g. label.py's simulated
+    labels and a file people ranked in serve.py's page), read in that order and cleaned together."""
+    kept, stats = clean_rankings([r for p in path.split(",") if p for r in load_comparisons(p)], max_chars)
     if not kept:
         raise DataError(f"{path}: no rankings left after cleaning ({_cleaning_line(stats)}; "
                         f"max_chars={max_chars})")
@@ -71,7 +73,7 @@ def _cleaned(path, max_chars):
 def load_rankings(labels, data="", val_data="", val_fraction=0.15, max_chars=2000):
     """-> (train, val) lists of {"prompt", "responses": [best..worst], optional "gold", "mistakes"}:
     label.py's folder (train.jsonl, val.jsonl), or a comparisons file `data` (held out: `val_data`, or every
-    n-th one).
+    n-th one); `data` and `val_data` may each name several files, comma-separated.
 
     A file's rankings are cleaned first (clean_rankings; one summary line): duplicates go BEFORE the held-out
     split, so no copy lands on both sides of it; a --val_data ranking identical to a training one is

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models for the RL tests, and serve.py in a subprocess over tiny random stage
 folders (test_serve*.py)."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -47,10 +48,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_server(tmp_path_factory):
-    """URL of serve.py serving two tiny random language models (sft, ppo) and a reward model (rm)."""
-    out = tmp_path_factory.mktemp("serve") / "out"
+def write_tiny_stages(out):
+    """Two tiny random language models (sft, ppo) and a reward model (rm) as stage folders under out."""
     torch.manual_seed(0)
     tokenizer = Tokenizer.train(TEXT, 300)
     config = GPTConfig(block_size=TINY_BLOCK, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32)
@@ -60,11 +59,17 @@ def tiny_server(tmp_path_factory):
     with torch.no_grad():
         rm.head.weight.normal_(0, 0.5)
     save_model(str(out / "rm"), rm, tokenizer, "reward")
+
+
+@contextlib.contextmanager
+def serving(out, *args):
+    """serve.py over the stage folders under out (and more --key=value args) in a subprocess -> its URL."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = open(out / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={out}", f"--port={port}",
-                             "--batch_wait_ms=20"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--batch_wait_ms=20", *args],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -86,3 +91,12 @@ def tiny_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory):
+    """URL of serve.py serving two tiny random language models (sft, ppo) and a reward model (rm)."""
+    out = tmp_path_factory.mktemp("serve") / "out"
+    write_tiny_stages(out)
+    with serving(out) as url:
+        yield url

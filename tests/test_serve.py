@@ -161,6 +161,18 @@ def test_unknown_path_is_404(server):
     assert e.value.code == 404 and "error" in json.loads(e.value.read())
 
 
+def test_the_ranking_tab_is_off_without_a_label_file(server):
+    off = "the ranking tab is off: start serve.py with --label_file=PATH"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server + "/rank/history", timeout=10)
+    assert e.value.code == 404 and json.loads(e.value.read())["error"]["message"] == off
+    req = urllib.request.Request(server + "/rank/submit", data=b'{"id": "x", "ranking": []}',
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 404 and json.loads(e.value.read())["error"]["message"] == off
+
+
 def test_concurrent_requests_are_batched(server):
     before = health(server)["generate_calls"]
     results = [None] * 16
