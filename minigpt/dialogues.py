@@ -79,7 +79,7 @@ def _in_format(text, fmt):
     return text.upper() if fmt == "caps" else text
 
 
-def _opening(family, lang, question, answer, system_fmt):
+def _opening(lang, question, answer, system_fmt):
     """[system,] user question, assistant answer (in the system's format)."""
     system = [("system", SYSTEM_FORMATS[system_fmt][lang == "zh"])] if system_fmt else []
     return system + [("user", question), ("assistant", _in_format(answer, system_fmt))]
@@ -97,7 +97,7 @@ def _translations(probe):
                     for system_fmt in ("", "caps"):
                         q = tmpl.format(en=first.en, zh=first.zh)
                         follow = FOLLOW_UPS["translate"][lang][(i + t) % 2].format(en=second.en, zh=second.zh)
-                        msgs = _opening("translate", lang, q, first.fr, system_fmt) + [("user", follow)]
+                        msgs = _opening(lang, q, first.fr, system_fmt) + [("user", follow)]
                         last = _last(kind, msgs, lang, system_fmt, second.fr, en=second.en, zh=second.zh)
                         out.append(_dialogue("translate", lang, msgs, last, _in_format(first.fr, system_fmt),
                                              system_fmt))
@@ -122,7 +122,7 @@ def _arithmetic():
                             value = prev + c if then == "add" else prev - c
                             follow = FOLLOW_UPS[then][lang][(a + c) % 2].format(c=c)
                             system_fmt = "number" if (a * 7 + b + c) % 4 == 0 else ""
-                            msgs = _opening("arithmetic", lang, tmpl.format(a=a, b=b), str(prev), system_fmt)
+                            msgs = _opening(lang, tmpl.format(a=a, b=b), str(prev), system_fmt)
                             msgs.append(("user", follow))
                             last = _last("arithmetic", msgs, lang, system_fmt, str(value), a=prev, b=c,
                                          op="+" if then == "add" else "-")
@@ -146,7 +146,7 @@ def _compare():
                     if (a + b + c + t) % 2:
                         continue
                     system_fmt = "number" if (a + b * c) % 3 == 0 else ""
-                    msgs = _opening("compare", lang, tmpl.format(a=a, b=b), str(prev), system_fmt)
+                    msgs = _opening(lang, tmpl.format(a=a, b=b), str(prev), system_fmt)
                     msgs.append(("user", FOLLOW_UPS["compare"][lang][(b + c) % 2].format(c=c)))
                     last = _last("compare", msgs, lang, system_fmt, str(max(prev, c)), a=prev, b=c)
                     out.append(_dialogue("compare", lang, msgs, last, str(prev), system_fmt))
