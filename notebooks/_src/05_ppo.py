@@ -324,7 +324,15 @@ for task in world.split("dialogue_dev")[:3]:
 shutil.rmtree(work, ignore_errors=True)  # the temporary stage folders are no longer needed
 
 # %% [markdown]
-# FULL_RUN_FOLLOW_UPS
+# The full run (`python pipeline.py --world_seed=1 --seed=1`, the README's results): the first sampled
+# answer (temperature 1) of SFT, PPO and DPO to the first twelve conversations of world 1's `dialogue_test`
+# split, gold score in brackets (`docs/follow_ups.md`, from the run's `eval_dialogue/eval.json`). Follow-ups
+# that need the earlier turn (a price for two, another day's hours, "Now subtract 1 from that.") are mostly
+# right after RLHF where the fact is one the model knows; the French words stay wrong, as in single turns.
+
+# %%
+from IPython.display import Markdown
+Markdown(open(os.path.join(REPO, "docs", "follow_ups.md"), encoding="utf-8").read())
 
 # %% [markdown]
 # ## 7. What RLHF changed, in the full run
