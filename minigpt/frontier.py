@@ -20,7 +20,7 @@ from minigpt.cli import UserError
 
 OFF_FRONTIER = ("pretrained",)
 LABELS = {"sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx", "dpo": "DPO", "preferred_ft": "Preferred-FT",
-          "grpo": "GRPO", "rloo": "RLOO"}
+          "grpo": "GRPO", "rloo": "RLOO", "ppo_verifier": "PPO, verifier reward"}
 
 
 def label(name):
