@@ -223,10 +223,11 @@ def test_the_verifier_stage_runs_only_when_asked():
 
     plain, asked = pipeline.Config(out_dir="o"), pipeline.Config(out_dir="o", verifier=True)
     assert "ppo_verifier" not in pipeline.chosen(pipeline.STAGES, plain)
-    assert pipeline.chosen(pipeline.STAGES, asked)[-2:] == ["ppo_verifier", "eval"]
-    models = {cfg.verifier: next(a for a in pipeline.stage_commands(cfg)["eval"] if a.startswith("--models="))
-              for cfg in (plain, asked)}
-    assert "ppo_verifier:o/ppo_verifier" in models[True] and "ppo_verifier" not in models[False]
+    assert pipeline.chosen(pipeline.STAGES, asked)[-3:] == ["ppo_verifier", "eval", "eval_dialogue"]
+    for stage in ("eval", "eval_dialogue"):          # both evaluations hold the run when it is there
+        models = {cfg.verifier: next(a for a in pipeline.stage_commands(cfg)[stage]
+                                     if a.startswith("--models=")) for cfg in (plain, asked)}
+        assert "ppo_verifier:o/ppo_verifier" in models[True] and "ppo_verifier" not in models[False]
     assert "--reward=verifier" in pipeline.stage_commands(asked)["ppo_verifier"]
 
 
