@@ -153,20 +153,15 @@ def per_kind(tasks, scores):
 # ======== read this first: the judging: gold score and mistakes per answer, paired gains, win rates ========
 def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
     """The numbers of one system, in the JSON's shape, plus the gold score of every answer and of every
-    probe answer (for gains and win rates). tasks[i] is the task answers[i] answers (each test task once
-    per sample)."""
+    probe answer (for gains and win rates) and the mistakes judge.mistakes names in every answer. tasks[i] is
+    the task answers[i] answers (each test task once per sample)."""
     gold = [world.gold_score(t, text) for t, text in zip(tasks, ans["texts"])]
     lengths = [sum(1 for tok in row if tok != pad_id) - int(e)
                for row, e in zip(ans["tokens"].tolist(), ans["eos"])]
     probe = ([world.gold_score(t, text) for t, text in zip(probe_tasks, probe_ans["texts"])] if probe_ans
              else [])
-    counts = {kind: 0 for kind in MISTAKE_KINDS}
-    right = []      # the asked fact answered (whatever the style): no wrong answer, refusal, off-topic, ...
-    for t, text in zip(tasks, ans["texts"]):
-        found = mistakes(t, text)
-        for kind in found:
-            counts[kind] += 1
-        right.append(float(not set(found) & set(FACT_MISTAKES)))
+    named = [mistakes(t, text) for t, text in zip(tasks, ans["texts"])]
+    counts = {kind: sum(kind in found for found in named) for kind in MISTAKE_KINDS}
     return {
         "gold_mean": sum(gold) / len(gold),
         "per_task": per_kind(tasks, gold),
@@ -180,8 +175,13 @@ def report(world, tasks, ans, probe_tasks, probe_ans, pad_id, val_loss, kl):
         "probe_per_task": per_kind(probe_tasks, probe) if probe else None,
         "n_responses": len(gold),
         "mistake_counts": counts,
-        "right_rate": sum(right) / len(right),
-    }, gold, probe, right
+        "right_rate": sum(map(fact_right, named)) / len(named),
+    }, gold, probe, named
+
+
+def fact_right(found):
+    """The asked fact answered, whatever the style: none of judge.FACT_MISTAKES (a wrong answer, ...)."""
+    return float(not set(found) & set(FACT_MISTAKES))
 
 
 def with_intervals(results, gold, probe_gold, baseline, samples, seed):
@@ -326,7 +326,7 @@ def main(cfg):
     if cfg.best_of:
         systems.append((f"best_of_{cfg.best_of}", cfg.best_of_model, cfg.temperature, cfg.best_of))
 
-    results, gold, probe_gold, answers, val_losses = {}, {}, {}, {}, {}
+    results, gold, probe_gold, answers, named, val_losses = {}, {}, {}, {}, {}, {}
     dtype = resolve_dtype(cfg.dtype, device)
     print(f"dtype: {dtype}")
     with autocast(str(device), dtype):   # every forward pass; log-probs and losses are taken in fp32
@@ -359,12 +359,13 @@ def main(cfg):
                     draws = ans["all_rm"].permute(2, 0, 1).reshape(len(tasks), -1).tolist()   # (P, S*n)
                     kl = sum(best_of_n_kl(d, n) for d in draws) / len(draws)
                     kl_bound = best_of_n_kl_bound(n)
-            results[system], gold[system], probe_gold[system], right = report(
+            results[system], gold[system], probe_gold[system], named[system] = report(
                 world, tasks * S, ans, probe * S, probe_ans, tok.pad_id, val_losses[name], kl)
             results[system].update(samples_per_prompt=S, kl_bound=kl_bound)
             # conversations: how often the follow-ups that need the earlier turn get the right fact
             follow = [p for p, t in enumerate(tasks) if t.get("family") in NEEDS_EARLIER]
             if follow:
+                right = [fact_right(found) for found in named[system]]
                 grid = np.asarray(right, dtype=np.float64).reshape(S, -1)[:, follow]
                 interval = bootstrap_ci95(lambda x: x.mean(), grid, seed=cfg.seed)
                 results[system].update(follow_up_right=grid.mean(), follow_up_right_ci95=interval)
@@ -373,6 +374,7 @@ def main(cfg):
                 gold[system] = gold[system] * cfg.samples_per_prompt
                 probe_gold[system] = probe_gold[system] * cfg.samples_per_prompt
                 answers[system] = answers[system] * cfg.samples_per_prompt
+                named[system] = named[system] * cfg.samples_per_prompt
 
     wins, ties = pairwise(gold)                                               # answer by answer
     P = len(tasks)
@@ -380,10 +382,9 @@ def main(cfg):
                       for p in range(P)] for s, g in gold.items()}
     prompt_wins, prompt_ties = pairwise(per_prompt)                 # prompt by prompt (mean of its answers)
     with_intervals(results, gold, probe_gold, baseline, cfg.samples_per_prompt, cfg.seed)
-    all_tasks = tasks * cfg.samples_per_prompt
-    wrong = {s: [int(WRONG_ANSWER in mistakes(t, x)) for t, x in zip(all_tasks, texts)]
-             for s, texts in answers.items()}
-    wrong_by_kind(results, wrong, [t.kind for t in all_tasks], baseline, cfg.samples_per_prompt, cfg.seed)
+    wrong = {s: [int(WRONG_ANSWER in found) for found in ms] for s, ms in named.items()}  # judged once
+    kinds = [t.kind for t in tasks] * cfg.samples_per_prompt
+    wrong_by_kind(results, wrong, kinds, baseline, cfg.samples_per_prompt, cfg.seed)
     print_table(results, wins, ties, baseline)
     samples = [{"instruction": t.instruction, "answer": t.answer, "kind": t.kind,
                 "responses": {s: {"text": answers[s][i], "gold": gold[s][i]} for s in results}}

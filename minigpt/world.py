@@ -61,10 +61,10 @@ class World:
         candidates = [e for e in LEXICON if e.cat in PROBE_CATEGORIES]
         self.probe_entries = sorted(rng.sample(candidates, N_PROBE_ENTRIES), key=lambda e: e.en)
         pools, probe_tasks = build_pools(set(self.probe_entries))
-        self._by_instruction = {}
+        self._by_prompt = {}
         for t in [t for kind in KINDS for t in pools[kind]] + probe_tasks:
-            assert t.instruction not in self._by_instruction, f"duplicate instruction {t.instruction!r}"
-            self._by_instruction[t.instruction] = t
+            assert t.instruction not in self._by_prompt, f"duplicate instruction {t.instruction!r}"
+            self._by_prompt[t.instruction] = t
         # deal each kind's shuffled pool out to the splits, the same number per kind (test first)
         self._splits = {name: [] for name in SPLIT_SIZES if name != "dev"}
         dev, extra_rm = [], []
@@ -102,8 +102,8 @@ class World:
         dealt = {name: [] for name in DIALOGUE_SIZES}
         for family, tasks in families.items():
             for t in tasks:
-                assert t.prompt not in self._by_instruction, f"duplicate conversation {t.instruction!r}"
-                self._by_instruction[t.prompt] = t
+                assert t.prompt not in self._by_prompt, f"duplicate conversation {t.instruction!r}"
+                self._by_prompt[t.prompt] = t
             pool = list(tasks)
             rng.shuffle(pool)
             asks_held_out = [any(text in held_out for role, text in t.prompt if role == "user") for t in pool]
@@ -133,7 +133,7 @@ class World:
         key = prompt if isinstance(prompt, str) else tuple(
             (m["role"], m["content"]) if isinstance(m, dict) else tuple(m) for m in prompt)
         try:
-            return self._by_instruction[key]
+            return self._by_prompt[key]
         except KeyError:
             raise KeyError(f"prompt not in this world: {prompt!r}") from None
 

@@ -53,9 +53,10 @@ def test_report_on_hand_computed_answers():
     ans = {"texts": ["4", "Bonjour", "Sure! The answer is rouge. Bye!", "rouge"],
            "eos": [True, False, True, True], "rm": torch.tensor([1.0, 2.0, 3.0, 4.0]),
            "tokens": torch.tensor([[1, eos, pad], [1, 2, 3], [eos, pad, pad], [4, 5, eos]])}
-    r, gold, probe, right = evaluate.report(world, tasks, ans, [], None, pad, 3.5, 0.25)
+    r, gold, probe, named = evaluate.report(world, tasks, ans, [], None, pad, 3.5, 0.25)
     assert set(r) == KEYS and gold == [1.0, 0.0, 0.5, 1.0] and probe == []
-    assert right == [1.0, 0.0, 1.0, 1.0] and r["right_rate"] == 0.75     # "Bonjour" to 9 - 4: off topic
+    assert named == [[], ["off_topic"], ["preamble", "rambling"], []]
+    assert r["right_rate"] == 0.75                                       # "Bonjour" to 9 - 4: off topic
     assert r["gold_mean"] == 0.625
     assert r["per_task"] == {"arithmetic": 0.5, "translate_en": 0.75}
     assert r["exact_match"] == 0.5 and r["eos_rate"] == 0.75
