@@ -92,3 +92,23 @@ def test_the_reward_adds_to_the_rm_score_only_where_checked(monkeypatch):
     assert model_scores.tolist() == [0.5, 0.5, 0.5, -5.0]
     assert verifier_scores.tolist() == [1.5, -0.5, 0.5, -5.0]     # +1 right, -1 wrong, unchecked, unfinished
     assert raw.tolist() == raw2.tolist() == [0.5] * 4
+
+
+def test_the_verifier_run_trains_on_every_checkable_training_prompt_and_no_held_out_one():
+    from types import SimpleNamespace
+
+    from minigpt.rollout import split_prompts
+    from minigpt.world import World
+
+    world = World(0)
+    cfg = SimpleNamespace(world_seed=0, val_prompts=64, val_samples=4, batch_size=64, reward="model")
+    val, ppo_only = split_prompts(world, cfg)
+    val2, train = split_prompts(world, SimpleNamespace(**{**vars(cfg), "reward": "verifier"}))
+    assert val == val2 and train[:len(ppo_only)] == ppo_only          # the same PPO prompts, then the rest
+    extra = train[len(ppo_only):]
+    checkable = [t for name in ("sft_train", "rm") for t in world.split(name)
+                 if isinstance(t.prompt, str) and parse(t.prompt) is not None]
+    assert extra == checkable and len(extra) > 5 * len(ppo_only) // 7    # many more sums, code, comparisons
+    assert {t.kind for t in extra} == {"arithmetic", "code", "compare"}
+    held_out = {t.prompt for name in ("test", "dev", "probe") for t in world.split(name)}
+    assert not held_out & {t.prompt for t in train + val}
