@@ -74,7 +74,8 @@ class Config:
         "help": "sampling temperature (the log-probs use the same one)"})
     reward: str = field(default="model", metadata={
         "help": "model (the reward model's score) or verifier (plus +-1 from a checker of sums, code "
-                "expressions and comparisons where it can parse the prompt: minigpt/verifier.py)"})
+                "expressions and comparisons where it can parse the prompt: minigpt/verifier.py; every "
+                "checkable SFT and ranking prompt joins the PPO prompts: minigpt/rollout.split_prompts)"})
     no_eos_penalty: float = field(default=NO_EOS_PENALTY, metadata={
         "help": "score instead of the RM's for a response without end-of-text "
                 "(minigpt.scoring.NO_EOS_PENALTY)"})

@@ -163,10 +163,10 @@ def split_prompts(world, cfg):
     val_tasks, train_tasks = tasks[:cfg.val_prompts] * cfg.val_samples, tasks[cfg.val_prompts:]
     if cfg.reward == "verifier":
         # A checker needs no labeller, so any question it can answer is a training prompt (RL with verifiable
-        # rewards trains on large problem sets): the 836 PPO prompts hold ~120 sums, too few to visit each of
-        # the world's 155 sums and differences more than a few times; with the SFT and ranking splits' 1,956
-        # checkable prompts, wrong sums on world 0's dev split fell by 51% instead of 14%
-        # (docs/defaults_history.md). Held-out splits (test, dev, probe) stay out.
+        # rewards trains on large problem sets): the PPO prompts ask ~120 sums, only 84-93 of the world's 155
+        # sums and differences; with the SFT and ranking splits' 1,956 checkable prompts, ~775 ask all 155,
+        # and wrong sums on world 0's dev split fell by 51% instead of 14% (docs/defaults_history.md).
+        # Held-out splits (test, dev, probe) stay out.
         train_tasks += [t for name in ("sft_train", "rm") for t in world.split(name) if parse(t.prompt)]
     return val_tasks, train_tasks
 

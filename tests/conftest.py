@@ -2,11 +2,13 @@
 folders (test_serve*.py)."""
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
@@ -59,6 +61,19 @@ def write_tiny_stages(out):
     with torch.no_grad():
         rm.head.weight.normal_(0, 0.5)
     save_model(str(out / "rm"), rm, tokenizer, "reward")
+
+
+def request_json(url, body=None, headers=None, timeout=60):
+    """GET url (body None) or POST body (bytes as they are, anything else as JSON) -> (HTTP status, the
+    parsed JSON answer), an error status included."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 @contextlib.contextmanager

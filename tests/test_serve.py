@@ -10,6 +10,8 @@ import urllib.request
 
 import pytest
 
+from conftest import request_json
+
 openai = pytest.importorskip("openai")
 
 BLOCK = 96   # the tiny models' context: tests/conftest.py builds them and starts the server
@@ -26,20 +28,12 @@ def client(server):
 
 
 def post(url, body, headers=None):
-    """POST raw bytes (or a dict as JSON) -> (status, parsed JSON body)."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url + "/v1/chat/completions", data=data,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    """POST raw bytes (or a dict as JSON) to the chat endpoint -> (status, parsed JSON body)."""
+    return request_json(url + "/v1/chat/completions", body, headers, timeout=30)
 
 
 def health(url):
-    with urllib.request.urlopen(url + "/health", timeout=10) as r:
-        return json.loads(r.read())
+    return request_json(url + "/health", timeout=10)[1]
 
 
 ASK = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 3 and 4."}]

@@ -42,6 +42,14 @@ def find_browser():
     return binary, driver
 
 
+def need_browser():
+    """Skip the test unless a headless Chromium, its driver and selenium are installed."""
+    binary, driver = find_browser()
+    if binary is None or driver is None:
+        pytest.skip("no chromium/chromedriver found (Debian: apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+
+
 def open_browser(width=1200, height=700):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -81,10 +89,7 @@ def ask_in_page(browser, url, prompt, temperature=None, timeout=30):
 
 
 def test_chat_page_in_a_real_browser(tiny_server, tmp_path):
-    binary, driver = find_browser()
-    if binary is None or driver is None:
-        pytest.skip("no chromium/chromedriver found (Debian: apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+    need_browser()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -141,10 +146,7 @@ def test_each_column_keeps_its_conversation(tiny_server):
     """Two turns: each column shows both questions and both of its answers, and the second request carried
     the first turn (the page sent 3 messages, and the server read a longer prompt than the same question
     alone, or said it dropped the first turn to fit). "New conversation" starts every column over."""
-    binary, driver = find_browser()
-    if binary is None or driver is None:
-        pytest.skip("no chromium/chromedriver found (Debian: apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+    need_browser()
     from selenium.webdriver.common.by import By
 
     def turns(column):

@@ -9,14 +9,12 @@ The browser test is skipped without chromium/chromedriver and selenium (as tests
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 
-from conftest import ROOT, serving, write_tiny_stages
+from conftest import ROOT, request_json, serving, write_tiny_stages
 from minigpt.world import World
-from test_serve_page import find_browser, open_browser
+from test_serve_page import need_browser, open_browser
 
 K = 3
 
@@ -31,20 +29,9 @@ def ranking_server(tmp_path_factory):
         yield url, label_file
 
 
-def call(url, path, body=None):
-    """GET (body None) or POST JSON -> (status, parsed JSON answer)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_bad_input_is_refused_with_one_line_and_loses_nothing(ranking_server):
     url, path = ranking_server
-    status, shown = call(url, "/rank/sample", {"prompt": "Add 3 and 4."})
+    status, shown = request_json(url + "/rank/sample", {"prompt": "Add 3 and 4."})
     assert status == 200 and shown["prompt"] == "Add 3 and 4."
     a = shown["answers"]
     assert len(a) == K and len(set(a)) == K                            # K different answers
@@ -56,14 +43,14 @@ def test_bad_input_is_refused_with_one_line_and_loses_nothing(ranking_server):
         ({"id": "0123", "ranking": [[a[0]], [a[1]], [a[2]]]}, "unknown answers id"),
         ({"id": shown["id"], "ranking": [[a[0]], [a[1]], [a[2]]], "labeler": "x\ny"}, "'labeler' must be"),
     ]:
-        status, answer = call(url, "/rank/submit", body)
+        status, answer = request_json(url + "/rank/submit", body)
         assert status == 400 and message in answer["error"]["message"], answer
         assert "\n" not in answer["error"]["message"]
         assert (path.read_bytes() if path.exists() else None) == before
 
-    status, done = call(url, "/rank/submit", {"id": shown["id"], "ranking": [[a[2]], [a[0], a[1]]]})
+    status, done = request_json(url + "/rank/submit", {"id": shown["id"], "ranking": [[a[2]], [a[0], a[1]]]})
     assert status == 200 and done["record"]["labeler"] == "tester"   # the server's --labeler by default
-    status, again = call(url, "/rank/submit", {"id": shown["id"], "ranking": [[a[2]], [a[0], a[1]]]})
+    status, again = request_json(url + "/rank/submit", {"id": shown["id"], "ranking": [[a[2]], [a[0], a[1]]]})
     assert status == 400 and "unknown answers id" in again["error"]["message"]   # a double click adds nothing
     whole = path.read_bytes()
     assert whole.endswith(b"\n") and json.loads(whole.splitlines()[-1]) == done["record"]
@@ -72,16 +59,16 @@ def test_bad_input_is_refused_with_one_line_and_loses_nothing(ranking_server):
     path.write_bytes(whole + b'{"prompt": "Add 3 and 4.", "resp')
     broken = path.read_bytes()
     n = broken.count(b"\n") + 1
-    status, shown = call(url, "/rank/sample", {"prompt": "Hi"})
+    status, shown = request_json(url + "/rank/sample", {"prompt": "Hi"})
     a = shown["answers"]
     for route, body in [("/rank/submit", {"id": shown["id"], "ranking": [[x] for x in a]}),
                         ("/rank/undo", {"labeler": "tester"}), ("/rank/history", None)]:
-        status, answer = call(url, route, body)
+        status, answer = request_json(url + route, body)
         assert status == 409 and answer["error"]["message"].startswith(
             f"{path}:{n}: the last line has no newline"), answer
         assert path.read_bytes() == broken
     path.write_bytes(whole)                                            # fixed by hand: the tab works again
-    status, done = call(url, "/rank/undo", {"labeler": "tester"})
+    status, done = request_json(url + "/rank/undo", {"labeler": "tester"})
     assert status == 200 and done["count"] == whole.count(b"\n") - 1
 
 
@@ -124,10 +111,7 @@ def rank_in_page(browser, prompt, ranks):
 
 
 def test_rank_reload_and_undo_in_a_real_browser(ranking_server, tmp_path):
-    binary, driver = find_browser()
-    if binary is None or driver is None:
-        pytest.skip("no chromium/chromedriver found (Debian: apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+    need_browser()
     from selenium.webdriver.common.by import By
 
     url, path = ranking_server

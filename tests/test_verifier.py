@@ -108,7 +108,10 @@ def test_the_verifier_run_trains_on_every_checkable_training_prompt_and_no_held_
     extra = train[len(ppo_only):]
     checkable = [t for name in ("sft_train", "rm") for t in world.split(name)
                  if isinstance(t.prompt, str) and parse(t.prompt) is not None]
-    assert extra == checkable and len(extra) > 5 * len(ppo_only) // 7    # many more sums, code, comparisons
-    assert {t.kind for t in extra} == {"arithmetic", "code", "compare"}
+    assert extra == checkable and {t.kind for t in extra} == {"arithmetic", "code", "compare"}
+    # why: the PPO prompts ask only some of the world's 155 sums and differences, the checkable ones all
+    def sums(tasks):
+        return {(t.get("a"), t.get("b"), t.get("op")) for t in tasks if t.kind == "arithmetic"}
+    assert len(sums(ppo_only)) < 100 and len(sums(train)) == 10 * 10 + 55        # a + b, and a - b for a >= b
     held_out = {t.prompt for name in ("test", "dev", "probe") for t in world.split(name)}
     assert not held_out & {t.prompt for t in train + val}
