@@ -1,6 +1,6 @@
 """The whole InstructGPT recipe in one command, each stage run by its own script.
 
-    python pipeline.py            # ~20 minutes on 2 CPU cores; then read out/report.md
+    python pipeline.py            # ~14 minutes on 2 CPU cores; then read out/report.md
     python pipeline.py --preset=small  # the default model on fewer steps and prompts: a few minutes, in
                                        # out/small; its models answer in the world's shape, its report shows
                                        # each stage's direction
@@ -13,6 +13,8 @@
     python pipeline.py --eval_split=dev           # evaluate on the dev split, where defaults are chosen
     python pipeline.py --frontier=out/w1,out/w2 --out_dir=out/frontier   # one frontier figure over the
                                                  # runs of several worlds (each run draws its own)
+    python pipeline.py --compare=out/w1,out/w1_fp32   # two runs of one world (e.g. bf16 and fp32): each
+                                                      # gain over SFT in both, and their difference
     python pipeline.py --verifier --force=ppo_verifier   # add PPO with a reward that checks sums and code
                                                          # (opt-in; on a finished run, reruns the evaluation)
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 
 from minigpt.checkpoint import write_json, write_text
 from minigpt.cli import UserError, check, run
+from minigpt.compare import write_compare
 from minigpt.frontier import table, write_frontier
 from minigpt.report import write_report
 from minigpt.training import check_dtype
@@ -50,6 +53,20 @@ RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "ppo_verifier"]
 # Stages that run only when their switch is on: PPO with --reward=verifier (--verifier) costs more than PPO
 # (~180 s on 2 cores, plus ~15 s of evaluation), and the default run is near its 900 s budget already.
 OPT_IN = {"ppo_verifier": "verifier"}
+
+
+# What each stage reads: it starts once these have finished. From the reward model on, the stages are
+# independent of each other (each reads the SFT model, the labels or the reward model) but for the two
+# evaluations, which read every model.
+NEEDS = {"pretrain": [], "sft": ["pretrain"], "labels": ["sft"], "rm": ["labels"], "dpo": ["labels"],
+         "preferred_ft": ["labels"], "ppo": ["rm"], "ppo_ptx": ["rm"], "grpo": ["rm"], "ppo_verifier": ["rm"],
+         "eval": RLHF, "eval_dialogue": RLHF}
+# Side by side: these stages run --jobs at a time, each on one thread (OMP_NUM_THREADS=1). Two small models
+# on one thread each use two cores better than one on two (sampling is token by token: a 15-iteration PPO
+# twice took 52 s one after the other on 2 threads, 38 s side by side), and a stage's numbers then do not
+# depend on the core count nor on what runs beside it. Pretraining, SFT and the labels have large batches,
+# run one after another and use every core.
+SIDE_BY_SIDE = STAGES[STAGES.index("rm"):]
 
 
 def chosen(stages, cfg):
@@ -184,6 +201,12 @@ class Config:
         "help": "only draw one frontier figure (gold gain against √KL to SFT) over these finished runs on "
                 "fresh worlds, folders holding report.json, comma-separated: <out_dir>/frontier.png and "
                 "frontier.json"})
+    compare: str = field(default="", metadata={
+        "help": "only compare two finished runs of one world (folders A,B): each method's gain over SFT in "
+                "both and A − B with its 95% interval over prompts; <out_dir>/compare.json"})
+    jobs: int = field(default=0, metadata={
+        "help": "how many stages from the reward model on run side by side, each on one thread; 0 = one per "
+                "CPU core (the numbers do not depend on it)"})
     verifier: bool = field(default=False, metadata={
         "help": "also train PPO with --reward=verifier (stage ppo_verifier: a checker's +-1 on sums, code "
                 "and comparisons added to the RM score; about as long as PPO)"})
@@ -202,6 +225,7 @@ class Config:
         check(self.eval_split in ("test", "dev"),
               f"--eval_split must be test or dev, got {self.eval_split!r}")
         check_dtype(self.dtype)
+        check(self.jobs >= 0, f"--jobs must be >= 0 (0 = one per core), got {self.jobs}")
 
 
 def stage_commands(cfg):
@@ -301,6 +325,57 @@ def run_stage(cmd, cwd):
         raise
 
 
+def run_side_by_side(todo, stages, commands, cfg, here, seconds, timing_path):
+    """Run the stages in todo, each once the stages it NEEDS have finished, up to cfg.jobs (0: one per core)
+    at a time, each on one thread with its output in <out_dir>/logs/<stage>.log. A failed stage lets the
+    others finish, then stops the run; Ctrl-C reaches every stage, and each is waited for (it saves its
+    last.pt on the way out)."""
+    jobs = cfg.jobs or os.cpu_count() or 1
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    os.makedirs(os.path.join(cfg.out_dir, "logs"), exist_ok=True)
+    waiting, running, failed = list(todo), {}, []    # running: stage -> (process, start time, log file)
+    try:
+        while waiting or running:
+            ready = [s for s in waiting if not any(n in waiting or n in running for n in NEEDS[s])]
+            for stage in ready[:max(jobs - len(running), 0) if not failed else 0]:
+                log_path = os.path.join(cfg.out_dir, "logs", f"{stage}.log")
+                print(f"\n[{stages.index(stage) + 1}/{len(stages) + 1}] {stage}: one thread, its output in "
+                      f"{log_path}\n$ OMP_NUM_THREADS=1 " + " ".join(shlex.quote(c) for c in commands[stage]),
+                      flush=True)
+                log = open(log_path, "w")
+                proc = subprocess.Popen(commands[stage], cwd=here, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT)
+                running[stage] = (proc, time.time(), log)
+                waiting.remove(stage)
+            if failed and not running:
+                break
+            time.sleep(0.2)
+            for stage, (proc, t0, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[stage]
+                if proc.returncode != 0:
+                    failed.append(stage)
+                    print(f"{stage} failed (exit code {proc.returncode}); the end of {log.name}:\n"
+                          + "".join(open(log.name).readlines()[-15:]), flush=True)
+                    continue
+                seconds[stage] = round(time.time() - t0, 1)
+                write_json(timing_path, seconds)
+                print(f"{stage} done in {seconds[stage]:.0f} s", flush=True)
+    except KeyboardInterrupt:
+        for proc, _, _ in running.values():
+            while proc.poll() is None:
+                try:
+                    proc.wait()
+                except KeyboardInterrupt:   # a second Ctrl-C: still wait, never a traceback
+                    pass
+        raise KeyboardInterrupt(", ".join(running)) from None
+    if failed:
+        raise UserError(f"stage {', '.join(failed)} failed (the log above); fix it and rerun: finished "
+                        "stages are skipped")
+
+
 def main(cfg):
     here = os.path.dirname(os.path.abspath(__file__))
     if cfg.step_through_docs:
@@ -309,6 +384,12 @@ def main(cfg):
         out_dir = cfg.out_dir or "out"
         points = write_frontier(out_dir, [f for f in cfg.frontier.split(",") if f])
         print("\n".join(table(points)) + f"\nwrote {out_dir}/frontier.png and {out_dir}/frontier.json")
+        return
+    if cfg.compare:
+        folders = [f for f in cfg.compare.split(",") if f]
+        check(len(folders) == 2, f"--compare={cfg.compare}: expected two run folders, A,B")
+        out_dir = cfg.out_dir or "out"
+        print("\n".join(write_compare(out_dir, *folders)) + f"\nwrote {out_dir}/compare.json")
         return
     cfg.out_dir = cfg.out_dir or (f"out/{cfg.preset}" if cfg.preset else "out")
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -319,15 +400,19 @@ def main(cfg):
     commands = stage_commands(cfg)
     stages = chosen(STAGES, cfg)
     t_start = time.time()
-    stage = stages[0]
+    todo = []
+    for i, stage in enumerate(stages, 1):
+        done = os.path.join(cfg.out_dir, stage, DONE[stage])
+        if os.path.exists(done) and stage not in forced:
+            print(f"[{i}/{len(stages) + 1}] {stage}: {done} exists: stage complete, skipped (--force={stage} "
+                  "reruns it)")
+        else:
+            todo.append(stage)
+    stage = todo[0] if todo else None
     try:
-        for i, stage in enumerate(stages, 1):
-            folder = os.path.join(cfg.out_dir, stage)
-            print(f"\n{'=' * 78}\n[{i}/{len(stages) + 1}] {stage}\n{'=' * 78}", flush=True)
-            done = os.path.join(folder, DONE[stage])
-            if os.path.exists(done) and stage not in forced:
-                print(f"{done} exists: stage complete, skipped (--force={stage} reruns it)")
-                continue
+        for stage in [s for s in todo if s not in SIDE_BY_SIDE]:
+            number = f"[{stages.index(stage) + 1}/{len(stages) + 1}]"
+            print(f"\n{'=' * 78}\n{number} {stage}\n{'=' * 78}", flush=True)
             print("$ " + " ".join(shlex.quote(c) for c in commands[stage]), flush=True)
             t0 = time.time()
             returncode = run_stage(commands[stage], here)
@@ -336,18 +421,24 @@ def main(cfg):
                                 "finished stages are skipped")
             seconds[stage] = round(time.time() - t0, 1)
             write_json(timing_path, seconds)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted during stage {stage}; rerun the same command to continue: finished stages are "
-              "skipped", file=sys.stderr)
+        side = [s for s in todo if s in SIDE_BY_SIDE]
+        if side:
+            run_side_by_side(side, stages, commands, cfg, here, seconds, timing_path)
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted during stage {e.args[0] if e.args else stage}; rerun the same command to "
+              "continue: finished stages are skipped", file=sys.stderr)
         sys.exit(130)
     print(f"\n{'=' * 78}\n[{len(stages) + 1}/{len(stages) + 1}] report\n{'=' * 78}")
-    write_report(cfg.out_dir, seconds, cfg, chosen(RLHF, cfg))
+    wall = time.time() - t_start
+    seconds = {s: seconds[s] for s in STAGES if s in seconds}   # in the stages' order, however they finished
+    write_report(cfg.out_dir, seconds, cfg, chosen(RLHF, cfg), wall)
     total = sum(seconds.values())
     print(f"\n{'stage':>12} {'seconds':>8} {'share':>6}")
     for stage, t in seconds.items():
-        print(f"{stage:>12} {t:8.0f} {t / max(total, 1e-9):6.0%}")
-    print(f"pipeline done in {time.time() - t_start:.0f}s (stages: {total:.0f}s in all); "
-          f"read {cfg.out_dir}/report.md")
+        side_by_side = "  side by side" if stage in SIDE_BY_SIDE else ""
+        print(f"{stage:>12} {t:8.0f} {t / max(total, 1e-9):6.0%}{side_by_side}")
+    print(f"pipeline done in {wall:.0f} s (stages: {total:.0f} s in all, from the reward model on side by "
+          f"side); read {cfg.out_dir}/report.md")
     if cfg.preset == "quick":
         print("\nStep through any stage in a debugger, on these outputs with tiny settings "
               "(c = run to the breakpoint, n = next line, s = step into, p x = print x):")

@@ -163,9 +163,10 @@ def dialogue_section(out_dir, dialogue, rlhf):
                                    "mistakes_dialogue.png")
 
 
-def write_report(out_dir, seconds, cfg, rlhf):
+def write_report(out_dir, seconds, cfg, rlhf, wall_seconds=None):
     """out/report.json (the figures) and out/report.md (the same, with plots and sample answers).
-    cfg: pipeline.py's Config; rlhf: the models trained from the comparisons, in order (pipeline.RLHF)."""
+    cfg: pipeline.py's Config; rlhf: the models trained from the comparisons, in order (pipeline.RLHF);
+    wall_seconds: how long the pipeline.py call that wrote it took (stages it skipped not counted)."""
     quick, seed = cfg.preset == "quick", cfg.seed
     def load(*parts):
         path = os.path.join(out_dir, *parts)
@@ -189,13 +190,15 @@ def write_report(out_dir, seconds, cfg, rlhf):
         "dpo_implicit_reward": {k: dpo.get(k) for k in ("accuracy", "gold_accuracy",
                                                         "on_policy_gold_accuracy", "spearman")}
                                if dpo else None,
-        "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "quick": quick,
+        "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1), "quick": quick,
         "preset": cfg.preset or None,
         "seed": seed, "world_seed": cfg.world_seed, "eval_split": evaluation.get("split"),
         "dtype": evaluation.get("dtype"),
         "ptx_coef": cfg.ptx_coef, "kl_coef": ppo.get("kl_coef"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        # the largest resident memory of any stage this process ran (Linux reports kilobytes)
+        # the largest resident memory of any one stage this process ran (Linux reports kilobytes); side by
+        # side, two or more stages hold theirs at once
         "peak_stage_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "commit": git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     }
@@ -206,7 +209,9 @@ def write_report(out_dir, seconds, cfg, rlhf):
              f"Run {RUN_KINDS[cfg.preset]} "
              f"on {report['machine']}, world {cfg.world_seed}, seed {seed}, dtype {report['dtype']}, "
              f"commit {report['commit']}, "
-             f"{report['total_seconds']:.0f} s of stages, "
+             f"{report['total_seconds']:.0f} s of stages"
+             + (f" ({report['wall_seconds']:.0f} s wall, from the reward model on side by side)"
+                if report["wall_seconds"] else "") + ", "
              f"at most {report['peak_stage_rss_mb']} MB of memory. "
              f"Held-out **{split}** prompts of world {cfg.world_seed}"
              + (" (the split defaults are chosen on: development numbers)" if split == "dev" else "")

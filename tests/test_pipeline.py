@@ -253,3 +253,63 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert "Traceback" not in stderr
     assert stderr.endswith("interrupted during stage pretrain; rerun the same command to continue: finished "
                            "stages are skipped\n")
+
+
+def fake_stages(tmp_path, fail=()):
+    """A stand-in command per stage: it writes 'start' and, 0.3 s later, 'end' with the time and its
+    OMP_NUM_THREADS to <tmp_path>/times/<stage> (the stages in fail exit 1 instead of ending)."""
+    import pipeline
+
+    (tmp_path / "times").mkdir()
+    code = ("import os, sys, time; p = sys.argv[1]; t = os.environ.get('OMP_NUM_THREADS'); "
+            "open(p, 'w').write(f'start {time.time()} {t}\\n'); time.sleep(0.3); "
+            "sys.exit(1) if sys.argv[2] == 'fail' else open(p, 'a').write(f'end {time.time()}\\n')")
+    return {s: [sys.executable, "-c", code, str(tmp_path / "times" / s), "fail" if s in fail else "ok"]
+            for s in pipeline.STAGES}
+
+
+def times(tmp_path):
+    out = {}
+    for path in (tmp_path / "times").iterdir():
+        lines = [line.split() for line in path.read_text().splitlines()]
+        out[path.name] = dict(start=float(lines[0][1]), threads=lines[0][2],
+                              end=float(lines[1][1]) if len(lines) > 1 else None)
+    return out
+
+
+def test_side_by_side_stages_wait_for_what_they_read(tmp_path):
+    from types import SimpleNamespace
+
+    import pipeline
+
+    todo = [s for s in pipeline.SIDE_BY_SIDE if s != "ppo_verifier"]          # --verifier not asked
+    cfg, seconds = SimpleNamespace(jobs=2, out_dir=str(tmp_path)), {}
+    pipeline.run_side_by_side(todo, pipeline.STAGES, fake_stages(tmp_path), cfg, ROOT, seconds,
+                              str(tmp_path / "seconds.json"))
+    t = times(tmp_path)
+    assert set(t) == set(todo) == set(seconds) and all(x["threads"] == "1" for x in t.values())
+    for stage in todo:                             # each starts after every stage it reads has ended
+        for need in pipeline.NEEDS[stage]:
+            if need in todo:
+                assert t[stage]["start"] >= t[need]["end"], (stage, need)
+    for stage in todo:                             # never more than 2 at once
+        at_once = [s for s in todo if t[s]["start"] <= t[stage]["start"] < t[s]["end"]]
+        assert len(at_once) <= 2, at_once
+    assert json.loads((tmp_path / "seconds.json").read_text()) == seconds
+    assert (tmp_path / "logs" / "ppo.log").exists()
+
+
+def test_a_failed_side_by_side_stage_stops_what_reads_it(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    import pipeline
+
+    todo = ["rm", "dpo", "preferred_ft", "ppo", "eval"]
+    cfg, seconds = SimpleNamespace(jobs=2, out_dir=str(tmp_path)), {}
+    with pytest.raises(pipeline.UserError, match="stage rm failed"):
+        pipeline.run_side_by_side(todo, pipeline.STAGES, fake_stages(tmp_path, fail=("rm",)), cfg, ROOT,
+                                  seconds, str(tmp_path / "seconds.json"))
+    t = times(tmp_path)
+    assert "ppo" not in t and "eval" not in t and t["rm"]["end"] is None     # nothing that reads rm started
+    assert t["dpo"]["end"] is not None and set(seconds) <= {"dpo", "preferred_ft"}  # dpo, beside it, finished
+    assert "rm failed (exit code 1)" in capsys.readouterr().out
