@@ -26,9 +26,11 @@
 
 Defaults are chosen on world 0's dev split; the numbers to believe are the test splits of other worlds.
 
-Every command is printed before it runs, so any stage can be rerun by hand. A stage whose folder
-holds its last file (summary.json; eval.json for evaluation) is complete and is skipped, so an
-interrupted pipeline continues where it stopped.
+Pretraining, SFT and the labels run one after another on every core; from the reward model on, the stages
+run side by side (--jobs at a time, each on one thread, its output in out/logs/<stage>.log), each as soon as
+what it reads is there (NEEDS). Every command is printed before it runs, so any stage can be rerun by hand.
+A stage whose folder holds its last file (summary.json; eval.json for evaluation) is complete and is skipped,
+so an interrupted pipeline continues where it stopped.
 """
 
 import json
@@ -337,6 +339,8 @@ def run_side_by_side(todo, stages, commands, cfg, here, seconds, timing_path):
     try:
         while waiting or running:
             ready = [s for s in waiting if not any(n in waiting or n in running for n in NEEDS[s])]
+            # the longest stage first (the verifier run: 150 iterations), or it would end alone, last
+            ready.sort(key=lambda s: s != "ppo_verifier")
             for stage in ready[:max(jobs - len(running), 0) if not failed else 0]:
                 log_path = os.path.join(cfg.out_dir, "logs", f"{stage}.log")
                 print(f"\n[{stages.index(stage) + 1}/{len(stages) + 1}] {stage}: one thread, its output in "
