@@ -13,8 +13,7 @@
     python pipeline.py --eval_split=dev           # evaluate on the dev split, where defaults are chosen
     python pipeline.py --frontier=out/w1,out/w2 --out_dir=out/frontier   # one frontier figure over the
                                                  # runs of several worlds (each run draws its own)
-    python pipeline.py --compare=out/w1,out/w1_fp32   # two runs of one world (e.g. bf16 and fp32): each
-                                                      # gain over SFT in both, and their difference
+    python pipeline.py --compare=out/w1,out/w1_fp32   # two runs of one world: their gains and differences
     python pipeline.py --verifier --force=ppo_verifier   # add PPO with a reward that checks sums and code
                                                          # (opt-in; on a finished run, reruns the evaluation)
 
@@ -57,17 +56,15 @@ RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "ppo_verifier"]
 OPT_IN = {"ppo_verifier": "verifier"}
 
 
-# What each stage reads: it starts once these have finished. From the reward model on, the stages are
-# independent of each other (each reads the SFT model, the labels or the reward model) but for the two
-# evaluations, which read every model.
+# What each stage reads: it starts once these have finished. From the reward model on, each reads the SFT
+# model, the labels or the reward model, but the two evaluations, which read every model.
 NEEDS = {"pretrain": [], "sft": ["pretrain"], "labels": ["sft"], "rm": ["labels"], "dpo": ["labels"],
          "preferred_ft": ["labels"], "ppo": ["rm"], "ppo_ptx": ["rm"], "grpo": ["rm"], "ppo_verifier": ["rm"],
          "eval": RLHF, "eval_dialogue": RLHF}
-# Side by side: these stages run --jobs at a time, each on one thread (OMP_NUM_THREADS=1). Two small models
-# on one thread each use two cores better than one on two (sampling is token by token: a 15-iteration PPO
-# twice took 52 s one after the other on 2 threads, 38 s side by side), and a stage's numbers then do not
-# depend on the core count nor on what runs beside it. Pretraining, SFT and the labels have large batches,
-# run one after another and use every core.
+# Side by side: these stages run --jobs at a time, each on one thread (OMP_NUM_THREADS=1). Small models
+# sample token by token, so one thread each uses two cores better than two for one (a 15-iteration PPO twice:
+# 52 s one after the other on 2 threads, 38 s side by side), and a stage's numbers depend neither on the core
+# count nor on what runs beside it. Pretraining, SFT and the labels (large batches) run alone on every core.
 SIDE_BY_SIDE = STAGES[STAGES.index("rm"):]
 
 
@@ -228,6 +225,8 @@ class Config:
               f"--eval_split must be test or dev, got {self.eval_split!r}")
         check_dtype(self.dtype)
         check(self.jobs >= 0, f"--jobs must be >= 0 (0 = one per core), got {self.jobs}")
+        check(not self.compare or len([f for f in self.compare.split(",") if f]) == 2,
+              f"--compare={self.compare}: expected two run folders, A,B")
 
 
 def stage_commands(cfg):
@@ -341,7 +340,8 @@ def run_side_by_side(todo, stages, commands, cfg, here, seconds, timing_path):
             ready = [s for s in waiting if not any(n in waiting or n in running for n in NEEDS[s])]
             # the longest stage first (the verifier run: 150 iterations), or it would end alone, last
             ready.sort(key=lambda s: s != "ppo_verifier")
-            for stage in ready[:max(jobs - len(running), 0) if not failed else 0]:
+            free = 0 if failed else jobs - len(running)     # after a failure, only wait for what runs
+            for stage in ready[:free]:
                 log_path = os.path.join(cfg.out_dir, "logs", f"{stage}.log")
                 print(f"\n[{stages.index(stage) + 1}/{len(stages) + 1}] {stage}: one thread, its output in "
                       f"{log_path}\n$ OMP_NUM_THREADS=1 " + " ".join(shlex.quote(c) for c in commands[stage]),
@@ -387,14 +387,11 @@ def main(cfg):
     if cfg.frontier:
         out_dir = cfg.out_dir or "out"
         points = write_frontier(out_dir, [f for f in cfg.frontier.split(",") if f])
-        print("\n".join(table(points)) + f"\nwrote {out_dir}/frontier.png and {out_dir}/frontier.json")
-        return
+        return print("\n".join(table(points)) + f"\nwrote {out_dir}/frontier.png and {out_dir}/frontier.json")
     if cfg.compare:
-        folders = [f for f in cfg.compare.split(",") if f]
-        check(len(folders) == 2, f"--compare={cfg.compare}: expected two run folders, A,B")
         out_dir = cfg.out_dir or "out"
-        print("\n".join(write_compare(out_dir, *folders)) + f"\nwrote {out_dir}/compare.json")
-        return
+        lines = write_compare(out_dir, *[f for f in cfg.compare.split(",") if f])
+        return print("\n".join(lines) + f"\nwrote {out_dir}/compare.json")
     cfg.out_dir = cfg.out_dir or (f"out/{cfg.preset}" if cfg.preset else "out")
     os.makedirs(cfg.out_dir, exist_ok=True)
     check_kind_of_run(cfg)
@@ -412,7 +409,6 @@ def main(cfg):
                   "reruns it)")
         else:
             todo.append(stage)
-    stage = todo[0] if todo else None
     try:
         for stage in [s for s in todo if s not in SIDE_BY_SIDE]:
             number = f"[{stages.index(stage) + 1}/{len(stages) + 1}]"
@@ -426,8 +422,7 @@ def main(cfg):
             seconds[stage] = round(time.time() - t0, 1)
             write_json(timing_path, seconds)
         side = [s for s in todo if s in SIDE_BY_SIDE]
-        if side:
-            run_side_by_side(side, stages, commands, cfg, here, seconds, timing_path)
+        run_side_by_side(side, stages, commands, cfg, here, seconds, timing_path)
     except KeyboardInterrupt as e:
         print(f"\ninterrupted during stage {e.args[0] if e.args else stage}; rerun the same command to "
               "continue: finished stages are skipped", file=sys.stderr)
