@@ -56,8 +56,8 @@ RLHF = ["ppo", "ppo_ptx", "dpo", "preferred_ft", "grpo", "ppo_verifier"]
 OPT_IN = {"ppo_verifier": "verifier"}
 
 
-# What each stage reads: it starts once these have finished. From the reward model on, each reads the SFT
-# model, the labels or the reward model, but the two evaluations, which read every model.
+# What each stage reads: it starts once these have finished. From the reward model on, each stage reads the
+# SFT model, the labels or the reward model; the two evaluations read every model.
 NEEDS = {"pretrain": [], "sft": ["pretrain"], "labels": ["sft"], "rm": ["labels"], "dpo": ["labels"],
          "preferred_ft": ["labels"], "ppo": ["rm"], "ppo_ptx": ["rm"], "grpo": ["rm"], "ppo_verifier": ["rm"],
          "eval": RLHF, "eval_dialogue": RLHF}
@@ -374,7 +374,7 @@ def run_side_by_side(todo, stages, commands, cfg, here, seconds, timing_path):
                     proc.wait()
                 except KeyboardInterrupt:   # a second Ctrl-C: still wait, never a traceback
                     pass
-        raise KeyboardInterrupt(", ".join(running)) from None
+        raise KeyboardInterrupt(*running) from None     # the stages it stopped
     if failed:
         raise UserError(f"stage {', '.join(failed)} failed (the log above); fix it and rerun: finished "
                         "stages are skipped")
@@ -424,7 +424,7 @@ def main(cfg):
         side = [s for s in todo if s in SIDE_BY_SIDE]
         run_side_by_side(side, stages, commands, cfg, here, seconds, timing_path)
     except KeyboardInterrupt as e:
-        print(f"\ninterrupted during stage {e.args[0] if e.args else stage}; rerun the same command to "
+        print(f"\ninterrupted during stage {', '.join(e.args) or stage}; rerun the same command to "
               "continue: finished stages are skipped", file=sys.stderr)
         sys.exit(130)
     print(f"\n{'=' * 78}\n[{len(stages) + 1}/{len(stages) + 1}] report\n{'=' * 78}")

@@ -10,7 +10,6 @@ so an interval that misses 0 says the runs differ, not yet that the change is wh
 `python pipeline.py --compare=out/a,out/b` prints the table and writes <out_dir>/compare.json.
 """
 
-import json
 import os
 
 import numpy as np
@@ -18,23 +17,9 @@ import numpy as np
 from minigpt.checkpoint import write_json
 from minigpt.cli import UserError
 from minigpt.evaluation import bootstrap_ci95, mean_gain
-from minigpt.frontier import label
+from minigpt.frontier import label, read_run_file
 
 SPLITS = {"eval": "single turns", "eval_dialogue": "conversations"}   # stage folder -> what it evaluates
-
-
-def _load(path, keys):
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: not found (a folder of a finished pipeline.py run)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
-    for key in keys:
-        if key not in data:
-            raise UserError(f"{path}: no field {key!r}")
-    return data
 
 
 def _scores(evaluation, name):
@@ -60,7 +45,7 @@ def compare_runs(folder_a, folder_b):
     """Two finished runs of one world and split -> {split: [a row per method both evaluated]}, each row
     dict(name, label, gain_a, ci95_a, gain_b, ci95_b, diff, diff_ci95, inside); inside: each gain lies in
     the other's 95% interval. One line naming the files when the runs did not answer the same prompts."""
-    ra, rb = (_load(os.path.join(f, "report.json"), ("world_seed", "eval_split"))
+    ra, rb = (read_run_file(os.path.join(f, "report.json"), ("world_seed", "eval_split"))
               for f in (folder_a, folder_b))
     for key in ("world_seed", "eval_split"):
         _same(ra, rb, key, folder_a, folder_b)
@@ -69,7 +54,7 @@ def compare_runs(folder_a, folder_b):
         pa, pb = (os.path.join(f, stage, "eval.json") for f in (folder_a, folder_b))
         if not (os.path.isfile(pa) and os.path.isfile(pb)):
             continue
-        ea, eb = (_load(p, ("models", "scores", "samples_per_prompt", "n_prompts", "baseline"))
+        ea, eb = (read_run_file(p, ("models", "scores", "samples_per_prompt", "n_prompts", "baseline"))
                   for p in (pa, pb))
         for key in ("n_prompts", "samples_per_prompt"):
             _same(ea, eb, key, pa, pb)

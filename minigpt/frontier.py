@@ -29,22 +29,29 @@ def label(name):
     return f"best-of-{n.group(1)} by RM" if n else LABELS.get(name, name)
 
 
+def read_run_file(path, keys=()):
+    """One JSON file of a finished pipeline run -> dict; one line naming the file when it is missing, is not
+    JSON, or lacks one of keys."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not found (a folder of a finished pipeline.py run)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
+    for key in keys:
+        if key not in data:
+            raise UserError(f"{path}: no field {key!r} (not a pipeline.py run's file)")
+    return data
+
+
 def load_reports(folders):
     """Each folder's report.json (a finished pipeline run) -> list of dicts. One line naming the file and
     field when one is missing or unreadable, or when two runs would not be fresh worlds of one kind of run."""
     reports = []
     for folder in folders:
         path = os.path.join(folder, "report.json")
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: not found (a folder of a finished pipeline.py run)")
-        try:
-            with open(path, encoding="utf-8") as f:
-                report = json.load(f)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
-        for key in ("models", "world_seed", "eval_split"):
-            if key not in report:
-                raise UserError(f"{path}: no field {key!r} (not a pipeline.py report)")
+        report = read_run_file(path, ("models", "world_seed", "eval_split"))
         if "sft" not in report["models"]:
             raise UserError(f"{path}: field 'models' has no 'sft' row: the frontier is measured from SFT")
         reports.append(dict(report, path=path))

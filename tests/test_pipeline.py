@@ -313,3 +313,20 @@ def test_a_failed_side_by_side_stage_stops_what_reads_it(tmp_path, capsys):
     assert "ppo" not in t and "eval" not in t and t["rm"]["end"] is None     # nothing that reads rm started
     assert t["dpo"]["end"] is not None and set(seconds) <= {"dpo", "preferred_ft"}  # dpo, beside it, finished
     assert "rm failed (exit code 1)" in capsys.readouterr().out
+
+
+def test_ctrl_c_waits_for_every_side_by_side_stage(tmp_path):
+    import _thread
+    import threading
+    from types import SimpleNamespace
+
+    import pipeline
+
+    cfg = SimpleNamespace(jobs=2, out_dir=str(tmp_path))
+    threading.Timer(0.1, _thread.interrupt_main).start()      # Ctrl-C while rm and dpo run
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        pipeline.run_side_by_side(["rm", "dpo", "ppo"], pipeline.STAGES, fake_stages(tmp_path), cfg, ROOT, {},
+                                  str(tmp_path / "seconds.json"))
+    t = times(tmp_path)
+    assert set(stopped.value.args) == {"rm", "dpo"} and set(t) == {"rm", "dpo"}   # ppo never started
+    assert all(x["end"] is not None for x in t.values())                        # both were waited for
